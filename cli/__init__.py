@@ -1,0 +1,1 @@
+"""The ``gradlens`` command line (installed as ``gradlens.cli``)."""

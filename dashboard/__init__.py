@@ -1,0 +1,1 @@
+"""The gradlens dashboard (installed as ``gradlens.dashboard``); reads runs via gradlens.store."""

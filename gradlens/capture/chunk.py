@@ -1,0 +1,66 @@
+"""What the hot path hands to the writer thread: a block of device rows plus host facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["Chunk", "Layout", "StepInfo"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Meaning of the slots in one captured row (one optimizer step).
+
+    Row = ``[loss, skipped, amp_scale, grad_norm×P, param_norm×P, update_norm×P, nonfinite×P]``.
+    ``update_lag`` is 1 when updates are only seen at the next step (manual SGD: the update
+    recorded in row t is the one applied after step t-1).
+    """
+
+    names: tuple[str, ...]
+    update_lag: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    @property
+    def size(self) -> int:
+        return 3 + 4 * self.n
+
+    def block(self, i: int) -> slice:
+        """Slots of per-parameter block ``i`` (0 grad, 1 param, 2 update, 3 non-finite)."""
+        start = 3 + i * self.n
+        return slice(start, start + self.n)
+
+
+@dataclass
+class StepInfo:
+    """Host-side facts about one step, known without touching the device."""
+
+    step: int
+    wall_time: float  # seconds since the run started
+    step_time: float | None  # seconds since the previous step ended
+    samples: int  # training samples seen by the model(s) in this step
+    tokens: int  # tokens, when the model input is a (batch, sequence) integer tensor
+    lrs: tuple[float | Tensor, ...] = ()
+    has_loss: bool = True
+    skipped: bool = False  # known on the host (GradScaler skipped the optimizer step)
+    tail: bool = False  # only the update slot is meaningful (last manual update)
+
+
+@dataclass
+class Chunk:
+    """Rows ``[0, len(infos))`` of a capture buffer, copied to the host (maybe still in flight)."""
+
+    rows: Tensor  # (steps, layout.size) float32 on the CPU
+    infos: list[StepInfo]
+    layout: Layout
+    ready: torch.cuda.Event | None = field(default=None)
+
+    def wait(self) -> None:
+        """Block (on the writer thread) until the asynchronous device-to-host copy landed."""
+        if self.ready is not None:
+            self.ready.synchronize()

@@ -1,0 +1,203 @@
+"""The hot path: per-step gradient, parameter and update norms kept on the device.
+
+Per step: a few fused ``_foreach`` kernels, one ``torch.cat`` into a preallocated device
+buffer row, and no host synchronisation. Every ``every`` steps (or ``flush_secs``) the filled
+rows go to the host with one asynchronous copy and are handed to ``sink`` (the writer thread).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from gradlens.capture.chunk import Chunk, Layout, StepInfo
+from gradlens.functional.norms import nonfinite_counts, tensor_norms
+
+__all__ = ["StepRecorder"]
+
+_UPDATE = 5  # position of the update norms in a pending row: loss, skipped, scale, g, p, u, nf
+
+
+class StepRecorder:
+    """Records one set of parameters (an optimizer's, or a model's under manual updates).
+
+    Call ``before_update`` when the gradients are final (optimizer pre-step hook, or end of
+    backward for manual SGD) and ``after_update`` once the parameters moved (post-step hook).
+    With ``update_lag=1`` (manual updates) both happen in ``before_update``: the update is the
+    change since the previous call.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        names: Sequence[str],
+        sink: Callable[[Chunk], None],
+        *,
+        every: int = 50,
+        flush_secs: float = 10.0,
+        update_lag: int = 0,
+        track_updates: bool = True,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if len(params) != len(names):
+            raise ValueError("params and names differ in length")
+        self.params = list(params)
+        self.layout = Layout(tuple(names), update_lag)
+        self.sink = sink
+        self.every = every
+        self.flush_secs = flush_secs
+        self.track_updates = track_updates
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        self._buf = torch.empty(0)
+        self._infos: list[StepInfo] = []
+        self._saved: list[Tensor] | None = None
+        self._pending: list[Tensor] | None = None
+        self._last_flush = time.perf_counter()
+        f32, dev = torch.float32, self.device
+        self._nan = torch.full((1,), float("nan"), dtype=f32, device=dev)
+        self._zero = torch.zeros(1, dtype=f32, device=dev)
+        self._zeros_p = torch.zeros(len(self.params), dtype=f32, device=dev)
+        self._cpu_nonfinite = self.device.type == "cpu"
+
+    # -- hot path --------------------------------------------------------------------------------
+
+    def before_update(
+        self,
+        loss: Tensor | None,
+        grad_scale: Tensor | None = None,
+        skipped: Tensor | None = None,
+        amp_scale: Tensor | None = None,
+    ) -> None:
+        """Read gradients and parameters of the step about to be applied.
+
+        ``grad_scale`` divides the gradient norms (fused AMP optimizers see scaled gradients);
+        ``skipped`` is a device flag set when the step will not be applied.
+        """
+        with torch.no_grad():
+            grads, missing = self._grads()
+            gnorm = tensor_norms(grads, self.device) if grads else self._zeros_p
+            nonfinite = self._nonfinite(grads, gnorm)
+            if missing:
+                gnorm, nonfinite = self._expand(gnorm, missing), self._expand(nonfinite, missing)
+            if grad_scale is not None:
+                gnorm = gnorm / grad_scale.to(self.device, torch.float32, non_blocking=True)
+            pnorm = tensor_norms(self.params, self.device)
+            if self.layout.update_lag:
+                update = self._update_since_saved()
+                self._save()
+            else:
+                update = None
+                if self.track_updates:
+                    self._save()
+            head = [
+                _scalar(loss, self._nan, self.device),
+                _scalar(skipped, self._zero, self.device),
+                _scalar(amp_scale, self._nan, self.device),
+            ]
+            self._pending = [*head, gnorm, pnorm, self._zeros_p, nonfinite]
+            if update is not None:
+                self._pending[_UPDATE] = update
+
+    def after_update(self, info: StepInfo, applied: bool = True) -> None:
+        """Finish the row of the step just applied (``applied=False``: it was skipped)."""
+        if self._pending is None:
+            return
+        with torch.no_grad():
+            if applied and self.track_updates and not self.layout.update_lag:
+                self._pending[_UPDATE] = self._update_since_saved()
+            self._push(self._pending, info)
+        self._pending = None
+
+    def final_update(self, info: StepInfo) -> None:
+        """Manual updates only: record the update applied after the last seen step."""
+        if not self.layout.update_lag or self._saved is None:
+            return
+        with torch.no_grad():
+            row = [self._nan, self._zero, self._nan, self._nan_p(), self._nan_p()]
+            row += [self._update_since_saved(), self._nan_p()]
+            info.tail = True
+            self._push(row, info)
+
+    def flush(self) -> None:
+        """Hand the buffered rows to the sink (asynchronous device-to-host copy)."""
+        n = len(self._infos)
+        self._last_flush = time.perf_counter()
+        if n == 0:
+            return
+        ready = None
+        if self._buf.device.type == "cuda":
+            rows = self._buf[:n].to("cpu", non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        else:
+            rows = self._buf[:n].to("cpu", copy=True)
+        self.sink(Chunk(rows, self._infos, self.layout, ready))
+        self._infos = []
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _push(self, parts: list[Tensor], info: StepInfo) -> None:
+        if self._buf.shape != (self.every, self.layout.size) or self._buf.device != self.device:
+            self._buf = torch.empty(
+                self.every, self.layout.size, dtype=torch.float32, device=self.device
+            )
+        torch.cat(parts, out=self._buf[len(self._infos)])
+        self._infos.append(info)
+        if (
+            len(self._infos) >= self.every
+            or time.perf_counter() - self._last_flush > self.flush_secs
+        ):
+            self.flush()
+
+    def _grads(self) -> tuple[list[Tensor], list[int]]:
+        grads, missing = [], []
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                missing.append(i)
+            else:
+                grads.append(p.grad)
+        return grads, missing
+
+    def _expand(self, values: Tensor, missing: list[int]) -> Tensor:
+        """Put zeros at the positions of parameters that had no gradient this step."""
+        full = torch.zeros(len(self.params), dtype=torch.float32, device=self.device)
+        absent = set(missing)
+        present = [i for i in range(len(self.params)) if i not in absent]
+        if present:
+            full[present] = values
+        return full
+
+    def _nonfinite(self, grads: list[Tensor], gnorm: Tensor) -> Tensor:
+        if not grads:
+            return self._zeros_p[: len(grads)]
+        # On the CPU reading one number is free: count entries only when something is off.
+        if self._cpu_nonfinite and bool(torch.isfinite(gnorm).all()):
+            return torch.zeros(len(grads), dtype=torch.float32)
+        return nonfinite_counts(grads, self.device)
+
+    def _save(self) -> None:
+        params = [p.detach() for p in self.params]
+        if self._saved is None:
+            self._saved = [p.clone() for p in params]
+        else:
+            torch._foreach_copy_(self._saved, params)
+
+    def _update_since_saved(self) -> Tensor:
+        if self._saved is None:
+            return self._zeros_p
+        # In place: the saved copy is refreshed before it is needed again.
+        torch._foreach_sub_(self._saved, [p.detach() for p in self.params])
+        return tensor_norms(self._saved, self.device)
+
+    def _nan_p(self) -> Tensor:
+        return self._nan.expand(len(self.params))
+
+
+def _scalar(value: Tensor | None, default: Tensor, device: torch.device) -> Tensor:
+    if value is None:
+        return default
+    return value.detach().reshape(1).to(device, torch.float32, non_blocking=True)

@@ -1,0 +1,110 @@
+"""Finding the models a script trains, and naming their parameters.
+
+A global forward pre-hook notes every module that runs until the first optimizer step (or
+the first backward, for manual updates); the root modules are those noted modules that are
+not inside another noted module. The global hook is then removed, so steady-state training
+pays for one hook call per root forward, not one per submodule.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["ModuleDiscovery", "clean_name", "parameter_names"]
+
+# Wrapper segments that are not part of the user's model structure.
+_WRAPPERS = re.compile(
+    r"(^|\.)(_orig_mod|module|_fsdp_wrapped_module|_checkpoint_wrapped_module)(?=\.)"
+)
+
+
+def clean_name(name: str) -> str:
+    """``_orig_mod.module.fc.weight`` → ``fc.weight`` (torch.compile, DDP, FSDP wrappers)."""
+    previous = None
+    while previous != name:
+        previous, name = name, _WRAPPERS.sub(r"\1", name).lstrip(".")
+    return name
+
+
+def parameter_names(roots: Iterable[nn.Module]) -> dict[int, str]:
+    """``id(param) → clean name`` over ``roots``; several roots get a class-name prefix."""
+    roots = list(roots)
+    names: dict[int, str] = {}
+    for root in roots:
+        prefix = f"{type(_unwrap(root)).__name__}." if len(roots) > 1 else ""
+        for name, param in root.named_parameters():
+            names.setdefault(id(param), prefix + clean_name(name))
+    return names
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    for attr in ("_orig_mod", "module"):
+        inner = getattr(module, attr, None)
+        if isinstance(inner, nn.Module):
+            return _unwrap(inner)
+    return module
+
+
+class ModuleDiscovery:
+    """Collects root modules seen in forward while enabled."""
+
+    def __init__(self) -> None:
+        self._seen: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        self._roots: list[weakref.ref[nn.Module]] = []
+        self._handle: RemovableHandle | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._handle is not None
+
+    def enable(self) -> None:
+        if self._handle is None:
+            # torch.compile warns that global hooks also fire for its OptimizedModule wrapper;
+            # discovery expects exactly that (the wrapper is the root, its names are cleaned).
+            warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when")
+            self._handle = nn.modules.module.register_module_forward_pre_hook(self._note)
+
+    def disable(self) -> None:
+        """Stop watching and settle which of the modules seen are roots."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self.settle()
+
+    def settle(self) -> list[nn.Module]:
+        """Fold the modules seen so far into the root list; returns the new roots."""
+        seen = list(self._seen)
+        self._seen = weakref.WeakSet()
+        if not seen:
+            return []
+        known = self.roots()
+        inside: set[int] = set()
+        for module in [*known, *seen]:
+            inside.update(id(m) for m in module.modules() if m is not module)
+        new = [
+            m
+            for m in seen
+            if id(m) not in inside
+            and all(m is not k for k in known)
+            and any(True for _ in m.parameters())
+        ]
+        # Deterministic order: the module with the most parameters first.
+        new.sort(key=lambda m: -sum(p.numel() for p in m.parameters()))
+        self._roots = [r for r in self._roots if r() is not None and id(r()) not in inside]
+        self._roots += [weakref.ref(m) for m in new]
+        return new
+
+    def roots(self) -> list[nn.Module]:
+        return [m for r in self._roots if (m := r()) is not None]
+
+    def _note(self, module: nn.Module, args: Any) -> None:
+        if not torch.compiler.is_compiling() and not isinstance(module, torch.fx.GraphModule):
+            self._seen.add(module)  # (GraphModules are compiled graphs, not user models)

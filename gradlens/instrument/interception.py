@@ -1,0 +1,183 @@
+"""Process-wide interception of what a training script does, for listeners that want it.
+
+Patched while at least one listener is installed, restored exactly when the last one leaves:
+- ``torch.autograd.backward`` (and so ``Tensor.backward``): the loss being backpropagated,
+  and the moment backward completes;
+- loss functions in ``torch.nn.functional`` (also reached through ``nn.CrossEntropyLoss`` &
+  co. and from inside a model's ``forward``): the logits/predictions and targets;
+- ``torch.amp.GradScaler.scale`` / ``.step``: unscaled losses and skipped steps;
+- ``torch.optim.Optimizer.__init__``: which optimizers exist before their first step.
+
+Nothing here changes a result: every wrapper calls the original with the same arguments and
+returns its result untouched. Listener errors are reported once and never reach the script.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["LOSS_FUNCTIONS", "Listener", "install", "is_suspended", "suspended", "uninstall"]
+
+LOSS_FUNCTIONS = (
+    "cross_entropy",
+    "nll_loss",
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "kl_div",
+)
+
+
+class Listener(Protocol):
+    """What the interception calls. Every method must be cheap and must not raise."""
+
+    def on_backward(self, tensor: Tensor) -> None: ...
+
+    def after_backward(self) -> None: ...
+
+    def on_loss_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None: ...
+
+    def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None: ...
+
+    def before_scaler_step(self, scaler: Any, optimizer: Any) -> None: ...
+
+    def after_scaler_step(self, scaler: Any, optimizer: Any) -> None: ...
+
+    def on_optimizer_created(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+
+_listeners: list[Listener] = []
+_originals: dict[tuple[object, str], Any] = {}
+_suspended = 0
+_reported: set[str] = set()
+
+
+def install(listener: Listener) -> None:
+    """Start sending events to ``listener`` (patching torch on the first install)."""
+    if not _listeners:
+        _patch_all()
+    _listeners.append(listener)
+
+
+def uninstall(listener: Listener) -> None:
+    """Stop sending events to ``listener`` (restoring torch when none is left)."""
+    if listener in _listeners:
+        _listeners.remove(listener)
+    if not _listeners:
+        for (owner, name), original in _originals.items():
+            setattr(owner, name, original)
+        _originals.clear()
+
+
+@contextmanager
+def suspended() -> Iterator[None]:
+    """No events inside (probes replaying batches use this)."""
+    global _suspended
+    _suspended += 1
+    try:
+        yield
+    finally:
+        _suspended -= 1
+
+
+def is_suspended() -> bool:
+    """True inside ``suspended()``: work done now is gradlens's own, not the script's."""
+    return _suspended > 0
+
+
+def _emit(method: str, *args: Any) -> None:
+    if _suspended:
+        return
+    for listener in list(_listeners):
+        try:
+            getattr(listener, method)(*args)
+        except Exception as exc:  # never break the training script
+            if os.environ.get("GRADLENS_STRICT") == "1":
+                raise
+            if method not in _reported:
+                _reported.add(method)
+                print(f"gradlens: ignored error in {method}: {exc!r}", file=sys.stderr)
+
+
+def _compiling() -> bool:
+    return bool(torch.compiler.is_compiling())
+
+
+def _patch(owner: object, name: str, make: Callable[[Any], Any]) -> None:
+    original = getattr(owner, name)
+    _originals[(owner, name)] = original
+    setattr(owner, name, make(original))
+
+
+def _patch_all() -> None:
+    _patch(torch.autograd, "backward", _wrap_backward)
+    for name in LOSS_FUNCTIONS:
+        _patch(F, name, functools.partial(_wrap_loss, name))
+    _patch(torch.amp.GradScaler, "scale", _wrap_scale)
+    _patch(torch.amp.GradScaler, "step", _wrap_scaler_step)
+    _patch(torch.optim.Optimizer, "__init__", _wrap_optimizer_init)
+
+
+def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(tensors, Tensor) and tensors.numel() == 1:
+            _emit("on_backward", tensors)
+        result = original(tensors, *args, **kwargs)
+        _emit("after_backward")
+        return result
+
+    return backward
+
+
+def _wrap_loss(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def loss(*args: Any, **kwargs: Any) -> Any:
+        if _listeners and not _compiling():
+            _emit("on_loss_call", name, args, kwargs)
+        return original(*args, **kwargs)
+
+    return loss
+
+
+def _wrap_scale(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def scale(self: Any, outputs: Any) -> Any:
+        result = original(self, outputs)
+        if isinstance(outputs, Tensor) and isinstance(result, Tensor):
+            _emit("on_scale", outputs, result)
+        return result
+
+    return scale
+
+
+def _wrap_scaler_step(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def step(self: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+        _emit("before_scaler_step", self, optimizer)
+        result = original(self, optimizer, *args, **kwargs)
+        _emit("after_scaler_step", self, optimizer)
+        return result
+
+    return step
+
+
+def _wrap_optimizer_init(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        _emit("on_optimizer_created", self)
+
+    return init

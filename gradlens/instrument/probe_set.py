@@ -1,0 +1,103 @@
+"""A bounded set of recorded training batches that probes can replay.
+
+For the first ``capacity`` training forwards of a root module, the inputs are copied (detached
+clones, so later in-place changes by the data pipeline cannot alter them) together with the
+loss call that consumed the output: the loss function, its targets and options, and whether
+it ran inside the model's ``forward`` (nanoGPT style) or on its output. Memory stays flat:
+nothing is kept after the set is full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+__all__ = ["LossCall", "ProbeBatch", "ProbeSet"]
+
+
+def _copy(value: Any) -> Any:
+    return tree_map(lambda v: v.detach().clone() if isinstance(v, Tensor) else v, value)
+
+
+@dataclass
+class LossCall:
+    """One call of a ``torch.nn.functional`` loss: everything but its first argument."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    target: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    inside_forward: bool
+
+
+@dataclass
+class ProbeBatch:
+    """Inputs of one training forward of ``module``, and the loss call that followed."""
+
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    loss: LossCall | None = None
+    batch_size: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ProbeSet:
+    """Keeps the first ``capacity`` training batches of each run."""
+
+    def __init__(self, capacity: int = 2) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self.batches: list[ProbeBatch] = []
+        self._open: ProbeBatch | None = None  # waiting for its loss call
+
+    @property
+    def full(self) -> bool:
+        return len(self.batches) >= self.capacity and self._open is None
+
+    def record_forward(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], batch_size: int
+    ) -> None:
+        """Called at a root module's training forward."""
+        self._open = None
+        if len(self.batches) >= self.capacity:
+            return
+        batch = ProbeBatch(module, _copy(args), _copy(kwargs), batch_size=batch_size)
+        self.batches.append(batch)
+        self._open = batch
+
+    def record_loss(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], inside_forward: bool
+    ) -> None:
+        """Called at a loss-function call; attaches it to the batch recorded last."""
+        batch = self._open
+        if batch is None or not args or not isinstance(args[0], Tensor):
+            return
+        target = args[1] if len(args) > 1 else kwargs.get("target")
+        rest = args[2:] if len(args) > 2 else ()
+        options = {k: v for k, v in kwargs.items() if k not in ("input", "target")}
+        batch.loss = LossCall(
+            name, tuple(args[0].shape), _copy(target), _copy(rest), _copy(options), inside_forward
+        )
+        self._open = None
+
+    def clear(self) -> None:
+        self.batches.clear()
+        self._open = None
+
+
+def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int]:
+    """(samples, tokens) of a forward's inputs: the first tensor's leading dimension, and
+    batch × sequence when that tensor is a 2-D integer tensor (token ids)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Tensor) and value.dim() > 0:
+            samples = int(value.shape[0])
+            is_ids = value.dim() == 2 and not torch.is_floating_point(value)
+            return samples, samples * int(value.shape[1]) if is_ids else 0
+    return 0, 0

@@ -1,0 +1,502 @@
+"""``Lens``: records one training run into a run directory.
+
+Two ways in, same tables:
+- explicit: ``with gradlens.Lens(model, optimizer): train()``;
+- automatic (what ``gradlens watch`` uses): ``Lens()`` with no model finds every model and
+  optimizer the script creates through PyTorch's global hooks.
+
+Capture happens once per optimizer step (pre-step hook: gradients are final, accumulated over
+micro-batches, unscaled by GradScaler, all-reduced by DDP), or when backward completes if the
+script updates parameters by hand and creates no optimizer.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+from torch.utils.hooks import RemovableHandle
+
+from gradlens._version import __version__
+from gradlens.capture.chunk import Chunk, StepInfo
+from gradlens.capture.decode import ChunkDecoder, LiveStats
+from gradlens.capture.recorder import StepRecorder
+from gradlens.capture.spikes import SpikeConfig, SpikeDetector
+from gradlens.instrument import interception
+from gradlens.instrument.discovery import ModuleDiscovery, parameter_names
+from gradlens.instrument.live import MODES, StatusLine
+from gradlens.instrument.probe_set import ProbeSet, batch_size_of
+from gradlens.store import RunWriter, create_run_dir, update_meta, write_meta
+from gradlens.store.meta import process_start
+
+__all__ = ["PRESETS", "Lens", "default_runs_dir"]
+
+PRESETS = ("cheap", "standard", "full")
+
+
+def default_runs_dir() -> Path:
+    """``$GRADLENS_DIR`` or ``./runs``."""
+    return Path(os.environ.get("GRADLENS_DIR", "runs"))
+
+
+@dataclass
+class _Tracked:
+    """One optimizer (or the manual-update model set) and its capture."""
+
+    recorder: StepRecorder
+    index: int  # 0 = primary: owns the loss and the run-wide scalars
+
+
+class Lens:
+    """Records gradients, parameters, updates, loss and spikes of a training run.
+
+    Args:
+        model: the model(s) being trained; ``None`` with ``optimizer=None`` discovers them.
+        optimizer: the optimizer(s); ``None`` with a model means manual parameter updates.
+        runs_dir: parent folder of the run (default ``$GRADLENS_DIR`` or ``./runs``).
+        name: run name (default ``run-<time>``); ``name-2``… if taken.
+        every: steps between flushes to disk (a SIGKILL loses at most this many steps).
+        flush_secs: flush earlier when this many seconds passed since the last flush.
+        probes: cost preset of the scheduled probes: ``cheap``, ``standard`` or ``full``.
+        probe_batches: training batches kept for probes to replay.
+        spikes: thresholds of the online spike detectors.
+        track_updates: record ‖Δθ‖ (keeps one copy of the parameters on their device).
+        status: status line on stderr: ``off`` (default), ``auto``, ``live`` or ``plain``.
+
+    Example:
+        >>> with Lens(model, optimizer, name="baseline") as lens:   # doctest: +SKIP
+        ...     for x, y in loader:
+        ...         opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+        >>> gradlens.open_run(lens.run_dir).table("layers")
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Sequence[nn.Module] | None = None,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+        *,
+        runs_dir: str | Path | None = None,
+        name: str | None = None,
+        every: int = 50,
+        flush_secs: float = 10.0,
+        probes: str = "cheap",
+        probe_batches: int = 2,
+        spikes: SpikeConfig | None = None,
+        track_updates: bool = True,
+        status: str = "off",
+        command: str | None = None,
+        argv: Sequence[str] | None = None,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if flush_secs <= 0:
+            raise ValueError(f"flush_secs must be > 0, got {flush_secs}")
+        if status not in MODES:
+            raise ValueError(f"status must be one of {', '.join(MODES)}, got {status!r}")
+        if probes not in PRESETS:
+            raise ValueError(f"probes must be one of {', '.join(PRESETS)}, got {probes!r}")
+        self.models = _as_list(model, nn.Module, "model")
+        self.optimizers = _as_list(optimizer, torch.optim.Optimizer, "optimizer")
+        self.auto = not self.models and not self.optimizers
+        self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+        self.name = name or time.strftime("run-%Y%m%d-%H%M%S")
+        self.every, self.flush_secs, self.probes = every, flush_secs, probes
+        self.spike_config = spikes or SpikeConfig()
+        self.track_updates = track_updates
+        self.command = command or " ".join(sys.argv)
+        self.argv = list(argv) if argv is not None else list(sys.argv)
+        self.probe_set = ProbeSet(probe_batches)
+        self.step = 0
+        self.run_dir: Path | None = None
+        self._status_mode = status
+        self._status: StatusLine | None = None
+        self._writer: RunWriter | None = None
+        self._discovery = ModuleDiscovery()
+        self._tracked: dict[int, _Tracked] = {}
+        self._manual: _Tracked | None = None
+        self._known_optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._hooked_roots: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        self._handles: list[RemovableHandle] = []
+        self._loss: Tensor | None = None
+        self._scaled: tuple[Tensor, Tensor] | None = None  # (scaled, unscaled)
+        self._scaler_step: list[Any] | None = None  # [scaler, optimizer, pre-hook fired]
+        self._in_root_forward = 0
+        self._samples = self._tokens = 0
+        self._t0 = self._last_end = 0.0
+        self._wall0 = 0.0
+        self._device: str | None = None
+        self._closed = False
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def __enter__(self) -> Lens:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close("finished")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("interrupted", error="KeyboardInterrupt")
+        else:
+            self.close("failed", error=f"{exc_type.__name__}: {exc}")
+
+    def start(self) -> Lens:
+        """Create the run directory and start recording."""
+        if self._started:
+            raise RuntimeError("this Lens was already started")
+        self._started = True
+        self.run_dir = create_run_dir(self.runs_dir, self.name)
+        self.name = self.run_dir.name
+        self._t0 = self._last_end = time.perf_counter()
+        self._wall0 = time.time()
+        write_meta(self.run_dir, self._initial_meta())
+        self._writer = RunWriter(self.run_dir)
+        self._status = StatusLine(self.name, self._status_mode)
+        self._status.start()
+        interception.install(self)
+        if self.auto:
+            self._discovery.enable()
+            self._handles.append(register_optimizer_step_pre_hook(self._pre_step))
+            self._handles.append(register_optimizer_step_post_hook(self._post_step))
+        else:
+            for model in self.models:
+                self._hook_root(model)
+            for opt in self.optimizers:
+                self._known_optimizers.add(opt)
+                self._handles.append(opt.register_step_pre_hook(self._pre_step))
+                self._handles.append(opt.register_step_post_hook(self._post_step))
+        atexit.register(self._at_exit)
+        return self
+
+    def close(
+        self, status: str = "finished", exit_code: int | None = None, error: str | None = None
+    ) -> None:
+        """Flush everything, compact the tables and write the final status."""
+        if self._closed or not self._started:
+            return
+        self._closed = True
+        atexit.unregister(self._at_exit)
+        interception.uninstall(self)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._discovery.disable()
+        if self._manual is not None:
+            self._manual.recorder.final_update(self._info(skipped=False))
+        for tracked in self._all_tracked():
+            tracked.recorder.flush()
+        assert self._writer is not None and self.run_dir is not None
+        self._writer.close(compact=True)
+        update_meta(
+            self.run_dir,
+            status=status,
+            end_time=time.time(),
+            exit_code=exit_code,
+            error=error,
+            steps=self.step,
+            device=self._device,
+            layers=sum(t.recorder.layout.n for t in self._all_tracked()),
+        )
+        if self._status is not None:
+            self._status.stop(self._summary(status))
+
+    def _at_exit(self) -> None:
+        self.close("finished")
+
+    # -- interception listener (see gradlens.instrument.interception) ---------------------------
+
+    def on_backward(self, tensor: Tensor) -> None:
+        if self._scaled is not None and tensor is self._scaled[0]:
+            tensor = self._scaled[1]
+        value = tensor.detach().reshape(()).float()
+        self._loss = value if self._loss is None else self._loss + value
+
+    def after_backward(self) -> None:
+        if self._known_optimizers or self.optimizers:
+            return
+        if self._manual is None:
+            self._manual = self._track_manual()
+            if self._manual is None:
+                return
+        recorder = self._manual.recorder
+        recorder.before_update(self._loss)
+        recorder.after_update(self._info(skipped=False))
+        self._end_step()
+
+    def on_loss_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self.probe_set.full:
+            self.probe_set.record_loss(name, args, kwargs, self._in_root_forward > 0)
+
+    def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None:
+        self._scaled = (scaled, unscaled)
+
+    def before_scaler_step(self, scaler: Any, optimizer: Any) -> None:
+        self._scaler_step = [scaler, optimizer, False]
+
+    def after_scaler_step(self, scaler: Any, optimizer: Any) -> None:
+        context, self._scaler_step = self._scaler_step, None
+        if context is None or context[2] or not getattr(scaler, "_enabled", True):
+            return
+        # GradScaler found inf/NaN and skipped optimizer.step(): record the step as skipped,
+        # with the (unscaled, non-finite) gradients it refused.
+        self._capture(optimizer, scaler._get_scale_async())
+        self._post_step(optimizer, (), {}, skipped=True)
+
+    def on_optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.auto:
+            self._known_optimizers.add(optimizer)
+            self._discovery.enable()  # a new optimizer may come with a new model
+
+    # -- optimizer hooks -------------------------------------------------------------------------
+
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if interception.is_suspended():
+            return
+        scale = None
+        if self._scaler_step is not None and self._scaler_step[1] is optimizer:
+            self._scaler_step[2] = True
+            scale = self._scaler_step[0]._get_scale_async()
+        self._capture(optimizer, scale)
+
+    def _capture(self, optimizer: torch.optim.Optimizer, scale: Tensor | None) -> None:
+        tracked = self._tracked_for(optimizer)
+        if tracked is None:
+            return
+        tracked.recorder.before_update(
+            self._loss if tracked.index == 0 else None,
+            grad_scale=getattr(optimizer, "grad_scale", None),
+            skipped=getattr(optimizer, "found_inf", None),
+            amp_scale=scale,
+        )
+
+    def _post_step(
+        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any, skipped: bool = False
+    ) -> None:
+        if interception.is_suspended():
+            return
+        tracked = self._tracked.get(id(optimizer))
+        if tracked is None:
+            return
+        info = self._info(skipped, optimizer, tracked.index)
+        tracked.recorder.after_update(info, applied=not skipped)
+        if tracked.index == 0:
+            self._end_step()
+
+    # -- root-module hooks -----------------------------------------------------------------------
+
+    def _hook_root(self, module: nn.Module) -> None:
+        if module in self._hooked_roots:
+            return
+        self._hooked_roots.add(module)
+        self._handles.append(
+            module.register_forward_pre_hook(self._root_pre_forward, with_kwargs=True)
+        )
+        self._handles.append(module.register_forward_hook(self._root_forward, always_call=True))
+
+    def _root_pre_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        self._in_root_forward += 1
+        if module.training and torch.is_grad_enabled() and not interception.is_suspended():
+            samples, tokens = batch_size_of(args, kwargs)
+            self._samples += samples
+            self._tokens += tokens
+            if not self.probe_set.full:
+                self.probe_set.record_forward(module, args, kwargs, samples)
+
+    def _root_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._in_root_forward = max(0, self._in_root_forward - 1)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _tracked_for(self, optimizer: torch.optim.Optimizer) -> _Tracked | None:
+        tracked = self._tracked.get(id(optimizer))
+        if tracked is not None:
+            return tracked
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        if not params:
+            return None
+        if self._discovery.enabled:
+            self._discovery.disable()
+        roots = self.models or self._discovery.roots()
+        for root in roots:
+            self._hook_root(root)
+        names = _names(params, parameter_names(roots), optimizer)
+        tracked = _Tracked(self._recorder(params, names, len(self._tracked)), len(self._tracked))
+        self._tracked[id(optimizer)] = tracked
+        self._known_optimizers.add(optimizer)
+        return tracked
+
+    def _track_manual(self) -> _Tracked | None:
+        self._discovery.disable()
+        roots = self.models or self._discovery.roots()
+        params, seen = [], set()
+        for root in roots:
+            self._hook_root(root)
+            for p in root.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        if not params:
+            return None
+        names = _names(params, parameter_names(roots), None)
+        return _Tracked(self._recorder(params, names, 0, update_lag=1), 0)
+
+    def _recorder(
+        self, params: list[Tensor], names: list[str], index: int, update_lag: int = 0
+    ) -> StepRecorder:
+        if self._device is None:
+            self._device = _describe_device(params[0].device)
+        detector = SpikeDetector(names, self.spike_config)
+        on_stats = self._on_stats if index == 0 else None
+        decoder = ChunkDecoder(detector, on_stats, metric_suffix="" if index == 0 else f"@{index}")
+        writer = self._writer
+        assert writer is not None
+
+        def sink(chunk: Chunk) -> None:
+            writer.submit(lambda: decoder(chunk))
+
+        return StepRecorder(
+            params,
+            names,
+            sink,
+            every=self.every,
+            flush_secs=self.flush_secs,
+            update_lag=update_lag,
+            track_updates=self.track_updates,
+        )
+
+    def _info(
+        self, skipped: bool, optimizer: torch.optim.Optimizer | None = None, index: int = 0
+    ) -> StepInfo:
+        now = time.perf_counter()
+        lrs: tuple[Any, ...] = ()
+        if optimizer is not None:
+            lrs = tuple(_lr(g.get("lr")) for g in optimizer.param_groups)
+        return StepInfo(
+            step=self.step,
+            wall_time=time.time() - self._wall0,
+            step_time=now - self._last_end if self.step > 0 else None,
+            samples=self._samples,
+            tokens=self._tokens,
+            lrs=lrs,
+            has_loss=self._loss is not None and index == 0,
+            skipped=skipped,
+        )
+
+    def _end_step(self) -> None:
+        self.step += 1
+        self._loss = None
+        self._scaled = None
+        self._samples = self._tokens = 0
+        self._last_end = time.perf_counter()
+
+    def _all_tracked(self) -> list[_Tracked]:
+        return [*self._tracked.values(), *([self._manual] if self._manual else [])]
+
+    def _on_stats(self, stats: LiveStats) -> None:
+        self._last_stats = stats
+        if self._status is not None:
+            self._status.update(stats)
+
+    def _summary(self, status: str) -> str:
+        stats = getattr(self, "_last_stats", LiveStats())
+        return (
+            f"gradlens: run {self.name!r} {status} after {self.step} steps "
+            f"({stats.spikes} spikes, {stats.nonfinite} non-finite) → {self.run_dir}"
+        )
+
+    def _initial_meta(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "command": self.command,
+            "argv": self.argv,
+            "cwd": os.getcwd(),
+            "status": "running",
+            "start_time": self._wall0,
+            "end_time": None,
+            "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()),
+            "host": socket.gethostname(),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "gradlens": __version__,
+            },
+            "git_sha": _git_sha(),
+            "config": {
+                "every": self.every,
+                "flush_secs": self.flush_secs,
+                "probes": self.probes,
+                "probe_batches": self.probe_set.capacity,
+                "track_updates": self.track_updates,
+                "spikes": vars(self.spike_config),
+                "mode": "auto" if self.auto else "explicit",
+            },
+        }
+
+
+def _as_list(value: Any, kind: type, what: str) -> list[Any]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, kind) else list(value)
+    for item in items:
+        if not isinstance(item, kind):
+            raise TypeError(f"{what} must be a {kind.__name__} or a sequence of them")
+    return items
+
+
+def _names(
+    params: list[Tensor], known: dict[int, str], optimizer: torch.optim.Optimizer | None
+) -> list[str]:
+    """Clean module names where known, the optimizer's ``param_names``, else group.index."""
+    names = []
+    groups = optimizer.param_groups if optimizer is not None else []
+    by_id: dict[int, str] = {}
+    for g, group in enumerate(groups):
+        given = group.get("param_names") or []
+        for i, p in enumerate(group["params"]):
+            by_id[id(p)] = given[i] if i < len(given) else f"group{g}.param{i}"
+    for i, p in enumerate(params):
+        names.append(known.get(id(p)) or by_id.get(id(p)) or f"param{i}")
+    return names
+
+
+def _lr(value: Any) -> float | Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", non_blocking=True)
+    return float(value) if value is not None else float("nan")
+
+
+def _describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=2, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None

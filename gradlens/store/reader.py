@@ -1,0 +1,175 @@
+"""Reading runs back: ``open_run(path).table("layers")`` → pandas DataFrame.
+
+Readers see every complete segment written so far, so a run still being written (or one
+that was killed) reads back with everything that was flushed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from gradlens.errors import RunNotFoundError, TableError
+from gradlens.store.meta import read_meta, resolved_status
+from gradlens.store.schema import SCHEMAS
+from gradlens.store.segments import readable_files
+
+__all__ = ["Run", "list_runs", "open_run"]
+
+Filter = tuple[str, str, Any]
+
+
+class Run:
+    """A run directory: metadata plus one Parquet table per folder.
+
+    Example:
+        >>> run = open_run("runs/mlp")                 # doctest: +SKIP
+        >>> run.status, run.steps
+        ('finished', 300)
+        >>> run.table("layers", filters=[("metric", "==", "grad_norm")]).head()
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.path.name))
+
+    @cached_property
+    def status(self) -> str:
+        """running, finished, failed, interrupted, or crashed (never finalized)."""
+        return resolved_status(self.meta, self.path)
+
+    def tables(self) -> list[str]:
+        """Names of the tables that hold at least one file."""
+        return sorted(p.name for p in self.path.iterdir() if p.is_dir() and _files(p))
+
+    def has_table(self, name: str) -> bool:
+        return bool(_files(self.path / name))
+
+    def table(
+        self,
+        name: str,
+        columns: Sequence[str] | None = None,
+        filters: Sequence[Filter] | None = None,
+    ) -> pd.DataFrame:
+        """Rows of table ``name`` as a DataFrame, sorted by step.
+
+        ``columns`` reads only those columns; ``filters`` are ``(column, op, value)`` triples
+        (ops ``==, !=, <, <=, >, >=, in``) applied while reading. A table with no file gives an
+        empty frame; an unreadable one raises ``TableError``.
+        """
+        files = _files(self.path / name)
+        if not files:
+            if name not in SCHEMAS:
+                raise TableError(f"run {self.name!r} has no table {name!r}")
+            empty = SCHEMAS[name].empty_table().to_pandas()
+            return empty[list(columns)] if columns else empty
+        try:
+            schema = pa.unify_schemas([ds.dataset(f, format="parquet").schema for f in files])
+            dataset = ds.dataset([str(f) for f in files], format="parquet", schema=schema)
+            expr = _expression(filters) if filters else None
+            frame = dataset.to_table(columns=list(columns) if columns else None, filter=expr)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            raise TableError(f"table {name!r} of run {self.name!r} is unreadable: {exc}") from None
+        df = frame.to_pandas()
+        if "step" in df.columns:
+            df = df.sort_values("step", kind="stable", ignore_index=True)
+        return df
+
+    @cached_property
+    def steps(self) -> int:
+        """Optimizer steps recorded (from meta when finalized, else from the data)."""
+        if isinstance(self.meta.get("steps"), int) and self.status != "running":
+            return int(self.meta["steps"])
+        if not self.has_table("scalars"):
+            return 0
+        steps = self.table("scalars", columns=["step"])["step"]
+        return int(steps.max()) + 1 if len(steps) else 0
+
+    @property
+    def start_time(self) -> float | None:
+        value = self.meta.get("start_time")
+        return float(value) if value is not None else None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end (to the last write for unfinished runs)."""
+        start = self.start_time
+        if start is None:
+            return None
+        end = self.meta.get("end_time")
+        if end is None:
+            files = [p for p in self.path.rglob("*.parquet")]
+            end = max((p.stat().st_mtime for p in files), default=start)
+            if self.status == "running":
+                end = time.time()
+        return max(0.0, float(end) - start)
+
+    def __repr__(self) -> str:
+        return f"Run({self.name!r}, status={self.status!r}, path={str(self.path)!r})"
+
+
+def open_run(path: str | Path) -> Run:
+    """Open the run at ``path``; raises ``RunNotFoundError`` if it is not a gradlens run."""
+    run_dir = Path(path)
+    if not (run_dir / "meta.json").is_file():
+        raise RunNotFoundError(f"{path}: not a gradlens run (no meta.json)")
+    try:
+        meta = read_meta(run_dir)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise RunNotFoundError(f"{path}: unreadable meta.json ({exc})") from None
+    return Run(run_dir, meta)
+
+
+def list_runs(runs_dir: str | Path) -> list[Run]:
+    """Every run directly under ``runs_dir``, oldest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise RunNotFoundError(f"{runs_dir}: no such directory")
+    runs = []
+    for child in root.iterdir():
+        if (child / "meta.json").is_file():
+            try:
+                runs.append(open_run(child))
+            except RunNotFoundError:
+                continue
+    return sorted(runs, key=lambda r: (r.start_time or 0.0, r.name))
+
+
+def _files(folder: Path) -> list[Path]:
+    return readable_files(folder)[0]
+
+
+_OPS = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _expression(filters: Sequence[Filter]) -> ds.Expression:
+    terms = []
+    for column, op, value in filters:
+        if op == "in":
+            terms.append(ds.field(column).isin(list(value)))
+        elif op in _OPS:
+            terms.append(_OPS[op](ds.field(column), value))
+        else:
+            raise ValueError(f"unknown filter operator {op!r}")
+    return functools.reduce(operator.and_, terms)

@@ -1,0 +1,217 @@
+"""The Lens API against per-step oracles computed in the training loop itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradlens
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _data(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 6, generator=g)
+    return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+
+
+def _norms(tensors):
+    return [t.detach().double().norm().item() for t in tensors]
+
+
+def _pivot(run, table, metric):
+    df = run.table(table, filters=[("metric", "==", metric)])
+    index = "layer" if table == "layers" else "index"
+    return df.pivot(index="step", columns=index, values="value")
+
+
+def test_exact_per_layer_values_and_scalars(runs_dir):
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    oracle = {"grad": [], "param": [], "update": [], "loss": [], "lr": []}
+    with gradlens.Lens(model, opt, runs_dir=runs_dir, name="exact", every=5) as lens:
+        for step in range(12):
+            for group in opt.param_groups:
+                group["lr"] = 0.1 / (1 + step)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            before = [p.detach().clone() for p in params]
+            oracle["grad"].append(_norms(p.grad for p in params))
+            oracle["param"].append(_norms(before))
+            oracle["loss"].append(loss.item())
+            oracle["lr"].append(0.1 / (1 + step))
+            opt.step()
+            oracle["update"].append(_norms(p - b for p, b in zip(params, before)))
+    run = gradlens.open_run(lens.run_dir)
+    assert run.status == "finished" and run.steps == 12
+    for table_metric, key in [
+        ("grad_norm", "grad"),
+        ("param_norm", "param"),
+        ("update_norm", "update"),
+    ]:
+        got = _pivot(run, "layers", table_metric)[names].to_numpy()
+        np.testing.assert_allclose(got, np.array(oracle[key]), rtol=2e-6, atol=1e-7)
+    ratio = _pivot(run, "layers", "update_ratio")[names].to_numpy()
+    np.testing.assert_allclose(
+        ratio, np.array(oracle["update"]) / np.array(oracle["param"]), rtol=1e-5
+    )
+    scalars = run.table("scalars")
+    loss = scalars[scalars.metric == "loss"].value.to_numpy()
+    np.testing.assert_allclose(loss, oracle["loss"], rtol=1e-6)
+    total = scalars[scalars.metric == "grad_norm"].value.to_numpy()
+    np.testing.assert_allclose(total, np.linalg.norm(np.array(oracle["grad"]), axis=1), rtol=1e-5)
+    lr = scalars[scalars.metric == "lr"].value.to_numpy()
+    np.testing.assert_allclose(lr, oracle["lr"])
+    assert (_pivot(run, "layers", "nonfinite").to_numpy() == 0).all()
+    steps = scalars[scalars.metric == "step_time"].step.tolist()
+    assert steps == list(range(1, 12))  # step 0 has no previous step to time against
+    assert run.table("events").empty
+
+
+def test_gradient_accumulation_reads_once_per_optimizer_step(runs_dir):
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    params = list(model.parameters())
+    grads, losses = [], []
+    with gradlens.Lens(model, opt, runs_dir=runs_dir, every=3) as lens:
+        for _ in range(5):
+            opt.zero_grad()
+            total = 0.0
+            for chunk in range(4):
+                part = slice(chunk * 16, chunk * 16 + 16)
+                loss = F.cross_entropy(model(x[part]), y[part]) / 4
+                loss.backward()
+                total += loss.item()
+            grads.append(np.linalg.norm(_norms(p.grad for p in params)))
+            losses.append(total)
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    scalars = run.table("scalars")
+    assert run.steps == 5
+    np.testing.assert_allclose(scalars[scalars.metric == "grad_norm"].value, grads, rtol=1e-5)
+    np.testing.assert_allclose(scalars[scalars.metric == "loss"].value, losses, rtol=1e-5)
+    samples = scalars[scalars.metric == "samples_per_s"]
+    step_time = scalars[scalars.metric == "step_time"].set_index("step").value
+    np.testing.assert_allclose(samples.value * step_time[samples.step].to_numpy(), 64, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_grad_scaler_true_magnitudes_and_skipped_steps(runs_dir, fused):
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    params = list(model.parameters())
+    true_norms = []
+    with gradlens.Lens(model, opt, runs_dir=runs_dir) as lens:
+        for step in range(6):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            if step == 3:
+                loss = loss * float("inf")  # overflow: GradScaler skips this step
+            scale = scaler.get_scale()
+            scaler.scale(loss).backward()
+            true_norms.append([n / scale for n in _norms(p.grad for p in params)])
+            scaler.step(opt)
+            scaler.update()
+    run = gradlens.open_run(lens.run_dir)
+    assert run.steps == 6
+    names = [n for n, _ in model.named_parameters()]
+    got = _pivot(run, "layers", "grad_norm")[names].to_numpy()
+    ok = [0, 1, 2, 4, 5]
+    np.testing.assert_allclose(got[ok], np.array(true_norms)[ok], rtol=1e-5)
+    skipped = _pivot(run, "scalars", "skipped")[0].tolist()
+    assert skipped == [0, 0, 0, 1, 0, 0]
+    updates = _pivot(run, "layers", "update_norm")
+    assert (updates.loc[3] == 0).all() and (updates.loc[4] > 0).all()
+    amp = _pivot(run, "scalars", "amp_scale")[0].tolist()
+    assert amp[:4] == [2.0**12] * 4 and amp[4] == 2.0**11  # backed off after the skip
+    loss = _pivot(run, "scalars", "loss")[0]
+    assert 0.5 < loss[0] < 2.0  # the unscaled loss, not loss × 4096
+    events = run.table("events")
+    assert events[["step", "kind"]].values.tolist() == [[3, "skipped_step"]]
+
+
+def test_manual_sgd_without_optimizer(runs_dir):
+    model, (x, y) = _model(), _data()
+    lr = 0.05
+    params = list(model.parameters())
+    grads = []
+    with gradlens.Lens(model, runs_dir=runs_dir, every=4) as lens:
+        for _ in range(7):
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            grads.append(_norms(p.grad for p in params))
+            with torch.no_grad():
+                for p in params:
+                    p.data.add_(p.grad, alpha=-lr)
+    run = gradlens.open_run(lens.run_dir)
+    assert run.steps == 7
+    names = [n for n, _ in model.named_parameters()]
+    got = _pivot(run, "layers", "grad_norm")[names].to_numpy()
+    np.testing.assert_allclose(got, grads, rtol=1e-5)
+    # The update after step t is lr * g_t, seen at step t+1 (or at close for the last step).
+    updates = _pivot(run, "layers", "update_norm")[names].to_numpy()
+    np.testing.assert_allclose(updates, lr * np.array(grads), rtol=1e-4)
+
+
+def test_nonfinite_gradient_event_names_the_layer(runs_dir):
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradlens.Lens(model, opt, runs_dir=runs_dir) as lens:
+        for step in range(30):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            if step == 25:
+                model[2].weight.grad[0, 0] = float("nan")
+                model[2].weight.grad[1, 1] = float("inf")
+            opt.step()
+            if step == 25:
+                with torch.no_grad():  # keep training alive for the rest of the test
+                    model[2].weight.nan_to_num_(0.0, 0.0, 0.0)
+    run = gradlens.open_run(lens.run_dir)
+    events = run.table("events")
+    bad = events[events.kind == "nonfinite_grad"]
+    assert bad[["step", "layer", "value"]].values.tolist() == [[25, "2.weight", 2.0]]
+    layers = run.table("layers", filters=[("metric", "==", "nonfinite"), ("step", "==", 25)])
+    assert dict(zip(layers.layer, layers.value)) == {
+        "0.weight": 0,
+        "0.bias": 0,
+        "2.weight": 2,
+        "2.bias": 0,
+    }
+
+
+def test_lens_rejects_bad_arguments(runs_dir):
+    with pytest.raises(ValueError, match="every"):
+        gradlens.Lens(every=0)
+    with pytest.raises(ValueError, match="probes"):
+        gradlens.Lens(probes="expensive")
+    with pytest.raises(TypeError, match="model"):
+        gradlens.Lens(model="not a model")
+
+
+def test_exception_marks_run_failed_and_keeps_rows(runs_dir):
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    lens = gradlens.Lens(model, opt, runs_dir=runs_dir, name="boom")
+    with pytest.raises(RuntimeError, match="boom"), lens:
+        for step in range(10):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            if step == 6:
+                raise RuntimeError("boom")
+    run = gradlens.open_run(lens.run_dir)
+    assert run.status == "failed" and "boom" in run.meta["error"]
+    assert run.steps == 7
