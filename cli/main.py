@@ -50,6 +50,13 @@ def watch(
     every: Annotated[int, typer.Option(min=1, help="Steps between flushes to disk.")] = 50,
     probes: Annotated[Preset, typer.Option(help="Probe cost preset.")] = Preset.cheap,
     status: Annotated[StatusMode, typer.Option(help="Status line on stderr.")] = StatusMode.auto,
+    updates: Annotated[
+        bool,
+        typer.Option(
+            "--updates/--no-updates",
+            help="Record update norms ‖Δθ‖ (one parameter copy per step; the main cost on CPU).",
+        ),
+    ] = True,
 ) -> None:
     """Run SCRIPT [ARGS]... unmodified and record every model and optimizer it creates.
 
@@ -65,6 +72,7 @@ def watch(
         every=every,
         probes=probes.value,
         status=status.value,
+        track_updates=updates,
     )
     raise typer.Exit(code)
 

@@ -11,10 +11,9 @@ import torch
 
 from gradlens.capture.chunk import Chunk, StepInfo
 from gradlens.capture.spikes import SpikeDetector
+from gradlens.store.schema import Coded
 
 __all__ = ["ChunkDecoder", "LiveStats"]
-
-LAYER_METRICS = ("grad_norm", "param_norm", "update_norm", "update_ratio", "nonfinite")
 
 
 @dataclass
@@ -28,29 +27,12 @@ class LiveStats:
     nonfinite: int = 0
 
 
-class _Columns:
-    """Column lists that grow by whole arrays and concatenate once."""
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.parts: dict[str, list[Any]] = {n: [] for n in names}
-
-    def add(self, **columns: Any) -> None:
-        n = max(np.size(v) for v in columns.values())
-        for name, value in columns.items():
-            self.parts[name].append(np.broadcast_to(np.asarray(value), (n,)))
-
-    def build(self) -> dict[str, np.ndarray]:
-        return {
-            name: np.concatenate(parts) if parts else np.array([])
-            for name, parts in self.parts.items()
-        }
-
-
 class ChunkDecoder:
     """Turns chunks of one recorder into ``scalars``, ``layers`` and ``events`` rows.
 
     Stateful: it carries the spike baselines and, for manual updates, the previous step's
-    parameter norms across chunks. Runs on the writer thread only.
+    parameter norms across chunks. Runs on the writer thread only, vectorised over the chunk
+    (its Python work holds the GIL the training thread needs).
     """
 
     def __init__(
@@ -60,96 +42,168 @@ class ChunkDecoder:
         metric_suffix: str = "",
     ) -> None:
         self.spikes = spikes
-        self.suffix = metric_suffix
         self.on_stats = on_stats
+        self.suffix = metric_suffix
         self.stats = LiveStats()
         self._prev: tuple[int, np.ndarray] | None = None  # (step, param norms) for lagged updates
 
-    def __call__(self, chunk: Chunk) -> dict[str, dict[str, np.ndarray]]:
+    def __call__(self, chunk: Chunk) -> dict[str, dict[str, Any]]:
         chunk.wait()
+        layout, infos = chunk.layout, chunk.infos
         rows = chunk.rows.numpy().astype(np.float64)
-        layout = chunk.layout
-        names = np.array(layout.names, dtype=object)
-        scalars = _Columns(("step", "metric", "index", "value"))
-        layers = _Columns(("step", "layer", "metric", "value"))
-        events: list[dict[str, Any]] = []
-        for row, info in zip(rows, chunk.infos, strict=True):
-            gnorm, pnorm = row[layout.block(0)], row[layout.block(1)]
-            update, nonfinite = row[layout.block(2)], row[layout.block(3)]
-            self._updates(layers, names, info, update, pnorm, layout.update_lag)
-            if info.tail:
-                continue
-            skipped = info.skipped or row[1] > 0
-            total = float(np.sqrt(np.sum(gnorm**2)))
-            loss = float(row[0]) if info.has_loss else None
-            for metric, value in _scalars(info, loss, total, skipped, nonfinite, row[2]):
-                scalars.add(step=info.step, metric=metric + self.suffix, index=0, value=value)
-            for i, lr in enumerate(info.lrs):
-                scalars.add(step=info.step, metric="lr" + self.suffix, index=i, value=_float(lr))
-            for metric, values in (
-                ("grad_norm", gnorm),
-                ("param_norm", pnorm),
-                ("nonfinite", nonfinite),
-            ):
-                layers.add(step=info.step, layer=names, metric=metric, value=values)
-            events += self.spikes.update(info.step, loss, total, gnorm, nonfinite, skipped)
-            self.stats = LiveStats(
+        steps = np.array([i.step for i in infos], dtype=np.int64)
+        full = np.array([not i.tail for i in infos])
+        gnorm, pnorm = rows[:, layout.block(0)], rows[:, layout.block(1)]
+        update, nonfinite = rows[:, layout.block(2)], rows[:, layout.block(3)]
+        layers = _LayerRows(np.array(layout.names, dtype=object))
+        self._updates(layers, steps, update, pnorm, layout.update_lag)
+        s, g, p, nf = steps[full], gnorm[full], pnorm[full], nonfinite[full]
+        layers.add(s, "grad_norm", g)
+        layers.add(s, "param_norm", p)
+        layers.add(s, "nonfinite", nf)
+        kept = [info for info in infos if not info.tail]
+        total = np.sqrt(np.sum(g**2, axis=1))
+        skipped = np.array([i.skipped for i in kept], dtype=bool) | (rows[full, 1] > 0)
+        has_loss = np.array([i.has_loss for i in kept], dtype=bool)
+        loss = rows[full, 0]
+        scalars = self._scalars(kept, s, loss, has_loss, total, skipped, nf, rows[full, 2])
+        events = []
+        for i, info in enumerate(kept):
+            events += self.spikes.update(
                 info.step,
-                loss if loss is not None else float("nan"),
-                total,
-                sum(v for k, v in self.spikes.counts.items() if k.endswith("spike")),
-                sum(v for k, v in self.spikes.counts.items() if k.startswith("nonfinite")),
+                float(loss[i]) if has_loss[i] else None,
+                float(total[i]),
+                g[i],
+                nf[i],
+                bool(skipped[i]),
+            )
+        if len(kept):
+            counts = self.spikes.counts
+            last = len(kept) - 1
+            self.stats = LiveStats(
+                int(s[last]),
+                float(loss[last]) if has_loss[last] else float("nan"),
+                float(total[last]),
+                sum(v for k, v in counts.items() if k.endswith("spike")),
+                sum(v for k, v in counts.items() if k.startswith("nonfinite")),
             )
         if self.on_stats is not None:
             self.on_stats(self.stats)
-        out = {"scalars": scalars.build(), "layers": layers.build()}
+        out = {"scalars": scalars, "layers": layers.build()}
         if events:
             out["events"] = {k: np.array([e[k] for e in events]) for k in events[0]}
         return out
 
+    def _scalars(
+        self,
+        infos: list[StepInfo],
+        steps: np.ndarray,
+        loss: np.ndarray,
+        has_loss: np.ndarray,
+        total: np.ndarray,
+        skipped: np.ndarray,
+        nonfinite: np.ndarray,
+        amp_scale: np.ndarray,
+    ) -> dict[str, Any]:
+        step_time = np.array([np.nan if i.step_time is None else i.step_time for i in infos])
+        samples = np.array([i.samples for i in infos], dtype=float)
+        tokens = np.array([i.tokens for i in infos], dtype=float)
+        timed = step_time > 0
+        columns: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+
+        def add(metric: str, mask: np.ndarray, values: np.ndarray, index: int = 0) -> None:
+            n = int(mask.sum())
+            if n:
+                columns.append((metric + self.suffix, steps[mask], np.full(n, index), values[mask]))
+
+        everywhere = np.ones(len(steps), dtype=bool)
+        add("loss", has_loss, loss)
+        add("grad_norm", everywhere, total)
+        add("skipped", everywhere, skipped.astype(float))
+        add("nonfinite", everywhere, nonfinite.sum(axis=1) if nonfinite.size else 0 * total)
+        add("time", everywhere, np.array([i.wall_time for i in infos]))
+        add("amp_scale", np.isfinite(amp_scale), amp_scale)
+        add("step_time", timed, step_time)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            add("samples_per_s", timed & (samples > 0), samples / step_time)
+            add("tokens_per_s", timed & (tokens > 0), tokens / step_time)
+        groups = max((len(i.lrs) for i in infos), default=0)
+        for g in range(groups):
+            lr = np.array([_float(i.lrs[g]) if g < len(i.lrs) else np.nan for i in infos])
+            add("lr", np.isfinite(lr), lr, index=g)
+        if not columns:
+            return {
+                "step": np.array([], dtype=np.int64),
+                "metric": np.array([], dtype=object),
+                "index": np.array([], dtype=np.int32),
+                "value": np.array([]),
+            }
+        return {
+            "step": np.concatenate([c[1] for c in columns]),
+            "metric": Coded(
+                np.concatenate([np.full(len(c[1]), i) for i, c in enumerate(columns)]),
+                [c[0] for c in columns],
+            ),
+            "index": np.concatenate([c[2] for c in columns]).astype(np.int32),
+            "value": np.concatenate([c[3] for c in columns]),
+        }
+
     def _updates(
         self,
-        layers: _Columns,
-        names: np.ndarray,
-        info: StepInfo,
+        layers: _LayerRows,
+        steps: np.ndarray,
         update: np.ndarray,
         pnorm: np.ndarray,
         lag: int,
     ) -> None:
         if lag == 0:
-            step, base = info.step, pnorm
-        else:  # the update seen now was applied after the previous step
-            if self._prev is None:
-                self._prev = (info.step, pnorm)
-                return
-            (step, base), self._prev = self._prev, (info.step, pnorm)
+            base = pnorm
+        else:  # the update seen at row t was applied after the previous row's step
+            prev_steps = np.concatenate(([-1 if self._prev is None else self._prev[0]], steps[:-1]))
+            first = np.full((1, pnorm.shape[1]), np.nan) if self._prev is None else self._prev[1]
+            base = np.concatenate((first[None, :] if first.ndim == 1 else first, pnorm[:-1]))
+            self._prev = (int(steps[-1]), pnorm[-1])
+            keep = prev_steps >= 0
+            steps, update, base = prev_steps[keep], update[keep], base[keep]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(base > 0, update / base, np.nan)
-        layers.add(step=step, layer=names, metric="update_norm", value=update)
-        layers.add(step=step, layer=names, metric="update_ratio", value=ratio)
+        layers.add(steps, "update_norm", update)
+        layers.add(steps, "update_ratio", ratio)
 
 
-def _scalars(
-    info: StepInfo,
-    loss: float | None,
-    grad_norm: float,
-    skipped: bool,
-    nonfinite: np.ndarray,
-    amp_scale: float,
-) -> list[tuple[str, float]]:
-    out = [("grad_norm", grad_norm), ("skipped", float(skipped))]
-    out += [("nonfinite", float(np.sum(nonfinite))), ("time", info.wall_time)]
-    if loss is not None:
-        out.append(("loss", loss))
-    if np.isfinite(amp_scale):
-        out.append(("amp_scale", amp_scale))
-    if info.step_time is not None and info.step_time > 0:
-        out.append(("step_time", info.step_time))
-        if info.samples:
-            out.append(("samples_per_s", info.samples / info.step_time))
-        if info.tokens:
-            out.append(("tokens_per_s", info.tokens / info.step_time))
-    return out
+class _LayerRows:
+    """Long rows for the ``layers`` table, built from (steps × layers) blocks."""
+
+    def __init__(self, names: np.ndarray) -> None:
+        self.names = names
+        self.parts: list[tuple[np.ndarray, str, np.ndarray]] = []
+
+    def add(self, steps: np.ndarray, metric: str, values: np.ndarray) -> None:
+        if len(steps):
+            self.parts.append((steps, metric, values))
+
+    def build(self) -> dict[str, Any]:
+        n = len(self.names)
+        if not self.parts or n == 0:
+            return {
+                "step": np.array([], dtype=np.int64),
+                "layer": np.array([], dtype=object),
+                "metric": np.array([], dtype=object),
+                "value": np.array([]),
+            }
+        layer_codes = np.arange(n)
+        return {
+            "step": np.concatenate([np.repeat(s, n) for s, _, _ in self.parts]),
+            "layer": Coded(
+                np.concatenate([np.tile(layer_codes, len(s)) for s, _, _ in self.parts]),
+                list(self.names),
+            ),
+            "metric": Coded(
+                np.concatenate([np.full(len(s) * n, i) for i, (s, _, _) in enumerate(self.parts)]),
+                [m for _, m, _ in self.parts],
+            ),
+            "value": np.concatenate([v.reshape(-1) for _, _, v in self.parts]),
+        }
 
 
 def _float(value: float | torch.Tensor) -> float:

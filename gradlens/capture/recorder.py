@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from gradlens.capture.chunk import Chunk, Layout, StepInfo
-from gradlens.functional.norms import nonfinite_counts, tensor_norms
+from gradlens.functional.norms import NormPlan, nonfinite_counts, tensor_norms
 
 __all__ = ["StepRecorder"]
 
@@ -62,6 +62,7 @@ class StepRecorder:
         self._zero = torch.zeros(1, dtype=f32, device=dev)
         self._zeros_p = torch.zeros(len(self.params), dtype=f32, device=dev)
         self._cpu_nonfinite = self.device.type == "cpu"
+        self._norms = NormPlan(self.params)
 
     # -- hot path --------------------------------------------------------------------------------
 
@@ -79,13 +80,16 @@ class StepRecorder:
         """
         with torch.no_grad():
             grads, missing = self._grads()
-            gnorm = tensor_norms(grads, self.device) if grads else self._zeros_p
-            nonfinite = self._nonfinite(grads, gnorm)
-            if missing:
-                gnorm, nonfinite = self._expand(gnorm, missing), self._expand(nonfinite, missing)
+            if not missing:
+                gnorm = self._norms(grads)
+                nonfinite = self._nonfinite(grads, gnorm)
+            else:
+                gnorm = tensor_norms(grads, self.device) if grads else self._zeros_p
+                nonfinite = self._expand(self._nonfinite(grads, gnorm), missing)
+                gnorm = self._expand(gnorm, missing)
+            pnorm = self._norms(self.params)
             if grad_scale is not None:
                 gnorm = gnorm / grad_scale.to(self.device, torch.float32, non_blocking=True)
-            pnorm = tensor_norms(self.params, self.device)
             if self.layout.update_lag:
                 update = self._update_since_saved()
                 self._save()
@@ -175,23 +179,22 @@ class StepRecorder:
         if not grads:
             return self._zeros_p[: len(grads)]
         # On the CPU reading one number is free: count entries only when something is off.
-        if self._cpu_nonfinite and bool(torch.isfinite(gnorm).all()):
+        if self._cpu_nonfinite and torch.isfinite(gnorm).all().item():
             return torch.zeros(len(grads), dtype=torch.float32)
         return nonfinite_counts(grads, self.device)
 
     def _save(self) -> None:
-        params = [p.detach() for p in self.params]
         if self._saved is None:
-            self._saved = [p.clone() for p in params]
+            self._saved = [p.detach().clone() for p in self.params]
         else:
-            torch._foreach_copy_(self._saved, params)
+            torch._foreach_copy_(self._saved, self.params)
 
     def _update_since_saved(self) -> Tensor:
         if self._saved is None:
             return self._zeros_p
         # In place: the saved copy is refreshed before it is needed again.
-        torch._foreach_sub_(self._saved, [p.detach() for p in self.params])
-        return tensor_norms(self._saved, self.device)
+        torch._foreach_sub_(self._saved, self.params)
+        return self._norms(self._saved)
 
     def _nan_p(self) -> Tensor:
         return self._nan.expand(len(self.params))

@@ -82,25 +82,22 @@ class EmaBaseline:
         self.count = self.count + mask
 
 
-class _Series:
-    def __init__(self, metric: str, kind: str, ratio: float, names: list[str], beta: float):
-        self.metric, self.kind, self.ratio, self.names = metric, kind, ratio, names
-        self.ema = EmaBaseline(len(names), beta)
-
-
 class SpikeDetector:
-    """Turns per-step values into event rows: spikes and non-finite values."""
+    """Turns per-step values into event rows: spikes and non-finite values.
+
+    Series: the loss, the global gradient norm and every layer's gradient norm, kept in one
+    vector so a step costs a handful of numpy operations whatever the number of layers.
+    """
 
     def __init__(self, layer_names: list[str], config: SpikeConfig | None = None) -> None:
-        self.config = config or SpikeConfig()
-        c = self.config
-        self._series = {
-            "loss": _Series("loss", "loss_spike", c.loss_ratio, [""], c.beta),
-            "grad_norm": _Series("grad_norm", "grad_spike", c.grad_ratio, [""], c.beta),
-            "layers": _Series(
-                "grad_norm", "layer_grad_spike", c.layer_ratio, list(layer_names), c.beta
-            ),
-        }
+        self.config = c = config or SpikeConfig()
+        self.layers = list(layer_names)
+        n = len(self.layers)
+        self._kind = np.array(["loss_spike", "grad_spike"] + ["layer_grad_spike"] * n)
+        self._metric = np.array(["loss"] + ["grad_norm"] * (n + 1))
+        self._layer = np.array(["", "", *self.layers], dtype=object)
+        self._ratio = np.array([c.loss_ratio, c.grad_ratio] + [c.layer_ratio] * n)
+        self.ema = EmaBaseline(n + 2, c.beta)
         self.counts: Counter[str] = Counter()
 
     def update(
@@ -112,74 +109,72 @@ class SpikeDetector:
         nonfinite: np.ndarray,
         skipped: bool,
     ) -> list[dict[str, Any]]:
-        """Process one step; returns (and keeps) the events it raised.
+        """Process one step; returns the events it raised.
 
         ``loss`` is None when the step's loss is unknown; ``nonfinite`` counts NaN/Inf
         gradient entries per layer; ``skipped`` steps (AMP) only raise a ``skipped_step``.
         """
         events: list[dict[str, Any]] = []
         if skipped:
-            events.append(
-                _event(
-                    step,
-                    "skipped_step",
-                    "grad_norm",
-                    "",
-                    grad_norm,
-                    detail=("optimizer step skipped (AMP GradScaler found inf/NaN gradients)"),
+            detail = "optimizer step skipped (AMP GradScaler found inf/NaN gradients)"
+            events.append(_event(step, "skipped_step", "grad_norm", "", grad_norm, detail=detail))
+        else:
+            if loss is not None and not np.isfinite(loss):
+                events.append(_event(step, "nonfinite_loss", "loss", "", loss))
+            bad = np.flatnonzero(nonfinite > 0)
+            if len(bad):
+                origin = int(bad[-1])  # nearest the output: where backprop went bad first
+                name = self.layers[origin]
+                detail = (
+                    f"{len(bad)} of {len(self.layers)} tensors have NaN/Inf gradients; "
+                    f"{name} is the one nearest the output"
                 )
-            )
-        if loss is not None and not np.isfinite(loss) and not skipped:
-            events.append(_event(step, "nonfinite_loss", "loss", "", loss))
-        bad = np.flatnonzero(nonfinite > 0)
-        if len(bad) and not skipped:
-            names = self._series["layers"].names
-            origin = int(bad[-1])  # the layer nearest the output: where backprop went bad first
-            events.append(
-                _event(
-                    step,
-                    "nonfinite_grad",
-                    "grad_norm",
-                    names[origin],
-                    float(nonfinite[origin]),
-                    detail=(
-                        f"{len(bad)} of {len(names)} tensors have NaN/Inf gradients; "
-                        f"{names[origin]} is the one nearest the output"
-                    ),
+                events.append(
+                    _event(
+                        step,
+                        "nonfinite_grad",
+                        "grad_norm",
+                        name,
+                        float(nonfinite[origin]),
+                        detail=detail,
+                    )
                 )
-            )
-        if not skipped:
-            if loss is not None:
-                events += self._check("loss", step, np.array([loss]))
-            events += self._check("grad_norm", step, np.array([grad_norm]))
-            events += self._check("layers", step, np.asarray(layer_norms, dtype=float))
+            x = np.concatenate(([np.nan if loss is None else loss, grad_norm], layer_norms))
+            events += self._spikes(step, x)
         self.counts.update(e["kind"] for e in events)
         return events
 
-    def _check(self, key: str, step: int, x: np.ndarray) -> list[dict[str, Any]]:
-        c, series = self.config, self._series[key]
-        mean, std = series.ema.baseline()
+    def _spikes(self, step: int, x: np.ndarray) -> list[dict[str, Any]]:
+        c = self.config
+        mean, std = self.ema.baseline()
         finite = np.isfinite(x)
-        ready = series.ema.count >= c.warmup
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = x / mean
             z = (x - mean) / np.maximum(std, c.rel_floor * np.abs(mean))
-        spike = finite & ready & (mean > 0) & (ratio >= series.ratio) & (z >= c.z)
-        events = [
-            _event(
-                step,
-                series.kind,
-                series.metric,
-                series.names[i],
-                float(x[i]),
-                float(mean[i]),
-                float(ratio[i]),
+            spike = (
+                finite
+                & (self.ema.count >= c.warmup)
+                & (mean > 0)
+                & (ratio >= self._ratio)
+                & (z >= c.z)
             )
-            for i in np.flatnonzero(spike)
-        ]
+        events = []
+        if spike.any():
+            events = [
+                _event(
+                    step,
+                    str(self._kind[i]),
+                    str(self._metric[i]),
+                    str(self._layer[i]),
+                    float(x[i]),
+                    float(mean[i]),
+                    float(ratio[i]),
+                )
+                for i in np.flatnonzero(spike)
+            ]
         # Spikes enter the baseline clipped to the threshold; non-finite values not at all.
-        clipped = np.where(spike, mean * series.ratio, x)
-        series.ema.update(np.where(finite, clipped, 0.0), finite)
+        clipped = np.where(spike, mean * self._ratio, x)
+        self.ema.update(np.where(finite, clipped, 0.0), finite)
         return events
 
 

@@ -7,12 +7,14 @@ is the documentation of the run format.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-__all__ = ["SCHEMAS", "schema_for", "to_arrow"]
+__all__ = ["SCHEMAS", "Coded", "schema_for", "to_arrow"]
 
 _step = pa.field("step", pa.int64())
 _metric = pa.field("metric", pa.string())
@@ -40,6 +42,22 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
+@dataclass(frozen=True)
+class Coded:
+    """A string column given as integer codes into ``labels``.
+
+    Building it touches no Python string per row, so the writer thread holds the GIL (which
+    the training thread needs) for microseconds instead of milliseconds.
+    """
+
+    codes: np.ndarray
+    labels: Sequence[str]
+
+    def to_arrow(self) -> pa.Array:
+        codes = pa.array(np.asarray(self.codes, dtype=np.int32))
+        return pa.DictionaryArray.from_arrays(codes, pa.array(list(self.labels), pa.string()))
+
+
 def schema_for(table: str) -> pa.Schema:
     """The schema of a known table; ``KeyError`` names the known ones."""
     try:
@@ -54,5 +72,11 @@ def to_arrow(table: str, columns: Mapping[str, Any]) -> pa.Table:
     missing = [f.name for f in schema if f.name not in columns]
     if missing:
         raise ValueError(f"table {table!r} rows lack columns {missing}")
-    arrays = [pa.array(columns[f.name], type=f.type, from_pandas=True) for f in schema]
+    arrays = [_array(columns[f.name], f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _array(values: Any, kind: pa.DataType) -> pa.Array:
+    if isinstance(values, Coded):
+        return values.to_arrow().dictionary_decode()
+    return pa.array(values, type=kind, from_pandas=True)

@@ -1,8 +1,10 @@
 """Background writer: turns queued rows into Parquet segment files off the training thread.
 
 The training thread only enqueues. Jobs are callables run on the writer thread (so decoding
-and spike detection happen there too) that return rows per table; everything drained in one
-go becomes one segment per table. ``close()`` drains, writes the tail and compacts.
+and spike detection happen there too) that return rows per table. Rows are written as one
+segment per table as soon as they arrive, but at most once per ``min_interval`` seconds (a
+fast loop flushing every few milliseconds would otherwise write thousands of tiny files and
+hold the GIL the training thread needs). ``close()`` drains, writes the tail and compacts.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,8 +43,11 @@ class RunWriter:
         >>> w.close()
     """
 
-    def __init__(self, run_dir: Path, strict: bool | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, strict: bool | None = None, min_interval: float = 1.0
+    ) -> None:
         self.run_dir = Path(run_dir)
+        self.min_interval = min_interval
         self.strict = os.environ.get("GRADLENS_STRICT") == "1" if strict is None else strict
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._next_segment: dict[str, int] = {}
@@ -81,15 +87,22 @@ class RunWriter:
     # -- writer thread -------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        pending: dict[str, list[pa.Table]] = {}
+        last_write = 0.0
         stop = False
         while not stop:
-            items = [self._queue.get()]
-            while True:  # drain whatever else is waiting: one segment per table per drain
+            timeout = None
+            if pending:  # rows wait at most min_interval before they are written
+                timeout = max(0.0, last_write + self.min_interval - time.monotonic())
+            try:
+                items = [self._queue.get(timeout=timeout)]
+            except queue.Empty:
+                items = []
+            while True:  # drain whatever else is waiting
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            pending: dict[str, list[pa.Table]] = {}
             waiters: list[threading.Event] = []
             for item in items:
                 if item is _STOP:
@@ -98,8 +111,12 @@ class RunWriter:
                     waiters.append(item)
                 else:
                     self._guard(functools.partial(self._run_job, item, pending))
-            for table, parts in pending.items():
-                self._guard(functools.partial(self._write, table, parts))
+            due = time.monotonic() - last_write >= self.min_interval
+            if pending and (due or waiters or stop):
+                for table, parts in pending.items():
+                    self._guard(functools.partial(self._write, table, parts))
+                pending = {}
+                last_write = time.monotonic()
             for waiter in waiters:
                 waiter.set()
 

@@ -1,0 +1,133 @@
+"""Step-time overhead of gradlens capture: watched / plain, side by side in one run.
+
+    python bench/overhead.py                 # CPU cases, and GPU cases when CUDA is there
+    python bench/overhead.py --steps 50 --trials 7
+
+Plain and watched trials alternate on the same model (so drift and thermal effects hit both),
+each trial times ``--steps`` optimizer steps after a warm-up; the ratio is the median watched
+step time over the median plain one. "watched" is exactly what `gradlens watch` installs: an
+automatic Lens (global hooks, model discovery, loss interception, background writer).
+
+Columns: ``ratio`` is the default capture (``no-updates``: without ‖Δθ‖, which costs one
+parameter copy and a subtraction per step, `--no-updates` in `gradlens watch`), and the
+``.item()/layer`` baseline is the naive logger (one host sync per parameter tensor).
+Targets: ≤ 1.05 on CPU, ≤ 1.02 on GPU. Reference points on an H100 (issue #2): per-layer
+``.item()`` capture 1.19×, wandb-style gradient histograms 1.63×, Cockpit "economy" 1.51×.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import make_case
+
+import gradlens
+
+CPU_CASES = ["mlp", "gpt-cpu"]
+GPU_CASES = ["resnet18", "gpt"]
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _train(model, opt, batch, loss_fn, steps: int, device: str) -> float:
+    """Seconds per step over ``steps`` steps."""
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model, batch).backward()
+        opt.step()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def _item_per_layer(model, opt, batch, loss_fn, steps: int, device: str) -> float:
+    """The naive baseline: one .item() per parameter per step (what most loggers do)."""
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model, batch).backward()
+        _ = [p.grad.norm().item() for p in model.parameters()]
+        opt.step()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def bench(case: str, device: str, steps: int, trials: int, runs_dir: Path) -> dict:
+    g = torch.Generator().manual_seed(0)
+    model, batch, loss_fn = make_case(case, device, g)
+    model = model.to(device)
+    batch = tuple(t.to(device) for t in batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    _train(model, opt, batch, loss_fn, max(3, steps // 5), device)  # warm-up
+    plain, watched, no_updates, naive = [], [], [], []
+    for trial in range(trials):
+        plain.append(_train(model, opt, batch, loss_fn, steps, device))
+        for track, out in ((True, watched), (False, no_updates)):
+            lens = gradlens.Lens(runs_dir=runs_dir, name=f"{case}-{trial}", track_updates=track)
+            with lens:
+                _train(model, opt, batch, loss_fn, 3, device)  # discovery, first flush
+                out.append(_train(model, opt, batch, loss_fn, steps, device))
+        naive.append(_item_per_layer(model, opt, batch, loss_fn, steps, device))
+    p, w, u, n = (statistics.median(v) for v in (plain, watched, no_updates, naive))
+    return {
+        "case": case,
+        "device": device,
+        "tensors": len(list(model.parameters())),
+        "plain_ms": p * 1e3,
+        "watched_ms": w * 1e3,
+        "ratio": w / p,
+        "no_updates_ratio": u / p,
+        "item_ratio": n / p,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--cases", nargs="*", default=None)
+    args = parser.parse_args()
+    targets = [(c, "cpu") for c in CPU_CASES]
+    if torch.cuda.is_available():
+        targets += [(c, "cuda") for c in GPU_CASES]
+    if args.cases:
+        targets = [t for t in targets if t[0] in args.cases]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
+    )
+    header = (
+        f"{'case':<10} {'device':<6} {'tensors':>7} {'plain ms':>9} {'gradlens ms':>11} "
+        f"{'ratio':>6} {'target':>6} {'no-updates':>10} {'.item()/layer':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, device in targets:
+            r = bench(case, device, args.steps, args.trials, Path(tmp))
+            target = 1.05 if device == "cpu" else 1.02
+            print(
+                f"{r['case']:<10} {r['device']:<6} {r['tensors']:>7} {r['plain_ms']:>9.2f} "
+                f"{r['watched_ms']:>11.2f} {r['ratio']:>6.3f} {target:>6.2f} "
+                f"{r['no_updates_ratio']:>10.3f} {r['item_ratio']:>13.3f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
