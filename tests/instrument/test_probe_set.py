@@ -1,0 +1,66 @@
+"""Recorded probe batches: root inputs and the loss call, inside or outside forward."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradlens
+from gradlens.instrument import interception
+from gradlens.instrument.watch import watch_script
+from tests.conftest import EXAMPLES
+
+
+def test_loss_inside_forward_is_recorded_with_targets(runs_dir):
+    backward = torch.autograd.backward
+    code, lens = watch_script(
+        EXAMPLES / "tiny_gpt.py", ["--steps", "6"], runs_dir=runs_dir, status="off",
+        probe_batches=2,
+    )
+    assert code == 0
+    assert torch.autograd.backward is backward and F.cross_entropy.__module__ == (
+        "torch.nn.functional"
+    ), "watch must restore every patch"
+    batches = lens.probe_set.batches
+    assert len(batches) == 2
+    first = batches[0]
+    idx, targets = first.args
+    assert idx.shape == (32, 64) and targets.shape == (32, 64)
+    assert first.loss is not None and first.loss.name == "cross_entropy"
+    assert first.loss.inside_forward
+    assert first.loss.input_shape[0] == 32 * 64
+    assert torch.equal(first.loss.target, targets.view(-1))
+    run = gradlens.open_run(lens.run_dir)
+    assert run.steps == 6
+    tokens = run.table("scalars", filters=[("metric", "==", "tokens_per_s")])
+    assert len(tokens) > 0
+
+
+def test_loss_outside_forward_and_inputs_are_copies(runs_dir):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1])
+    with gradlens.Lens(model, opt, runs_dir=runs_dir, probe_batches=1) as lens:
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y, label_smoothing=0.1).backward()
+            opt.step()
+            x.add_(1.0)  # the data pipeline reuses its buffer in place
+    (batch,) = lens.probe_set.batches
+    assert batch.loss is not None and not batch.loss.inside_forward
+    assert batch.loss.kwargs == {"label_smoothing": 0.1}
+    assert torch.allclose(batch.args[0], x - 3.0)  # the original batch, not the mutated one
+    assert batch.batch_size == 5
+
+
+def test_suspended_interception_records_nothing(runs_dir):
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.Lens(model, opt, runs_dir=runs_dir) as lens:
+        with interception.suspended():
+            opt.zero_grad()
+            model(torch.randn(4, 3)).sum().backward()
+            opt.step()
+        assert lens.step == 0
