@@ -36,7 +36,7 @@ demo: install
 	rm -rf $(RUNS)/demo
 	$(BIN)/gradlens watch --runs-dir $(RUNS) --name demo --status plain \
 		examples/mlp_classifier.py --spike-at 150
-	$(BIN)/gradlens ls $(RUNS)
+	$(BIN)/gradlens report $(RUNS)/demo --fail-on error
 	@echo
 	@echo "Run recorded in $(RUNS)/demo. Read it back in Python:"
 	@echo "  $(PY) -c \"import gradlens; print(gradlens.open_run('$(RUNS)/demo').table('layers'))\""
@@ -55,11 +55,13 @@ format: install
 
 # Small real runs recorded from examples/, committed for the demo, the tests and the dashboard.
 sample-runs: install
-	rm -rf sample_runs/mlp sample_runs/mlp-spiky sample_runs/tiny-gpt
+	rm -rf sample_runs/mlp sample_runs/mlp-spiky sample_runs/mlp-diverged sample_runs/tiny-gpt
 	$(BIN)/gradlens watch --runs-dir sample_runs --name mlp --status off \
 		examples/mlp_classifier.py
 	$(BIN)/gradlens watch --runs-dir sample_runs --name mlp-spiky --status off \
 		examples/mlp_classifier.py --spike-at 150
+	$(BIN)/gradlens watch --runs-dir sample_runs --name mlp-diverged --status off \
+		examples/mlp_classifier.py --lr 50 --steps 100
 	$(BIN)/gradlens watch --runs-dir sample_runs --name tiny-gpt --status off \
 		examples/tiny_gpt.py
 

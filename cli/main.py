@@ -77,6 +77,143 @@ def watch(
     raise typer.Exit(code)
 
 
+class Format(StrEnum):
+    text = "text"
+    markdown = "markdown"
+    json = "json"
+    junit = "junit"
+
+
+class FailOn(StrEnum):
+    warning = "warning"
+    error = "error"
+    never = "never"
+
+
+FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write the output to FILE instead of stdout.")
+]
+FailOnOption = Annotated[
+    FailOn | None,
+    typer.Option(help="Exit 1 when a finding is at/above this level [config, else error]."),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="gradlens.toml or pyproject.toml (default: nearest one)."),
+]
+ThresholdOption = Annotated[
+    list[str] | None,
+    typer.Option("--threshold", "-t", help="Override a threshold: NAME=VALUE (repeatable)."),
+]
+SummaryOption = Annotated[
+    bool,
+    typer.Option(
+        "--step-summary/--no-step-summary",
+        help="Append markdown to $GITHUB_STEP_SUMMARY when it is set.",
+    ),
+]
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    fmt: FormatOption = Format.text,
+    output: OutputOption = None,
+    fail_on: FailOnOption = None,
+    config: ConfigOption = None,
+    threshold: ThresholdOption = None,
+    step_summary: SummaryOption = True,
+) -> None:
+    """Is this training healthy? Findings, layers and probe summaries; exit code for CI.
+
+    Exit codes: 0 healthy (no finding at/above --fail-on), 1 findings at/above it,
+    2 usage or input error (missing run, unreadable table, bad config).
+    """
+    from gradlens.report import build_report, exit_code, load_config
+    from gradlens.store import open_run
+
+    settings = load_config(
+        config, fail_on=fail_on.value if fail_on else None, overrides=_overrides(threshold)
+    )
+    result = build_report(open_run(run), settings)
+    _emit_report(result, fmt, output, step_summary)
+    raise typer.Exit(exit_code(result))
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    fmt: FormatOption = Format.text,
+    output: OutputOption = None,
+    fail_on: FailOnOption = None,
+    config: ConfigOption = None,
+    threshold: ThresholdOption = None,
+) -> None:
+    """Runs side by side: losses, spikes, findings, per-layer norm differences.
+
+    The first run is the baseline. Exit code 1 when any run has findings at/above --fail-on.
+    """
+    from gradlens.report import compare_runs, load_config, render_compare
+    from gradlens.store import open_run
+
+    if len(runs) < 2:
+        raise GradlensError("compare needs at least two runs")
+    settings = load_config(
+        config, fail_on=fail_on.value if fail_on else None, overrides=_overrides(threshold)
+    )
+    comparison = compare_runs([open_run(r) for r in runs], settings)
+    _emit(render_compare(comparison, fmt.value), output)
+    raise typer.Exit(comparison.exit_code)
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise GradlensError(f"--threshold expects NAME=VALUE, got {pair!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _emit_report(result: object, fmt: Format, output: Path | None, step_summary: bool) -> None:
+    from gradlens.report import (
+        render_json,
+        render_junit,
+        render_markdown,
+        report_renderable,
+    )
+
+    rendered = {
+        Format.text: lambda r: report_renderable(r),
+        Format.markdown: render_markdown,
+        Format.json: render_json,
+        Format.junit: render_junit,
+    }[fmt](result)
+    _emit(rendered, output)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary and summary:
+        with open(summary, "a", encoding="utf-8") as handle:
+            handle.write(render_markdown(result))
+
+
+def _emit(rendered: object, output: Path | None) -> None:
+    from rich.console import Console
+
+    if isinstance(rendered, str):
+        if output is None:
+            sys.stdout.write(rendered)
+        else:
+            output.write_text(rendered, encoding="utf-8")
+        return
+    if output is None:
+        Console().print(rendered)
+        return
+    with output.open("w", encoding="utf-8") as handle:
+        Console(file=handle, width=120, color_system=None).print(rendered)
+
+
 @app.command("ls")
 def list_runs(
     runs_dir: Annotated[Path, typer.Argument(help="Folder holding runs.")] = Path("runs"),

@@ -26,8 +26,8 @@ def runs_dir(tmp_path: Path) -> Path:
 
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"GRADLENS_STRICT": "1", "COLUMNS": "120", "NO_COLOR": "1"}, **extra)
     env.pop("GITHUB_STEP_SUMMARY", None)
+    env.update({"GRADLENS_STRICT": "1", "COLUMNS": "120", "NO_COLOR": "1"}, **extra)
     return env
 
 

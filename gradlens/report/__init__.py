@@ -1,1 +1,33 @@
-"""gradlens.report"""
+"""Stability reports: rules → findings → text, markdown, JSON or JUnit; run comparison."""
+
+from gradlens.report.build import PROBE_SECTIONS, Report, Section, build_report, exit_code
+from gradlens.report.compare import Comparison, compare_runs, render_compare
+from gradlens.report.config import ReportConfig, Thresholds, load_config
+from gradlens.report.findings import Finding
+from gradlens.report.render_json import render_json, report_dict
+from gradlens.report.render_junit import render_junit
+from gradlens.report.render_markdown import render_markdown
+from gradlens.report.render_text import render_text, report_renderable
+from gradlens.report.rules import RULES
+
+__all__ = [
+    "PROBE_SECTIONS",
+    "RULES",
+    "Comparison",
+    "Finding",
+    "Report",
+    "ReportConfig",
+    "Section",
+    "Thresholds",
+    "build_report",
+    "compare_runs",
+    "exit_code",
+    "load_config",
+    "render_compare",
+    "render_json",
+    "render_junit",
+    "render_markdown",
+    "render_text",
+    "report_dict",
+    "report_renderable",
+]

@@ -39,6 +39,37 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("detail", pa.string()),
         ]
     ),
+    # Hessian probe: top_eigenvalue/top_residual (index = k), bottom_*, hvps, trace,
+    # trace_stderr, lambda_min, sharpness, eos_ratio; layer = block for per-block spectra
+    "hessian": pa.schema([_step, _metric, _layer, pa.field("index", pa.int32()), _value64]),
+    # spectral density by SLQ: kind "quadrature" (x = node, value = weight) or "density"
+    # (x = grid point, value = density)
+    "spectrum": pa.schema(
+        [
+            _step,
+            pa.field("kind", pa.string()),
+            pa.field("index", pa.int32()),
+            pa.field("x", pa.float64()),
+            _value64,
+        ]
+    ),
+    # neural collapse: nc1, cdnv, nc2_equinorm, nc2_equiangular, nc2_etf_distance, nc3, nc4
+    "collapse": pa.schema([_step, _metric, _value64]),
+    # softmax collapse: saturated_fraction, zero_loss_fraction, max_logit_gap, log_z, ...;
+    # layer set for per-layer signals (grad_weight_cos)
+    "softmax": pa.schema([_step, _metric, _layer, _value64]),
+    # loss-landscape slices: one row per grid point and metric (loss, accuracy); summary
+    # metrics (roughness, curvature) have NaN coordinates
+    "landscape": pa.schema(
+        [
+            _step,
+            pa.field("slice", pa.string()),
+            _metric,
+            pa.field("alpha", pa.float64()),
+            pa.field("beta", pa.float64()),
+            _value64,
+        ]
+    ),
 }
 
 

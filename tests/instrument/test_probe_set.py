@@ -15,7 +15,10 @@ from tests.conftest import EXAMPLES
 def test_loss_inside_forward_is_recorded_with_targets(runs_dir):
     backward = torch.autograd.backward
     code, lens = watch_script(
-        EXAMPLES / "tiny_gpt.py", ["--steps", "6"], runs_dir=runs_dir, status="off",
+        EXAMPLES / "tiny_gpt.py",
+        ["--steps", "6"],
+        runs_dir=runs_dir,
+        status="off",
         probe_batches=2,
     )
     assert code == 0

@@ -1,0 +1,148 @@
+"""Build a :class:`Report` from a run: header, findings, rule results, layers, probe sections.
+
+Renderers (text, markdown, json, junit) only format a Report; all numbers are decided here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gradlens.report.config import ReportConfig
+from gradlens.report.data import RunData
+from gradlens.report.findings import Finding, severity_rank
+from gradlens.report.rules import RULES
+from gradlens.store import Run
+
+__all__ = ["PROBE_SECTIONS", "Report", "RuleResult", "Section", "build_report", "exit_code"]
+
+SPARK_POINTS = 60
+
+
+@dataclass
+class RuleResult:
+    rule: str
+    description: str
+    status: str  # passed | failed | skipped
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    """A probe table summarised as (label, value) rows."""
+
+    title: str
+    rows: list[tuple[str, str]]
+
+
+@dataclass
+class Report:
+    run: dict[str, Any]
+    fail_on: str
+    findings: list[Finding]
+    rules: list[RuleResult]
+    loss: list[float]  # downsampled loss curve for the sparkline
+    layers: dict[str, list[tuple[str, float]]]  # ranking name -> [(layer, value)]
+    sections: list[Section]
+
+    @property
+    def worst(self) -> str | None:
+        if not self.findings:
+            return None
+        return max(self.findings, key=lambda f: severity_rank(f.severity)).severity
+
+    def counts(self) -> dict[str, int]:
+        out = {"error": 0, "warning": 0, "info": 0}
+        for f in self.findings:
+            out[f.severity] += 1
+        return out
+
+
+def exit_code(report: Report) -> int:
+    """1 when a finding is at or above the fail level, else 0."""
+    level = severity_rank(report.fail_on)
+    return int(any(severity_rank(f.severity) >= level for f in report.findings))
+
+
+# Probe tables → report sections; the Hessian, collapse and landscape probes register theirs.
+PROBE_SECTIONS: dict[str, Callable[[RunData], Section | None]] = {}
+
+
+def build_report(run: Run, config: ReportConfig | None = None) -> Report:
+    """Evaluate every rule on ``run`` and gather what the renderers show."""
+    config = config or ReportConfig()
+    data = RunData(run)
+    results, findings = [], []
+    tables = set(run.tables())
+    for r in RULES:
+        if any(need not in tables for need in r.needs):
+            results.append(RuleResult(r.name, r.description, "skipped"))
+            continue
+        found = r.check(data, config.thresholds)
+        findings += found
+        failing = [f for f in found if severity_rank(f.severity) >= severity_rank("warning")]
+        results.append(RuleResult(r.name, r.description, "failed" if failing else "passed", found))
+    findings.sort(key=lambda f: (-severity_rank(f.severity), f.step_start or 0, f.rule))
+    sections = []
+    for table, summarise in PROBE_SECTIONS.items():
+        if table in tables:
+            section = summarise(data)
+            if section is not None:
+                sections.append(section)
+    return Report(
+        run=_header(run, data),
+        fail_on=config.fail_on,
+        findings=findings,
+        rules=results,
+        loss=_downsample(data.loss),
+        layers=_layer_rankings(data, config.thresholds.window_fraction),
+        sections=sections,
+    )
+
+
+def _header(run: Run, data: RunData) -> dict[str, Any]:
+    meta = run.meta
+    loss = data.loss
+    finite = loss[np.isfinite(loss)] if len(loss) else loss
+    return {
+        "name": run.name,
+        "path": str(run.path),
+        "status": run.status,
+        "steps": run.steps,
+        "start_time": run.start_time,
+        "duration_s": run.duration,
+        "device": meta.get("device"),
+        "command": meta.get("command"),
+        "versions": meta.get("versions", {}),
+        "final_loss": float(loss.iloc[-1]) if len(loss) else None,
+        "best_loss": float(finite.min()) if len(finite) else None,
+        "layers": int(meta.get("layers") or len(data.layer_metric("grad_norm").columns)),
+    }
+
+
+def _downsample(series: pd.Series, points: int = SPARK_POINTS) -> list[float]:
+    values = series.to_numpy(dtype=float)
+    if len(values) == 0:
+        return []
+    edges = np.linspace(0, len(values), min(points, len(values)) + 1).astype(int)
+    return [
+        float(np.nanmean(values[a:b])) if b > a else math.nan for a, b in itertools.pairwise(edges)
+    ]
+
+
+def _layer_rankings(data: RunData, fraction: float) -> dict[str, list[tuple[str, float]]]:
+    out: dict[str, list[tuple[str, float]]] = {}
+    for metric in ("grad_norm", "update_ratio"):
+        frame = data.layer_metric(metric)
+        if frame.empty:
+            continue
+        median = data.last_window(frame, fraction).median().dropna().sort_values()
+        out[f"{metric}_largest"] = [(str(k), float(v)) for k, v in median.iloc[::-1][:5].items()]
+        out[f"{metric}_smallest"] = [(str(k), float(v)) for k, v in median.iloc[:5].items()]
+    return out

@@ -1,0 +1,560 @@
+"""Rules: small functions from a run's tables to findings.
+
+Each rule has a name, the tables it needs (without them it is *skipped*, not passed), a
+one-line description and the reasoning or paper behind its default thresholds (kept in
+docs/report.md, where every threshold is argued). Rules never raise on odd data: a rule that
+cannot decide returns no finding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from gradlens.report.config import Thresholds
+from gradlens.report.data import RunData, smooth
+from gradlens.report.findings import Finding
+
+__all__ = ["RULES", "Rule", "rule"]
+
+Check = Callable[[RunData, Thresholds], list[Finding]]
+MAX_FINDINGS_PER_RULE = 10
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    needs: tuple[str, ...]
+    check: Check
+
+
+RULES: list[Rule] = []
+
+
+def rule(name: str, description: str, needs: tuple[str, ...] = ()) -> Callable[[Check], Check]:
+    """Register ``check`` as rule ``name``."""
+
+    def register(check: Check) -> Check:
+        RULES.append(Rule(name, description, needs, check))
+        return check
+
+    return register
+
+
+# -- run-level -----------------------------------------------------------------------------------
+
+
+@rule("run_status", "the run finished (not failed, crashed or interrupted)")
+def run_status(data: RunData, t: Thresholds) -> list[Finding]:
+    run = data.run
+    status, steps = run.status, run.steps
+    last = steps - 1 if steps else None
+    if status == "failed":
+        error = run.meta.get("error") or f"exit code {run.meta.get('exit_code')}"
+        return [
+            Finding(
+                "run_status",
+                "error",
+                "training failed",
+                f"{error} after {steps} steps",
+                step_start=last,
+            )
+        ]
+    if status == "crashed":
+        return [
+            Finding(
+                "run_status",
+                "error",
+                "run crashed (never finalized)",
+                f"process gone; {steps} steps flushed",
+                step_start=last,
+            )
+        ]
+    if status == "interrupted":
+        return [
+            Finding(
+                "run_status",
+                "warning",
+                "run interrupted",
+                f"{run.meta.get('error') or 'interrupted'} after {steps} steps",
+                step_start=last,
+            )
+        ]
+    if status == "running":
+        return [
+            Finding(
+                "run_status",
+                "info",
+                "run still being written",
+                f"{steps} steps flushed so far",
+                step_start=last,
+            )
+        ]
+    return []
+
+
+@rule("nonfinite", "no NaN/Inf loss or gradients", needs=("scalars",))
+def nonfinite(data: RunData, t: Thresholds) -> list[Finding]:
+    events = data.events
+    bad = events[events["kind"].isin(["nonfinite_loss", "nonfinite_grad"])]
+    if bad.empty:
+        return []
+    first = int(bad["step"].min())
+    steps = bad["step"].nunique()
+    grads = bad[bad["kind"] == "nonfinite_grad"]
+    layer = None
+    evidence = f"{steps} step(s) with non-finite values, first at step {first}"
+    if not grads.empty:
+        row = grads.iloc[0]
+        layer = str(row["layer"])
+        evidence += f"; first NaN/Inf gradients in {layer} ({int(row['value'])} entries)"
+    if (bad["kind"] == "nonfinite_loss").any():
+        evidence += (
+            f"; loss non-finite from step {int(bad[bad.kind == 'nonfinite_loss'].step.min())}"
+        )
+    return [
+        Finding(
+            "nonfinite",
+            "error",
+            "non-finite loss or gradients",
+            evidence,
+            first,
+            int(bad["step"].max()),
+            layer,
+            float(steps),
+            0.0,
+        )
+    ]
+
+
+# -- spikes --------------------------------------------------------------------------------------
+
+
+def _clusters(steps: pd.Series, gap: int) -> list[tuple[int, int]]:
+    """Group sorted steps into (start, end) runs no more than ``gap`` apart."""
+    out: list[tuple[int, int]] = []
+    for step in sorted(int(s) for s in steps.unique()):
+        if out and step - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], step)
+        else:
+            out.append((step, step))
+    return out
+
+
+@rule("loss_spikes", "loss spikes are rare and the loss recovers", needs=("scalars",))
+def loss_spikes(data: RunData, t: Thresholds) -> list[Finding]:
+    events = data.events
+    spikes = events[events["kind"] == "loss_spike"]
+    if spikes.empty:
+        return []
+    clusters = _clusters(spikes["step"], t.spike_gap)
+    loss = smooth(data.loss, 5)
+    findings = []
+    for start, end in clusters[:MAX_FINDINGS_PER_RULE]:
+        part = spikes[(spikes.step >= start) & (spikes.step <= end)]
+        peak = part.loc[part["ratio"].idxmax()]
+        baseline = float(part.iloc[0]["baseline"])
+        after = loss[
+            (loss.index > end + t.loss_recovery_steps // 2)
+            & (loss.index <= end + t.loss_recovery_steps)
+        ]
+        recovered = after.empty or float(after.min()) <= baseline * t.loss_recovery_ratio
+        severity = "warning" if recovered else "error"
+        evidence = (
+            f"loss {peak['value']:.4g} at step {int(peak['step'])} = {peak['ratio']:.1f}× its "
+            f"baseline {baseline:.4g}; "
+            + ("recovered" if recovered else "not recovered")
+            + (f" within {t.loss_recovery_steps} steps" if not after.empty else " (run ended)")
+        )
+        findings.append(
+            Finding(
+                "loss_spikes",
+                severity,
+                "loss spike",
+                evidence,
+                start,
+                end,
+                None,
+                float(peak["ratio"]),
+                None,
+            )
+        )
+    if len(clusters) > t.loss_spike_max_clusters:
+        findings.append(
+            Finding(
+                "loss_spikes",
+                "error",
+                "repeated loss spikes",
+                f"{len(clusters)} spike clusters (limit {t.loss_spike_max_clusters})",
+                clusters[0][0],
+                clusters[-1][1],
+                None,
+                float(len(clusters)),
+                float(t.loss_spike_max_clusters),
+            )
+        )
+    return findings
+
+
+@rule("grad_spikes", "gradient-norm spikes (global and per layer) are rare", needs=("scalars",))
+def grad_spikes(data: RunData, t: Thresholds) -> list[Finding]:
+    events = data.events
+    spikes = events[events["kind"].isin(["grad_spike", "layer_grad_spike"])]
+    if spikes.empty:
+        return []
+    clusters = _clusters(spikes["step"], t.spike_gap)
+    findings = []
+    for start, end in clusters[:MAX_FINDINGS_PER_RULE]:
+        part = spikes[(spikes.step >= start) & (spikes.step <= end)]
+        layers = part[part.kind == "layer_grad_spike"].sort_values("ratio", ascending=False)
+        top = layers.iloc[0] if not layers.empty else part.loc[part["ratio"].idxmax()]
+        glob = part[part.kind == "grad_spike"]
+        evidence = (
+            f"global grad norm {glob['ratio'].max():.1f}× baseline; " if not glob.empty else ""
+        ) + (
+            f"{layers['layer'].nunique()} layer(s) spiked, worst {top['layer']} "
+            f"{top['value']:.3g} = {top['ratio']:.1f}× its baseline {top['baseline']:.3g}"
+            if not layers.empty
+            else f"peak {top['value']:.3g} = {top['ratio']:.1f}× baseline"
+        )
+        findings.append(
+            Finding(
+                "grad_spikes",
+                "warning",
+                "gradient-norm spike",
+                evidence,
+                start,
+                end,
+                str(top["layer"]) or None,
+                float(top["ratio"]),
+                None,
+            )
+        )
+    if len(clusters) > t.grad_spike_max_clusters:
+        findings.append(
+            Finding(
+                "grad_spikes",
+                "error",
+                "repeated gradient spikes",
+                f"{len(clusters)} spike clusters (limit {t.grad_spike_max_clusters})",
+                clusters[0][0],
+                clusters[-1][1],
+                None,
+                float(len(clusters)),
+                float(t.grad_spike_max_clusters),
+            )
+        )
+    return findings
+
+
+@rule("amp_skips", "few optimizer steps skipped by AMP's GradScaler", needs=("scalars",))
+def amp_skips(data: RunData, t: Thresholds) -> list[Finding]:
+    skipped = data.scalar("skipped")
+    if skipped.empty:
+        return []
+    count = int((skipped > 0).sum())
+    limit = max(t.amp_skip_min_count, t.amp_skip_max_fraction * len(skipped))
+    if count <= limit:
+        return []
+    steps = skipped[skipped > 0].index
+    return [
+        Finding(
+            "amp_skips",
+            "warning",
+            "many AMP-skipped steps",
+            f"{count} of {len(skipped)} steps skipped (limit {limit:.0f})",
+            int(steps.min()),
+            int(steps.max()),
+            None,
+            float(count),
+            float(limit),
+        )
+    ]
+
+
+# -- layers --------------------------------------------------------------------------------------
+
+
+def _relative_to_median(grad: pd.DataFrame) -> pd.DataFrame:
+    median = grad.median(axis=1).replace(0.0, np.nan)
+    return grad.div(median, axis=0)
+
+
+@rule(
+    "exploding_layers",
+    "no tensor's gradient norm sustained far above the median tensor",
+    needs=("layers",),
+)
+def exploding_layers(data: RunData, t: Thresholds) -> list[Finding]:
+    grad = data.layer_metric("grad_norm")
+    if grad.shape[1] < 3:
+        return []
+    window = data.last_window(_relative_to_median(grad), t.window_fraction)
+    share = (window >= t.exploding_ratio).mean()
+    findings = []
+    for layer in share[share >= t.sustain_fraction].index[:MAX_FINDINGS_PER_RULE]:
+        ratio = float(window[layer].median())
+        findings.append(
+            Finding(
+                "exploding_layers",
+                "error",
+                "exploding layer gradient",
+                f"{layer}: gradient norm {ratio:.3g}× the median tensor's over the last "
+                f"{len(window)} steps (limit {t.exploding_ratio:g}×)",
+                int(window.index.min()),
+                int(window.index.max()),
+                str(layer),
+                ratio,
+                t.exploding_ratio,
+            )
+        )
+    return findings
+
+
+@rule(
+    "vanishing_layers",
+    "every weight gets a gradient not far below the median tensor",
+    needs=("layers",),
+)
+def vanishing_layers(data: RunData, t: Thresholds) -> list[Finding]:
+    grad = data.layer_metric("grad_norm")
+    if grad.empty:
+        return []
+    findings = []
+    dead = [c for c in grad.columns if (grad[c] == 0).all()]
+    for layer in dead[:MAX_FINDINGS_PER_RULE]:
+        findings.append(
+            Finding(
+                "vanishing_layers",
+                "warning",
+                "tensor never received a gradient",
+                f"{layer}: gradient norm 0 at all {len(grad)} steps (unused or detached)",
+                int(grad.index.min()),
+                int(grad.index.max()),
+                str(layer),
+                0.0,
+                None,
+            )
+        )
+    weights = [c for c in grad.columns if c not in dead and "bias" not in str(c)]
+    if len(weights) >= 3:
+        window = data.last_window(_relative_to_median(grad[weights]), t.window_fraction)
+        share = (window <= t.vanishing_ratio).mean()
+        for layer in share[share >= t.sustain_fraction].index[:MAX_FINDINGS_PER_RULE]:
+            ratio = float(window[layer].median())
+            findings.append(
+                Finding(
+                    "vanishing_layers",
+                    "warning",
+                    "vanishing layer gradient",
+                    f"{layer}: gradient norm {ratio:.2g}× the median tensor's over the last "
+                    f"{len(window)} steps (limit {t.vanishing_ratio:g}×)",
+                    int(window.index.min()),
+                    int(window.index.max()),
+                    str(layer),
+                    ratio,
+                    t.vanishing_ratio,
+                )
+            )
+    return findings
+
+
+@rule("update_ratio", "update/parameter ratios ‖Δθ‖/‖θ‖ within range", needs=("layers",))
+def update_ratio(data: RunData, t: Thresholds) -> list[Finding]:
+    ratio = data.layer_metric("update_ratio")
+    if ratio.empty:
+        return []
+    window = data.last_window(ratio, t.window_fraction)
+    median = window.median()
+    findings = []
+    for layer, value in median[median > t.update_ratio_max].items():
+        findings.append(
+            Finding(
+                "update_ratio",
+                "warning",
+                "updates too large for the weights",
+                f"{layer}: median ‖Δθ‖/‖θ‖ {value:.3g} over the last {len(window)} steps "
+                f"(limit {t.update_ratio_max:g})",
+                int(window.index.min()),
+                int(window.index.max()),
+                str(layer),
+                float(value),
+                t.update_ratio_max,
+            )
+        )
+    for layer, value in median[median < t.update_ratio_min].items():
+        findings.append(
+            Finding(
+                "update_ratio",
+                "warning",
+                "weights barely move",
+                f"{layer}: median ‖Δθ‖/‖θ‖ {value:.3g} over the last {len(window)} steps "
+                f"(limit {t.update_ratio_min:g})",
+                int(window.index.min()),
+                int(window.index.max()),
+                str(layer),
+                float(value),
+                t.update_ratio_min,
+            )
+        )
+    return findings[:MAX_FINDINGS_PER_RULE]
+
+
+# -- loss trend ----------------------------------------------------------------------------------
+
+
+@rule("loss_trend", "the loss decreases and does not diverge or stall", needs=("scalars",))
+def loss_trend(data: RunData, t: Thresholds) -> list[Finding]:
+    loss = data.loss[np.isfinite(data.loss)]
+    if len(loss) < t.min_steps_for_trend:
+        return []
+    window = max(5, len(loss) // 20)
+    smoothed = smooth(loss, window)
+    first, last = float(smoothed.iloc[0]), float(smoothed.iloc[-1])
+    best_step = int(smoothed.idxmin())
+    best = float(smoothed.min())
+    end = int(loss.index.max())
+    if best > 0 and last / best >= t.divergence_ratio:
+        severity = "error" if last >= first else "warning"
+        return [
+            Finding(
+                "loss_trend",
+                severity,
+                "loss diverged" if severity == "error" else "loss rose again",
+                f"smoothed loss {last:.4g} at the end vs best {best:.4g} at step {best_step} "
+                f"({last / best:.2f}×, limit {t.divergence_ratio:g}×; start {first:.4g})",
+                best_step,
+                end,
+                None,
+                last / best,
+                t.divergence_ratio,
+            )
+        ]
+    if last >= first * (1 - t.plateau_fraction):
+        return [
+            Finding(
+                "loss_trend",
+                "warning",
+                "loss did not decrease",
+                f"smoothed loss {first:.4g} at the start, {last:.4g} at the end",
+                int(loss.index.min()),
+                end,
+                None,
+                last / first if first else None,
+                None,
+            )
+        ]
+    half = smoothed[smoothed.index >= smoothed.index[len(smoothed) // 2]]
+    total, late = first - last, float(half.iloc[0]) - last
+    if total > 0 and late < t.plateau_fraction * total:
+        return [
+            Finding(
+                "loss_trend",
+                "info",
+                "loss plateaued",
+                f"the last half of the run improved the loss by {late:.3g} "
+                f"({late / total:.1%} of the total {total:.3g})",
+                int(half.index.min()),
+                end,
+                None,
+                late / total,
+                t.plateau_fraction,
+            )
+        ]
+    return []
+
+
+# -- probes (rules run only when the probe's table exists) ---------------------------------------
+
+
+def _probe_metric(data: RunData, table: str, metric: str) -> pd.Series:
+    df = data.table(table)
+    if df.empty or "metric" not in df:
+        return pd.Series(dtype=float)
+    part = df[df["metric"] == metric]
+    if "layer" in part:
+        part = part[part["layer"].fillna("") == ""]
+    if "index" in part:
+        part = part[part["index"] == 0]
+    return part.groupby("step")["value"].last().dropna()
+
+
+@rule("edge_of_stability", "sharpness stays below 2/lr (edge of stability)", needs=("hessian",))
+def edge_of_stability(data: RunData, t: Thresholds) -> list[Finding]:
+    ratio = _probe_metric(data, "hessian", "eos_ratio")
+    over = ratio[ratio >= t.eos_ratio]
+    if over.empty:
+        return []
+    sharp = _probe_metric(data, "hessian", "top_eigenvalue")
+    step = int(over.idxmax())
+    return [
+        Finding(
+            "edge_of_stability",
+            "warning",
+            "sharpness at the edge of stability",
+            f"λmax·lr/2 reached {over.max():.3g} at step {step} "
+            f"(λmax {sharp.get(step, np.nan):.4g}); "
+            f"{len(over)} of {len(ratio)} probes at or above {t.eos_ratio:g}",
+            int(over.index.min()),
+            int(over.index.max()),
+            None,
+            float(over.max()),
+            t.eos_ratio,
+        )
+    ]
+
+
+@rule(
+    "softmax_collapse",
+    "few samples have a saturated softmax in the training dtype",
+    needs=("softmax",),
+)
+def softmax_collapse(data: RunData, t: Thresholds) -> list[Finding]:
+    fraction = _probe_metric(data, "softmax", "saturated_fraction")
+    over = fraction[fraction >= t.softmax_collapse_fraction]
+    if over.empty:
+        return []
+    first = int(over.index.min())
+    return [
+        Finding(
+            "softmax_collapse",
+            "warning",
+            "softmax collapse",
+            f"{fraction.max():.1%} of samples saturated (softmax exactly one-hot, zero gradient) "
+            f"at peak; above {t.softmax_collapse_fraction:.0%} from step {first} on "
+            f"({len(over)} of {len(fraction)} steps)",
+            first,
+            int(over.index.max()),
+            None,
+            float(fraction.max()),
+            t.softmax_collapse_fraction,
+        )
+    ]
+
+
+@rule("neural_collapse_regression", "NC1 does not rise again after its best", needs=("collapse",))
+def neural_collapse_regression(data: RunData, t: Thresholds) -> list[Finding]:
+    nc1 = _probe_metric(data, "collapse", "nc1")
+    if len(nc1) < 2:
+        return []
+    best_step, best, last = int(nc1.idxmin()), float(nc1.min()), float(nc1.iloc[-1])
+    if best <= 0 or last / best < t.nc1_regression_ratio:
+        return []
+    return [
+        Finding(
+            "neural_collapse_regression",
+            "warning",
+            "neural collapse regressed",
+            f"NC1 {last:.4g} at the last probe vs best {best:.4g} at step {best_step} "
+            f"({last / best:.2f}×, limit {t.nc1_regression_ratio:g}×)",
+            best_step,
+            int(nc1.index.max()),
+            None,
+            last / best,
+            t.nc1_regression_ratio,
+        )
+    ]
