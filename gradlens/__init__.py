@@ -2,13 +2,17 @@
 
 Record a run with ``gradlens watch train.py`` or ``with gradlens.Lens(model, opt): ...``;
 read it back with ``gradlens.open_run(path).table("layers")``.
+
+Names are imported lazily, so ``import gradlens.store`` (the dashboard, the report) does not
+import torch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from gradlens._version import __version__
-from gradlens.capture.spikes import SpikeConfig
-from gradlens.errors import GradlensError, RunNotFoundError, TableError
-from gradlens.lens import Lens
-from gradlens.store import Run, list_runs, open_run
 
 __all__ = [  # noqa: RUF022 (grouped by purpose)
     # recording
@@ -24,3 +28,33 @@ __all__ = [  # noqa: RUF022 (grouped by purpose)
     "TableError",
     "__version__",
 ]
+
+_LAZY = {
+    "Lens": "gradlens.lens",
+    "SpikeConfig": "gradlens.capture.spikes",
+    "Run": "gradlens.store",
+    "list_runs": "gradlens.store",
+    "open_run": "gradlens.store",
+    "GradlensError": "gradlens.errors",
+    "RunNotFoundError": "gradlens.errors",
+    "TableError": "gradlens.errors",
+}
+
+if TYPE_CHECKING:
+    from gradlens.capture.spikes import SpikeConfig
+    from gradlens.errors import GradlensError, RunNotFoundError, TableError
+    from gradlens.lens import Lens
+    from gradlens.store import Run, list_runs, open_run
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
