@@ -42,6 +42,8 @@ from gradlens.instrument import interception
 from gradlens.instrument.discovery import ModuleDiscovery, parameter_names
 from gradlens.instrument.live import MODES, StatusLine
 from gradlens.instrument.probe_set import ProbeSet, batch_size_of
+from gradlens.objective import Objective, batches_from_probe_set
+from gradlens.probes import Probe, ProbeContext, make_probes
 from gradlens.store import RunWriter, create_run_dir, update_meta, write_meta
 from gradlens.store.meta import process_start
 
@@ -74,6 +76,8 @@ class Lens:
         every: steps between flushes to disk (a SIGKILL loses at most this many steps).
         flush_secs: flush earlier when this many seconds passed since the last flush.
         probes: cost preset of the scheduled probes: ``cheap``, ``standard`` or ``full``.
+        probe_options: per-probe options, e.g. ``{"hessian": {"k": 10, "every": 100}}``; a
+            probe named here runs even when its preset is above ``probes``.
         probe_batches: training batches kept for probes to replay.
         spikes: thresholds of the online spike detectors.
         track_updates: record ‖Δθ‖ (keeps one copy of the parameters on their device).
@@ -96,6 +100,7 @@ class Lens:
         every: int = 50,
         flush_secs: float = 10.0,
         probes: str = "cheap",
+        probe_options: dict[str, dict[str, Any]] | None = None,
         probe_batches: int = 2,
         spikes: SpikeConfig | None = None,
         track_updates: bool = True,
@@ -122,6 +127,8 @@ class Lens:
         self.command = command or " ".join(sys.argv)
         self.argv = list(argv) if argv is not None else list(sys.argv)
         self.probe_set = ProbeSet(probe_batches)
+        self.scheduled = make_probes(probes, probe_options)
+        self._probe_failures: set[str] = set()
         self.step = 0
         self.run_dir: Path | None = None
         self._status_mode = status
@@ -192,8 +199,11 @@ class Lens:
         """Flush everything, compact the tables and write the final status."""
         if self._closed or not self._started:
             return
-        self._closed = True
         atexit.unregister(self._at_exit)
+        final = [p for p in self.scheduled if p.at_end]
+        if final and status == "finished" and self.step > 0:
+            self._run_probes(final, self.step - 1, self._primary_optimizer())
+        self._closed = True
         interception.uninstall(self)
         for handle in self._handles:
             handle.remove()
@@ -298,7 +308,7 @@ class Lens:
         info = self._info(skipped, optimizer, tracked.index)
         tracked.recorder.after_update(info, applied=not skipped)
         if tracked.index == 0:
-            self._end_step()
+            self._end_step(optimizer)
 
     # -- root-module hooks -----------------------------------------------------------------------
 
@@ -400,12 +410,66 @@ class Lens:
             skipped=skipped,
         )
 
-    def _end_step(self) -> None:
+    def _end_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        done = self.step
         self.step += 1
         self._loss = None
         self._scaled = None
         self._samples = self._tokens = 0
+        due = [p for p in self.scheduled if p.should_run(done)]
+        if due:
+            self._run_probes(due, done, optimizer)
         self._last_end = time.perf_counter()
+
+    # -- probes ----------------------------------------------------------------------------------
+
+    def _run_probes(
+        self, probes: list[Probe], step: int, optimizer: torch.optim.Optimizer | None
+    ) -> None:
+        batches = batches_from_probe_set(self.probe_set)
+        if not batches:
+            self._probe_failed(probes[0].name, "no recorded training batch with a loss call yet")
+            return
+        model = self.probe_set.batches[0].module
+        lrs = [float(_lr(g.get("lr"))) for g in optimizer.param_groups] if optimizer else []
+        assert self._writer is not None
+        for probe in probes:
+            if probe.name in self._probe_failures:
+                continue
+            start = time.perf_counter()
+            objective = Objective(model, batches, probe.mode)
+            context = ProbeContext(step, objective, lrs, optimizer)
+            try:
+                with objective.isolated():
+                    rows = probe.compute(context)
+            except Exception as exc:
+                if os.environ.get("GRADLENS_STRICT") == "1":
+                    raise
+                self._probe_failed(probe.name, f"{type(exc).__name__}: {exc}")
+                continue
+            for table, columns in rows.items():
+                self._writer.write(table, columns)
+            self._writer.write(
+                "scalars",
+                {
+                    "step": [step],
+                    "metric": [f"probe_seconds.{probe.name}"],
+                    "index": [0],
+                    "value": [time.perf_counter() - start],
+                },
+            )
+
+    def _probe_failed(self, name: str, why: str) -> None:
+        if name not in self._probe_failures:
+            self._probe_failures.add(name)
+            print(f"gradlens: probe {name} disabled: {why}", file=sys.stderr)
+
+    def _primary_optimizer(self) -> torch.optim.Optimizer | None:
+        for opt in self._known_optimizers:
+            tracked = self._tracked.get(id(opt))
+            if tracked is not None and tracked.index == 0:
+                return opt
+        return None
 
     def _all_tracked(self) -> list[_Tracked]:
         return [*self._tracked.values(), *([self._manual] if self._manual else [])]
@@ -444,6 +508,10 @@ class Lens:
                 "every": self.every,
                 "flush_secs": self.flush_secs,
                 "probes": self.probes,
+                "probe_schedule": {
+                    p.name: {"every": p.every, "at_end": p.at_end, "mode": p.mode}
+                    for p in self.scheduled
+                },
                 "probe_batches": self.probe_set.capacity,
                 "track_updates": self.track_updates,
                 "spikes": vars(self.spike_config),
