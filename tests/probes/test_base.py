@@ -101,7 +101,7 @@ def test_parse_probe_options():
         "hessian": {"k": 10, "tol": 1e-4, "mode": "train"},
         "landscape": {"at_end": True},
     }
-    with pytest.raises(ValueError, match="NAME.OPTION=VALUE"):
+    with pytest.raises(ValueError, match=r"NAME\.OPTION=VALUE"):
         parse_probe_options(["hessian=3"])
 
 
@@ -116,7 +116,7 @@ def test_failing_probe_is_disabled_not_fatal(runs_dir, meddling, monkeypatch, ca
     REGISTRY["failing"] = f"{__name__}:FailingProbe"
     monkeypatch.setenv("GRADLENS_STRICT", "0")
     try:
-        model, lens = _train(runs_dir, probe_options={"failing": {"every": 3}})
+        _, lens = _train(runs_dir, probe_options={"failing": {"every": 3}})
     finally:
         del REGISTRY["failing"]
     assert gradlens.open_run(lens.run_dir).status == "finished"
