@@ -57,13 +57,27 @@ def watch(
             help="Record update norms ‖Δθ‖ (one parameter copy per step; the main cost on CPU).",
         ),
     ] = True,
+    probe: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--probe",
+            help="Probe option NAME.OPTION=VALUE, e.g. hessian.every=100, hessian.k=10 "
+            "(repeatable; naming a probe enables it).",
+        ),
+    ] = None,
 ) -> None:
     """Run SCRIPT [ARGS]... unmodified and record every model and optimizer it creates.
 
     Options go before SCRIPT; everything after it is passed to the script.
     """
     from gradlens.instrument.watch import watch_script
+    from gradlens.probes import make_probes, parse_probe_options
 
+    try:
+        probe_options = parse_probe_options(probe or [])
+        make_probes(probes.value, probe_options)  # validate before the script starts
+    except ValueError as exc:
+        raise GradlensError(str(exc)) from None
     code, _ = watch_script(
         script,
         list(ctx.args),
@@ -73,6 +87,7 @@ def watch(
         probes=probes.value,
         status=status.value,
         track_updates=updates,
+        probe_options=probe_options,
     )
     raise typer.Exit(code)
 

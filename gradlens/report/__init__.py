@@ -1,5 +1,6 @@
 """Stability reports: rules → findings → text, markdown, JSON or JUnit; run comparison."""
 
+from gradlens.report import sections as _sections  # noqa: F401  (registers probe sections)
 from gradlens.report.build import PROBE_SECTIONS, Report, Section, build_report, exit_code
 from gradlens.report.compare import Comparison, compare_runs, render_compare
 from gradlens.report.config import ReportConfig, Thresholds, load_config

@@ -1,0 +1,156 @@
+"""The ``hessian`` probe: top-k eigenvalues, λmin, trace and (optionally) density, on a
+schedule, with the sharpness against 2/lr for the edge-of-stability rule.
+
+Rows: ``hessian`` (step, metric, layer, index, value) with metrics top_eigenvalue and
+top_residual (index = rank), hvps, setup_hvps, lambda_min, lambda_min_residual, trace,
+trace_stderr, trace_hvps, sharpness, lr, eos_ratio (= sharpness · lr / 2; ≥ 1 means the step
+size is at or past the stability limit 2/lr of gradient descent — Cohen et al. 2021) and, with
+``blocks=True``, block_top_eigenvalue per module (layer = module name); ``spectrum`` rows when
+``density_runs > 0``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from gradlens.functional.lanczos import lanczos
+from gradlens.functional.trace import hutchpp
+from gradlens.hessian.api import density_runs, top_eigenpairs
+from gradlens.hessian.hvp import HVP, METHODS
+from gradlens.probes.base import Probe, ProbeContext, Rows
+
+__all__ = ["HessianProbe"]
+
+
+class HessianProbe(Probe):
+    """Lanczos on Hessian-vector products of the probe set's loss."""
+
+    name = "hessian"
+    tables = ("hessian", "spectrum")
+    preset = "standard"
+    default_every = 500
+
+    def __init__(
+        self,
+        every: int | None = None,
+        at_end: bool = False,
+        mode: str = "eval",
+        k: int = 5,
+        tol: float = 1e-3,
+        which: str = "LA",
+        method: str = "auto",
+        max_iter: int | None = None,
+        trace: bool = True,
+        trace_tol: float = 0.05,
+        trace_hvps: int = 60,
+        density_runs: int = 0,
+        density_steps: int = 40,
+        blocks: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(every, at_end, mode)
+        if method not in METHODS:
+            raise ValueError(f"hessian: method must be one of {METHODS}, got {method!r}")
+        if k < 1:
+            raise ValueError(f"hessian: k must be >= 1, got {k}")
+        self.k, self.tol, self.which, self.method = int(k), float(tol), which, method
+        self.max_iter = max_iter
+        self.trace, self.trace_tol, self.trace_hvps = bool(trace), float(trace_tol), trace_hvps
+        self.density_runs, self.density_steps = int(density_runs), int(density_steps)
+        self.blocks = bool(blocks)
+        self.seed = int(seed)
+        self._math_attention = False
+
+    def compute(self, ctx: ProbeContext) -> Rows:
+        engine = HVP(ctx.objective, self.method, math_attention=self._math_attention)
+        self.method, self._math_attention = engine.method, engine.math_attention  # reuse choice
+        eig = top_eigenpairs(engine, self.k, self.which, self.tol, max_iter=self.max_iter,
+                             seed=self.seed + ctx.step)
+        rows = _Rows(ctx.step)
+        for i, (value, residual) in enumerate(zip(eig.eigenvalues.tolist(),
+                                                  eig.residuals.tolist(), strict=True)):
+            rows.add("top_eigenvalue", value, index=i)
+            rows.add("top_residual", residual, index=i)
+        rows.add("lambda_min", eig.lambda_min)
+        rows.add("lambda_min_residual", eig.lambda_min_residual)
+        sharpness = float(eig.eigenvalues.max()) if self.which != "SA" else float("nan")
+        rows.add("sharpness", sharpness)
+        if ctx.lrs:
+            rows.add("lr", ctx.lrs[0])
+            rows.add("eos_ratio", sharpness * ctx.lrs[0] / 2)
+        if self.trace and self.trace_hvps >= 4:
+            generator = torch.Generator().manual_seed(self.seed + ctx.step + 7)
+            sketch = max(1, min(self.k, (self.trace_hvps - 2) // 4))
+            tr = hutchpp(engine, engine.dim, sketch=sketch, tol=self.trace_tol,
+                         max_hvps=self.trace_hvps, matmat=engine.matmat, generator=generator,
+                         dtype=engine.dtype, device=engine.device)
+            rows.add("trace", tr.estimate)
+            rows.add("trace_stderr", tr.stderr)
+            rows.add("trace_hvps", tr.hvps)
+        if self.blocks:
+            for block, value in _block_tops(engine, self.tol, self.seed).items():
+                rows.add("block_top_eigenvalue", value, layer=block)
+        out: Rows = {}
+        if self.density_runs > 0:
+            density = density_runs(engine, self.density_runs, self.density_steps,
+                                   seed=self.seed + ctx.step, reuse=[eig.run])
+            out["spectrum"] = _spectrum_rows(ctx.step, density)
+        rows.add("hvps", engine.count)
+        rows.add("setup_hvps", engine.setup_count)
+        out["hessian"] = rows.columns
+        return out
+
+
+class _Rows:
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.columns: dict[str, list[Any]] = defaultdict(list)
+
+    def add(self, metric: str, value: float, index: int = 0, layer: str = "") -> None:
+        for key, item in (("step", self.step), ("metric", metric), ("layer", layer),
+                          ("index", index), ("value", float(value))):
+            self.columns[key].append(item)
+
+
+def _block_tops(engine: HVP, tol: float, seed: int) -> dict[str, float]:
+    """Top eigenvalue of each module's diagonal Hessian block (one Lanczos per block)."""
+    blocks: dict[str, list[int]] = defaultdict(list)
+    for i, name in enumerate(engine.names):
+        blocks[name.rsplit(".", 1)[0] if "." in name else name].append(i)
+    offsets = [0]
+    for n in engine.numels:
+        offsets.append(offsets[-1] + n)
+    out = {}
+    for block, members in blocks.items():
+        index = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members])
+        index = index.to(engine.device)
+
+        def matvec(v: torch.Tensor, index: torch.Tensor = index) -> torch.Tensor:
+            full = torch.zeros(engine.dim, dtype=v.dtype, device=v.device)
+            full[index] = v
+            return engine(full)[index]
+
+        run = lanczos(matvec, int(index.numel()), 1, "LA", tol,
+                      generator=torch.Generator().manual_seed(seed), device=engine.device,
+                      dtype=engine.dtype)
+        out[block] = float(run.eigenvalues[0])
+    return out
+
+
+def _spectrum_rows(step: int, density: Any) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = defaultdict(list)
+    scale = 1.0 / len(density.nodes)
+    for nodes, weights in zip(density.nodes, density.weights, strict=True):
+        for i, (x, w) in enumerate(zip(nodes.tolist(), weights.tolist(), strict=True)):
+            for key, item in (("step", step), ("kind", "quadrature"), ("index", i),
+                              ("x", x), ("value", w * scale)):
+                columns[key].append(item)
+    for i, (x, y) in enumerate(zip(density.grid.tolist(), density.density.tolist(),
+                                   strict=True)):
+        for key, item in (("step", step), ("kind", "density"), ("index", i), ("x", x),
+                          ("value", y)):
+            columns[key].append(item)
+    return dict(columns)
