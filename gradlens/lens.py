@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from gradlens._version import __version__
 from gradlens.capture.chunk import Chunk, StepInfo
 from gradlens.capture.decode import ChunkDecoder, LiveStats
 from gradlens.capture.recorder import StepRecorder
+from gradlens.capture.softmax import SoftmaxCapture
 from gradlens.capture.spikes import SpikeConfig, SpikeDetector
 from gradlens.instrument import interception
 from gradlens.instrument.discovery import ModuleDiscovery, parameter_names
@@ -81,6 +82,8 @@ class Lens:
         probe_batches: training batches kept for probes to replay.
         spikes: thresholds of the online spike detectors.
         track_updates: record ‖Δθ‖ (keeps one copy of the parameters on their device).
+        track_softmax: record softmax-collapse signals from every training cross-entropy
+            call, and the gradient/weight cosines every ``cos_every`` steps.
         status: status line on stderr: ``off`` (default), ``auto``, ``live`` or ``plain``.
 
     Example:
@@ -104,6 +107,8 @@ class Lens:
         probe_batches: int = 2,
         spikes: SpikeConfig | None = None,
         track_updates: bool = True,
+        track_softmax: bool = True,
+        cos_every: int = 10,
         status: str = "off",
         command: str | None = None,
         argv: Sequence[str] | None = None,
@@ -124,6 +129,9 @@ class Lens:
         self.every, self.flush_secs, self.probes = every, flush_secs, probes
         self.spike_config = spikes or SpikeConfig()
         self.track_updates = track_updates
+        self.track_softmax = track_softmax
+        self.cos_every = cos_every
+        self._softmax: SoftmaxCapture | None = None
         self.command = command or " ".join(sys.argv)
         self.argv = list(argv) if argv is not None else list(sys.argv)
         self.probe_set = ProbeSet(probe_batches)
@@ -176,6 +184,8 @@ class Lens:
         self._wall0 = time.time()
         write_meta(self.run_dir, self._initial_meta())
         self._writer = RunWriter(self.run_dir)
+        if self.track_softmax:
+            self._softmax = SoftmaxCapture(self._writer.submit, self.every, self.cos_every)
         self._status = StatusLine(self.name, self._status_mode)
         self._status.start()
         interception.install(self)
@@ -213,6 +223,8 @@ class Lens:
             self._manual.recorder.final_update(self._info(skipped=False))
         for tracked in self._all_tracked():
             tracked.recorder.flush()
+        if self._softmax is not None:
+            self._softmax.flush()
         assert self._writer is not None and self.run_dir is not None
         self._writer.close(compact=True)
         update_meta(
@@ -254,6 +266,16 @@ class Lens:
     def on_loss_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self.probe_set.full:
             self.probe_set.record_loss(name, args, kwargs, self._in_root_forward > 0)
+        logits = args[0] if args else kwargs.get("input")
+        if (
+            name == "cross_entropy"
+            and self._softmax is not None
+            and isinstance(logits, Tensor)
+            and logits.requires_grad  # a training forward, not an evaluation loop
+            and torch.is_grad_enabled()
+        ):
+            target = args[1] if len(args) > 1 else kwargs.get("target")
+            self._softmax.observe(logits, target, kwargs.get("ignore_index", -100))
 
     def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None:
         self._scaled = (scaled, unscaled)
@@ -290,6 +312,9 @@ class Lens:
         tracked = self._tracked_for(optimizer)
         if tracked is None:
             return
+        if tracked.index == 0 and self._softmax is not None:
+            recorder = tracked.recorder
+            self._softmax.gradients(self.step, recorder.layout.names, recorder.params)
         tracked.recorder.before_update(
             self._loss if tracked.index == 0 else None,
             grad_scale=getattr(optimizer, "grad_scale", None),
@@ -413,6 +438,8 @@ class Lens:
     def _end_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         done = self.step
         self.step += 1
+        if self._softmax is not None:
+            self._softmax.end_step(done)
         self._loss = None
         self._scaled = None
         self._samples = self._tokens = 0
@@ -438,14 +465,15 @@ class Lens:
                 continue
             start = time.perf_counter()
             objective = Objective(model, batches, probe.mode)
-            context = ProbeContext(step, objective, lrs, optimizer)
+            context = ProbeContext(step, objective, lrs, optimizer, self._update_fn(objective))
             try:
                 with objective.isolated():
                     rows = probe.compute(context)
             except Exception as exc:
                 if os.environ.get("GRADLENS_STRICT") == "1":
                     raise
-                self._probe_failed(probe.name, f"{type(exc).__name__}: {exc}")
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                self._probe_failed(probe.name, f"{type(exc).__name__}: {first}")
                 continue
             for table, columns in rows.items():
                 self._writer.write(table, columns)
@@ -458,6 +486,27 @@ class Lens:
                     "value": [time.perf_counter() - start],
                 },
             )
+
+    def _update_fn(self, objective: Objective) -> Callable[[], dict[str, Tensor] | None] | None:
+        """Δθ of the last step by the objective's parameter names (primary optimizer only)."""
+        primary = next((t for t in self._tracked.values() if t.index == 0), None)
+        if primary is None:
+            return None
+        recorder = primary.recorder
+
+        def update() -> dict[str, Tensor] | None:
+            delta = recorder.last_update()
+            if delta is None:
+                return None
+            by_id = {id(p): d for p, d in zip(recorder.params, delta, strict=True)}
+            out = {
+                n: by_id[id(p)]
+                for n, p in zip(objective.names, objective.params, strict=True)
+                if id(p) in by_id
+            }
+            return out or None
+
+        return update
 
     def _probe_failed(self, name: str, why: str) -> None:
         if name not in self._probe_failures:
@@ -514,6 +563,8 @@ class Lens:
                 },
                 "probe_batches": self.probe_set.capacity,
                 "track_updates": self.track_updates,
+                "track_softmax": self.track_softmax,
+                "cos_every": self.cos_every,
                 "spikes": vars(self.spike_config),
                 "mode": "auto" if self.auto else "explicit",
             },

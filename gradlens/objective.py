@@ -45,6 +45,8 @@ class Batch:
 
     ``loss_fn=None`` means the model returns its loss (a scalar, ``(logits, loss)``, a dict
     with ``"loss"`` or an object with ``.loss``). ``size`` weights the batch in the mean.
+    ``labels`` are the class targets the loss saw (also when it ran inside ``forward``), for
+    probes that need labels (neural collapse).
     """
 
     args: tuple[Any, ...]
@@ -52,6 +54,7 @@ class Batch:
     target: Any = None
     loss_fn: LossFn | None = None
     size: int = 1
+    labels: Any = None
 
 
 def extract_loss(output: Any) -> Tensor:
@@ -94,7 +97,7 @@ def batches_from_data(data: Any, loss_fn: LossFn | None) -> list[Batch]:
         else:
             *inputs, target = item
             args = tuple(inputs)
-            batches.append(Batch(args, {}, target, loss_fn, _size(args, {})))
+            batches.append(Batch(args, {}, target, loss_fn, _size(args, {}), target))
     if not batches:
         raise ValueError("data holds no batch")
     return batches
@@ -109,9 +112,11 @@ def batches_from_probe_set(probe_set: Any) -> list[Batch]:
             continue
         size = recorded.batch_size or _size(recorded.args, recorded.kwargs)
         if call.inside_forward:
-            out.append(Batch(recorded.args, recorded.kwargs, None, None, size))
+            out.append(Batch(recorded.args, recorded.kwargs, None, None, size, call.target))
         else:
-            out.append(Batch(recorded.args, recorded.kwargs, call.target, _replay(call), size))
+            out.append(
+                Batch(recorded.args, recorded.kwargs, call.target, _replay(call), size, call.target)
+            )
     return out
 
 

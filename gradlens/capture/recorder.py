@@ -126,6 +126,15 @@ class StepRecorder:
             info.tail = True
             self._push(row, info)
 
+    def last_update(self) -> list[Tensor] | None:
+        """Δθ of the step just applied (optimizer mode, right after ``after_update``), else None.
+
+        After the step the saved copy holds θ_before − θ_after; this returns its negation.
+        """
+        if self._saved is None or self.layout.update_lag or not self.track_updates:
+            return None
+        return [-s for s in self._saved]
+
     def flush(self) -> None:
         """Hand the buffered rows to the sink (asynchronous device-to-host copy)."""
         n = len(self._infos)

@@ -22,13 +22,14 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
+from gradlens._attention import math_attention, unsupported
 from gradlens.objective import Batch, Objective
 
 __all__ = ["HVP", "METHODS", "HVPUnavailable"]
@@ -39,22 +40,6 @@ _EXACT = ("double_backward", "forward_over_reverse")
 
 class HVPUnavailable(RuntimeError):
     """No engine could differentiate this model twice."""
-
-
-def _unsupported(exc: BaseException) -> bool:
-    text = str(exc)
-    return isinstance(exc, RuntimeError | NotImplementedError) and any(
-        key in text
-        for key in ("not implemented", "does not support", "not supported", "NotImplemented")
-    )
-
-
-@contextlib.contextmanager
-def _math_attention() -> Iterator[None]:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel(SDPBackend.MATH):
-        yield
 
 
 class HVP:
@@ -139,7 +124,7 @@ class HVP:
                 try:
                     timings[method] = self._time(method)
                 except Exception as exc:
-                    if not _unsupported(exc):
+                    if not unsupported(exc):
                         raise
                     errors[method] = str(exc).splitlines()[0][:120]
             if timings:
@@ -184,7 +169,7 @@ class HVP:
     # -- engines ---------------------------------------------------------------------------------
 
     def _context(self) -> contextlib.AbstractContextManager[Any]:
-        return _math_attention() if self.math_attention else contextlib.nullcontext()
+        return math_attention() if self.math_attention else contextlib.nullcontext()
 
     def _apply(self, method: str, v: Tensor) -> Tensor:
         parts = self._split(v.to(self.device, self.dtype))

@@ -9,7 +9,7 @@ the class attributes and implement :meth:`Probe.compute`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -26,17 +26,29 @@ Rows = dict[str, dict[str, list[Any]]]
 
 @dataclass
 class ProbeContext:
-    """What a probe may use: the objective on the probe set, and where training stands."""
+    """What a probe may use: the objective on the probe set, and where training stands.
+
+    ``update`` is the parameter change Δθ = θ_after − θ_before of the step just taken (name →
+    tensor, names as in ``objective.names``), or None when unknown (manual updates, or
+    ``track_updates=False``); it is computed on first use.
+    """
 
     step: int
     objective: Objective
     lrs: list[float] = field(default_factory=list)
     optimizer: torch.optim.Optimizer | None = None
-    update: Mapping[str, torch.Tensor] | None = None  # last parameter update, when known
+    update_fn: Callable[[], Mapping[str, torch.Tensor] | None] | None = None
+    _update: Mapping[str, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     @property
     def model(self) -> nn.Module:
         return self.objective.model
+
+    @property
+    def update(self) -> Mapping[str, torch.Tensor] | None:
+        if self._update is None and self.update_fn is not None:
+            self._update = self.update_fn()
+        return self._update
 
 
 class Probe(ABC):

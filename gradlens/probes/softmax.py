@@ -1,0 +1,46 @@
+"""The ``ghost`` probe: the ghosts-of-softmax radius along the last update (Sao 2026).
+
+ρ = π/Δ_a, Δ_a the largest per-sample spread of the logits' directional derivative along the
+unit update direction (one JVP), and r = ‖Δθ‖/ρ — collapse was seen once r ≥ 1. Rows go to
+the ``softmax`` table: ghost_rho, ghost_r, ghost_delta_a. Needs the update (optimizer mode
+with update tracking); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+from gradlens._attention import with_math_fallback
+from gradlens.functional.softmax import ghost_radius
+from gradlens.probes.base import Probe, ProbeContext, Rows
+
+__all__ = ["GhostProbe"]
+
+
+class GhostProbe(Probe):
+    """Safe-step radius of the softmax along the update just applied."""
+
+    name = "ghost"
+    tables = ("softmax",)
+    preset = "standard"
+    default_every = 100
+
+    def compute(self, ctx: ProbeContext) -> Rows:
+        update = ctx.update
+        if not update or not ctx.objective.batches:
+            return {}
+        batch = ctx.objective.batches[0]
+        values = with_math_fallback(
+            lambda: ghost_radius(ctx.model, batch.args, update, kwargs=batch.kwargs)
+        )
+        metrics = {
+            "ghost_rho": values["rho"],
+            "ghost_r": values["r"],
+            "ghost_delta_a": values["delta_a"],
+        }
+        return {
+            "softmax": {
+                "step": [ctx.step] * 3,
+                "metric": list(metrics),
+                "layer": [""] * 3,
+                "value": list(metrics.values()),
+            }
+        }
