@@ -67,11 +67,13 @@ class HessianProbe(Probe):
     def compute(self, ctx: ProbeContext) -> Rows:
         engine = HVP(ctx.objective, self.method, math_attention=self._math_attention)
         self.method, self._math_attention = engine.method, engine.math_attention  # reuse choice
-        eig = top_eigenpairs(engine, self.k, self.which, self.tol, max_iter=self.max_iter,
-                             seed=self.seed + ctx.step)
+        eig = top_eigenpairs(
+            engine, self.k, self.which, self.tol, max_iter=self.max_iter, seed=self.seed + ctx.step
+        )
         rows = _Rows(ctx.step)
-        for i, (value, residual) in enumerate(zip(eig.eigenvalues.tolist(),
-                                                  eig.residuals.tolist(), strict=True)):
+        for i, (value, residual) in enumerate(
+            zip(eig.eigenvalues.tolist(), eig.residuals.tolist(), strict=True)
+        ):
             rows.add("top_eigenvalue", value, index=i)
             rows.add("top_residual", residual, index=i)
         rows.add("lambda_min", eig.lambda_min)
@@ -84,9 +86,17 @@ class HessianProbe(Probe):
         if self.trace and self.trace_hvps >= 4:
             generator = torch.Generator().manual_seed(self.seed + ctx.step + 7)
             sketch = max(1, min(self.k, (self.trace_hvps - 2) // 4))
-            tr = hutchpp(engine, engine.dim, sketch=sketch, tol=self.trace_tol,
-                         max_hvps=self.trace_hvps, matmat=engine.matmat, generator=generator,
-                         dtype=engine.dtype, device=engine.device)
+            tr = hutchpp(
+                engine,
+                engine.dim,
+                sketch=sketch,
+                tol=self.trace_tol,
+                max_hvps=self.trace_hvps,
+                matmat=engine.matmat,
+                generator=generator,
+                dtype=engine.dtype,
+                device=engine.device,
+            )
             rows.add("trace", tr.estimate)
             rows.add("trace_stderr", tr.stderr)
             rows.add("trace_hvps", tr.hvps)
@@ -95,8 +105,13 @@ class HessianProbe(Probe):
                 rows.add("block_top_eigenvalue", value, layer=block)
         out: Rows = {}
         if self.density_runs > 0:
-            density = density_runs(engine, self.density_runs, self.density_steps,
-                                   seed=self.seed + ctx.step, reuse=[eig.run])
+            density = density_runs(
+                engine,
+                self.density_runs,
+                self.density_steps,
+                seed=self.seed + ctx.step,
+                reuse=[eig.run],
+            )
             out["spectrum"] = _spectrum_rows(ctx.step, density)
         rows.add("hvps", engine.count)
         rows.add("setup_hvps", engine.setup_count)
@@ -110,8 +125,13 @@ class _Rows:
         self.columns: dict[str, list[Any]] = defaultdict(list)
 
     def add(self, metric: str, value: float, index: int = 0, layer: str = "") -> None:
-        for key, item in (("step", self.step), ("metric", metric), ("layer", layer),
-                          ("index", index), ("value", float(value))):
+        for key, item in (
+            ("step", self.step),
+            ("metric", metric),
+            ("layer", layer),
+            ("index", index),
+            ("value", float(value)),
+        ):
             self.columns[key].append(item)
 
 
@@ -133,9 +153,16 @@ def _block_tops(engine: HVP, tol: float, seed: int) -> dict[str, float]:
             full[index] = v
             return engine(full)[index]
 
-        run = lanczos(matvec, int(index.numel()), 1, "LA", tol,
-                      generator=torch.Generator().manual_seed(seed), device=engine.device,
-                      dtype=engine.dtype)
+        run = lanczos(
+            matvec,
+            int(index.numel()),
+            1,
+            "LA",
+            tol,
+            generator=torch.Generator().manual_seed(seed),
+            device=engine.device,
+            dtype=engine.dtype,
+        )
         out[block] = float(run.eigenvalues[0])
     return out
 
@@ -145,12 +172,21 @@ def _spectrum_rows(step: int, density: Any) -> dict[str, list[Any]]:
     scale = 1.0 / len(density.nodes)
     for nodes, weights in zip(density.nodes, density.weights, strict=True):
         for i, (x, w) in enumerate(zip(nodes.tolist(), weights.tolist(), strict=True)):
-            for key, item in (("step", step), ("kind", "quadrature"), ("index", i),
-                              ("x", x), ("value", w * scale)):
+            for key, item in (
+                ("step", step),
+                ("kind", "quadrature"),
+                ("index", i),
+                ("x", x),
+                ("value", w * scale),
+            ):
                 columns[key].append(item)
-    for i, (x, y) in enumerate(zip(density.grid.tolist(), density.density.tolist(),
-                                   strict=True)):
-        for key, item in (("step", step), ("kind", "density"), ("index", i), ("x", x),
-                          ("value", y)):
+    for i, (x, y) in enumerate(zip(density.grid.tolist(), density.density.tolist(), strict=True)):
+        for key, item in (
+            ("step", step),
+            ("kind", "density"),
+            ("index", i),
+            ("x", x),
+            ("value", y),
+        ):
             columns[key].append(item)
     return dict(columns)

@@ -43,11 +43,18 @@ def hessian_section(data: RunData) -> Section | None:
         ("probes", f"{df['step'].nunique()} (steps {int(df['step'].min())}–{step})"),
         (f"top eigenvalues at step {step}", eigs or "-"),
         ("largest residual ‖Hv−λv‖", number(worst)),
-        ("λmin (same Krylov space)", f"{number(_value(last, 'lambda_min'))} "
-         f"(residual {number(_value(last, 'lambda_min_residual'))})"),
+        (
+            "λmin (same Krylov space)",
+            f"{number(_value(last, 'lambda_min'))} "
+            f"(residual {number(_value(last, 'lambda_min_residual'))})",
+        ),
         ("trace", f"{number(_value(last, 'trace'))} ± {number(_value(last, 'trace_stderr'))}"),
-        ("sharpness: first → max → last", f"{number(sharp.iloc[0])} → {number(sharp.max())} "
-         f"→ {number(sharp.iloc[-1])}" if len(sharp) else "-"),
+        (
+            "sharpness: first → max → last",
+            f"{number(sharp.iloc[0])} → {number(sharp.max())} → {number(sharp.iloc[-1])}"
+            if len(sharp)
+            else "-",
+        ),
         ("λmax·lr/2 (edge of stability at 1)", f"max {number(eos.max())}" if len(eos) else "-"),
         ("HVPs per probe", number(_value(last, "hvps"))),
     ]
