@@ -13,7 +13,7 @@ from gradlens.report.build import PROBE_SECTIONS, Section
 from gradlens.report.data import RunData
 from gradlens.report.format import number
 
-__all__ = ["hessian_section"]
+__all__ = ["collapse_section", "hessian_section", "landscape_section", "softmax_section"]
 
 
 def _latest(df: pd.DataFrame) -> tuple[int, pd.DataFrame]:
@@ -61,4 +61,102 @@ def hessian_section(data: RunData) -> Section | None:
     return Section("Hessian", rows)
 
 
+def _series(df: pd.DataFrame, metric: str) -> pd.Series:
+    part = df[df["metric"] == metric]
+    if "layer" in part:
+        part = part[part["layer"].fillna("") == ""]
+    return part.groupby("step")["value"].last().dropna()
+
+
+def _trend(series: pd.Series, fmt: str = "{:.4g}") -> str:
+    if series.empty:
+        return "-"
+    return (
+        f"{fmt.format(series.iloc[0])} → {fmt.format(series.iloc[-1])} "
+        f"(steps {int(series.index[0])}–{int(series.index[-1])})"
+    )
+
+
+def collapse_section(data: RunData) -> Section | None:
+    df = data.table("collapse")
+    if df.empty:
+        return None
+    labels = {
+        "nc1": "NC1 within/between variability",
+        "cdnv": "CDNV",
+        "nc2_equinorm": "NC2 equinorm",
+        "nc2_equiangular": "NC2 equiangularity",
+        "nc2_etf_distance": "NC2 distance to a simplex ETF",
+        "nc3": "NC3 self-duality",
+        "nc4": "NC4 disagreement with nearest class centre",
+    }
+    rows = [
+        (label, _trend(_series(df, metric)))
+        for metric, label in labels.items()
+        if (df["metric"] == metric).any()
+    ]
+    return Section("Neural collapse (first → last probe)", rows)
+
+
+def softmax_section(data: RunData) -> Section | None:
+    df = data.table("softmax")
+    if df.empty:
+        return None
+    saturated = _series(df, "saturated_fraction")
+    rows = []
+    if len(saturated):
+        peak = int(saturated.idxmax())
+        rows.append(
+            (
+                "saturated samples (softmax exactly one-hot)",
+                f"{saturated.iloc[-1]:.1%} at the end, peak {saturated.max():.1%} at step {peak}",
+            )
+        )
+    for metric, label, fmt in (
+        ("zero_loss_fraction", "samples with loss exactly 0", "{:.1%}"),
+        ("max_logit_gap", "max logit gap (top-1 − top-2)", "{:.4g}"),
+        ("log_z_drift", "log Z drift since the first step", "{:.4g}"),
+        ("logit_norm_growth", "logit norm growth", "{:.3g}×"),
+        ("ghost_r", "ghosts-of-softmax r = ‖Δθ‖/ρ (collapse from 1)", "{:.3g}"),
+    ):
+        series = _series(df, metric)
+        if len(series):
+            rows.append((label, _trend(series, fmt)))
+    cos = df[(df["metric"] == "grad_weight_cos") & (df["layer"].fillna("") == "")]
+    if len(cos):
+        series = cos.groupby("step")["value"].last()
+        rows.append(("cos(gradient, weights), all parameters", _trend(series, "{:+.3f}")))
+    return Section("Softmax collapse", rows) if rows else None
+
+
+def landscape_section(data: RunData) -> Section | None:
+    df = data.table("landscape")
+    if df.empty:
+        return None
+    step, last = _latest(df)
+    rows = [("slices", f"{df.groupby(['step', 'slice']).ngroups} (latest at step {step})")]
+    for name, part in last.groupby("slice"):
+        summary = part[part["alpha"].isna()]
+        values = dict(zip(summary["metric"], summary["value"], strict=False))
+        centre = part[
+            (part["metric"] == "loss") & (part["alpha"] == 0) & (part["beta"].fillna(0) == 0)
+        ]
+        curv = ", ".join(
+            f"{k.removeprefix('curvature_')} {number(v)}"
+            for k, v in values.items()
+            if k.startswith("curvature_")
+        )
+        rows.append(
+            (
+                str(name),
+                f"centre loss {number(float(centre['value'].iloc[0])) if len(centre) else '-'}, "
+                f"roughness {number(values.get('roughness'))}, curvature {curv or '-'}",
+            )
+        )
+    return Section("Loss landscape", rows)
+
+
 PROBE_SECTIONS["hessian"] = hessian_section
+PROBE_SECTIONS["collapse"] = collapse_section
+PROBE_SECTIONS["softmax"] = softmax_section
+PROBE_SECTIONS["landscape"] = landscape_section
