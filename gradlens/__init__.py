@@ -18,6 +18,12 @@ __all__ = [  # noqa: RUF022 (grouped by purpose)
     # recording
     "Lens",
     "SpikeConfig",
+    # analysing a trained model
+    "hessian_density",
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "loss_landscape",
+    "neural_collapse",
     # reading
     "Run",
     "list_runs",
@@ -31,6 +37,11 @@ __all__ = [  # noqa: RUF022 (grouped by purpose)
 
 _LAZY = {
     "Lens": "gradlens.lens",
+    "hessian_density": "gradlens.hessian",
+    "hessian_eigenvalues": "gradlens.hessian",
+    "hessian_trace": "gradlens.hessian",
+    "loss_landscape": "gradlens.landscape",
+    "neural_collapse": "gradlens.collapse",
     "SpikeConfig": "gradlens.capture.spikes",
     "Run": "gradlens.store",
     "list_runs": "gradlens.store",
@@ -42,7 +53,10 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from gradlens.capture.spikes import SpikeConfig
+    from gradlens.collapse import neural_collapse
     from gradlens.errors import GradlensError, RunNotFoundError, TableError
+    from gradlens.hessian import hessian_density, hessian_eigenvalues, hessian_trace
+    from gradlens.landscape import loss_landscape
     from gradlens.lens import Lens
     from gradlens.store import Run, list_runs, open_run
 

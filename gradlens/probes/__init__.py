@@ -15,7 +15,12 @@ from gradlens.probes.base import PRESET_ORDER, Probe, ProbeContext, Rows
 __all__ = ["REGISTRY", "Probe", "ProbeContext", "Rows", "make_probes", "parse_probe_options"]
 
 # name -> "module:Class"; imported only when used (they import torch.func machinery)
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {
+    "hessian": "gradlens.probes.hessian:HessianProbe",
+    "landscape": "gradlens.probes.landscape:LandscapeProbe",
+    "collapse": "gradlens.probes.collapse:CollapseProbe",
+    "ghost": "gradlens.probes.softmax:GhostProbe",
+}
 
 
 def _load(name: str) -> type[Probe]:

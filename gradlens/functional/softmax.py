@@ -1,0 +1,294 @@
+"""Softmax-collapse signals from the logits, the weight-aligned gradient, the ghost radius.
+
+- Softmax collapse (Prieto et al. 2025, "Grokking at the Edge of Numerical Stability",
+  arXiv 2501.04697): once the shifted exp-sum ``Σ_k exp(z_k − max z)`` rounds to exactly 1 in
+  the training dtype, the softmax is exactly one-hot and the sample's gradient vanishes.
+  :func:`softmax_collapse_stats` is the sync-free per-step version, :func:`softmax_collapse`
+  the same numbers as a dict.
+- Naive loss minimisation (same paper): the gradient aligns with the weights (it only scales
+  the logits); :func:`grad_weight_cosine` measures ``cos(g, w)`` per tensor, the component
+  ⊥Grad removes.
+- Ghosts of softmax (Sao, arXiv 2603.13552): the radius ``ρ = π/Δ_a`` along an update
+  direction, from one JVP (:func:`ghost_radius`), and the normalised step ``r = ‖Δθ‖/ρ``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+
+from gradlens.functional.norms import tensor_norms
+
+__all__ = [
+    "SOFTMAX_STATS",
+    "ghost_radius",
+    "grad_weight_cosine",
+    "saturation_gap",
+    "softmax_collapse",
+    "softmax_collapse_stats",
+]
+
+SOFTMAX_STATS = (
+    "saturated_fraction",
+    "zero_loss_fraction",
+    "max_logit_gap",
+    "mean_logit_gap",
+    "max_logit_spread",
+    "log_z_mean",
+    "log_z_max",
+    "logit_norm",
+    "logit_mean",
+    "accuracy",
+    "num_samples",
+)
+"""Order of the entries of :func:`softmax_collapse_stats`'s vector.
+
+- ``saturated_fraction``: samples whose shifted exp-sum is exactly 1 in the logits' dtype.
+- ``zero_loss_fraction``: samples whose ``F.cross_entropy`` (in that dtype) is exactly 0.
+- ``max_logit_gap``, ``mean_logit_gap``: top-1 minus top-2 logit (max / mean over samples);
+  saturation needs this gap above :func:`saturation_gap` (≈16.6 in float32, 7.6 in float16).
+- ``max_logit_spread``: max over samples of ``max_k z − min_k z`` (``π/spread`` is the cheap
+  ghosts-of-softmax radius proxy).
+- ``log_z_mean``, ``log_z_max``: ``logsumexp(z)`` over samples (the z-loss quantity).
+- ``logit_norm``: mean per-sample L2 norm; ``logit_mean``: mean logit.
+- ``accuracy``: argmax equals the target.
+- ``num_samples``: rows counted (targets equal to ``ignore_index`` are left out).
+
+``zero_loss_fraction`` and ``accuracy`` are NaN without targets.
+"""
+
+
+def saturation_gap(dtype: torch.dtype, num_classes: int) -> float:
+    """Top-1 minus top-2 gap beyond which a softmax whose others all sit at the gap saturates.
+
+    ``1 + (C−1)·e^{−gap}`` rounds to 1 when ``(C−1)·e^{−gap} < ulp(1)/2``.
+    """
+    half_ulp = torch.finfo(dtype).eps / 2
+    return math.log((num_classes - 1) / half_ulp)
+
+
+def _rows(logits: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    if logits.dim() < 2 or logits.shape[-1] < 2:
+        raise ValueError(f"logits must be (..., C) with C >= 2, got {tuple(logits.shape)}")
+    z = logits.detach().reshape(-1, logits.shape[-1])
+    if targets is None:
+        return z, None
+    t = targets.detach()
+    # class indices (...,), or class probabilities (..., C) (soft labels, as F.cross_entropy)
+    t = t.reshape(-1, z.shape[1]) if t.is_floating_point() else t.reshape(-1)
+    if t.shape[0] != z.shape[0]:
+        raise ValueError(f"{z.shape[0]} logit rows but {t.shape[0]} targets")
+    return z, t
+
+
+@torch.no_grad()
+def softmax_collapse_stats(
+    logits: Tensor, targets: Tensor | None = None, *, ignore_index: int = -100
+) -> Tensor:
+    """Softmax-collapse signals as a float32 vector on the logits' device, ordered as
+    :data:`SOFTMAX_STATS`; no host synchronisation, the input and its graph untouched.
+
+    ``logits`` is (N, C) or (B, T, V) (leading dims flattened); ``targets`` are class indices
+    (rows equal to ``ignore_index`` are left out of every entry) or class probabilities.
+    Saturation is computed exactly as Prieto et al. log it, in the logits' own dtype:
+    ``(exp(z − max z).sum(-1) == 1)``.
+
+    Example:
+        >>> z = torch.tensor([[30.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+        >>> softmax_collapse_stats(z, torch.tensor([0, 0]))[:2]
+        tensor([0.5000, 0.5000])
+    """
+    z, t = _rows(logits, targets)
+    top = torch.topk(z, 2, dim=-1)
+    shifted = (z - top.values[:, :1]).exp_()  # in the logits' dtype, as in training
+    exp_sum = shifted.sum(-1)
+    if z.dtype in (torch.float32, torch.float64):
+        exp_sum32 = exp_sum.float()
+    else:  # the float32 sum for log Z; the in-dtype sum decides saturation
+        exp_sum32 = shifted.sum(-1, dtype=torch.float32)
+    z32_max = top.values[:, 0].float()
+    gap = z32_max - top.values[:, 1].float()
+    log_z = z32_max + exp_sum32.log()
+    wide = torch.float64 if z.dtype == torch.float64 else torch.float32
+    norms = torch.linalg.vector_norm(z, dim=-1, dtype=wide).float()
+    row_mean = z.mean(-1, dtype=wide).float()
+    nan = torch.full_like(gap, math.nan)
+    if t is None:
+        weight = torch.ones_like(gap)
+        zero_loss, correct = nan, nan
+    else:
+        soft = t.is_floating_point()
+        weight = torch.ones_like(gap) if soft else (t != ignore_index).float()
+        loss = F.cross_entropy(z, t, reduction="none", ignore_index=ignore_index)
+        zero_loss = (loss == 0).float()
+        correct = (top.indices[:, 0] == (t.argmax(-1) if soft else t)).float()
+    count = weight.sum()
+
+    def mean(x: Tensor) -> Tensor:
+        return (x * weight).sum() / count
+
+    def largest(x: Tensor) -> Tensor:
+        return torch.where(weight > 0, x, -math.inf).amax()
+
+    return torch.stack(
+        [
+            mean((exp_sum == 1).float()),
+            mean(zero_loss),
+            largest(gap),
+            mean(gap),
+            largest(z32_max - z.amin(-1).float()),
+            mean(log_z),
+            largest(log_z),
+            mean(norms),
+            mean(row_mean),
+            mean(correct),
+            count,
+        ]
+    )
+
+
+def softmax_collapse(
+    logits: Tensor, targets: Tensor | None = None, *, ignore_index: int = -100
+) -> dict[str, float]:
+    """:func:`softmax_collapse_stats` as a dict (one host sync); without targets the entries
+    that need them (``zero_loss_fraction``, ``accuracy``) are left out.
+
+    Example:
+        >>> z = torch.tensor([[30.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+        >>> softmax_collapse(z)["saturated_fraction"]
+        0.5
+    """
+    values = softmax_collapse_stats(logits, targets, ignore_index=ignore_index).tolist()
+    out = dict(zip(SOFTMAX_STATS, values, strict=True))
+    if targets is None:
+        del out["zero_loss_fraction"], out["accuracy"]
+    return out
+
+
+def grad_weight_cosine(
+    params: Sequence[Tensor], grads: Sequence[Tensor | None], *, include_global: bool = False
+) -> Tensor:
+    """``cos(g, w) = ⟨g, w⟩/(‖g‖‖w‖)`` per tensor, as a float32 vector; 0 where a norm is 0.
+
+    Naive loss minimisation (Prieto et al. 2025) shows as ``cos(g, w) → −1``: the descent
+    direction ``−g`` points along ``+w``, which only scales the logits; ``cos²`` is the share
+    of the gradient that ⊥Grad removes. Norms with one fused ``_foreach_norm``, one dot per
+    tensor (accumulated in float32 at least); no host synchronisation. ``include_global``
+    appends the cosine of the concatenated parameters and gradients.
+
+    Example:
+        >>> w = torch.tensor([1.0, 0.0])
+        >>> grad_weight_cosine([w, w], [-w, torch.tensor([0.0, 2.0])])
+        tensor([-1.,  0.])
+    """
+    if len(params) != len(grads):
+        raise ValueError(f"{len(params)} params but {len(grads)} grads")
+    if not params:
+        return torch.zeros(int(include_global))
+    ws = [w.detach() for w in params]
+    # A missing gradient is an empty tensor: norm 0, so cosine 0 (no index tensor to copy).
+    gs = [w.new_zeros(0) if g is None else g.detach() for w, g in zip(ws, grads, strict=True)]
+    device = ws[0].device
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    dots = [_dot(w, g) if g.numel() else zero for w, g in zip(ws, gs, strict=True)]
+    if len({(d.device, d.dtype) for d in dots}) == 1:
+        dot = torch.stack(dots).to(device, torch.float64)
+    else:
+        dot = torch.stack([d.to(device, torch.float64) for d in dots])
+    w_norms = tensor_norms(ws, device).double()
+    g_norms = tensor_norms(gs, device).double()
+    out = _safe_cosine(dot, w_norms, g_norms)
+    if include_global:
+        total = _safe_cosine(
+            dot.sum(), w_norms.square().sum().sqrt(), g_norms.square().sum().sqrt()
+        )
+        out = torch.cat([out, total[None]])
+    return out.float()
+
+
+def _dot(w: Tensor, g: Tensor) -> Tensor:
+    wide = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32
+    return torch.dot(w.reshape(-1).to(wide), g.reshape(-1).to(wide))
+
+
+def _safe_cosine(dot: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    denom = a * b
+    return torch.where(denom > 0, dot / torch.where(denom > 0, denom, 1.0), 0.0)
+
+
+def ghost_radius(
+    model: nn.Module,
+    inputs: Any,
+    direction: Mapping[str, Tensor],
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    output_fn: Callable[[Any], Tensor] | None = None,
+) -> dict[str, float]:
+    """Ghosts-of-softmax radius along ``direction`` (Sao 2026, arXiv 2603.13552), one JVP.
+
+    ``direction`` maps parameter names (``model.named_parameters()``) to the update ``Δθ``
+    (others are held fixed). With ``v = Δθ/‖Δθ‖`` and ``a = ∂z/∂θ · v`` (the logits'
+    directional derivative, one ``torch.func.jvp`` through ``functional_call``):
+
+    - ``delta_a`` = max over samples of ``max_k a_k − min_k a_k``;
+    - ``rho = π/delta_a`` (``delta_a`` floored at 1e-12), the step length along ``v`` within
+      which the softmax has no complex singularity;
+    - ``step = ‖Δθ‖``, and ``r = step/rho`` (collapse was seen once ``r ≥ 1``).
+
+    The model runs as it is: put it in ``eval()`` first so BatchNorm statistics stay put.
+    ``output_fn`` picks the logits out of the model output (default: the output itself, its
+    first element, its ``"logits"`` entry or ``.logits``).
+    """
+    names = list(direction)
+    named = dict(model.named_parameters())
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise ValueError(f"direction names unknown parameters: {missing[:3]}")
+    if not names:
+        raise ValueError("direction is empty")
+    tangents = {n: direction[n].detach().to(named[n].dtype) for n in names}
+    step = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(t.double()) for t in tangents.values()])
+    )
+    unit = {
+        n: t / step.to(t.dtype).clamp_min(torch.finfo(t.dtype).tiny) for n, t in tangents.items()
+    }
+    primals = {n: named[n].detach() for n in names}
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    pick = output_fn or _logits
+
+    def logits_at(params: dict[str, Tensor]) -> Tensor:
+        return pick(functional_call(model, params, args, dict(kwargs or {}), strict=False))
+
+    with warnings.catch_warnings():  # torch.func's first jvp scripts a decomposition
+        warnings.filterwarnings("ignore", ".*torch.jit.script.*", DeprecationWarning)
+        dlogits = jvp(logits_at, (primals,), (unit,))[1]
+    a = dlogits.detach().reshape(-1, dlogits.shape[-1]).double()
+    delta_a = (a.amax(-1) - a.amin(-1)).amax()
+    rho = math.pi / delta_a.clamp_min(1e-12)
+    return {
+        "delta_a": float(delta_a),
+        "rho": float(rho),
+        "step": float(step),
+        "r": float(step / rho),
+    }
+
+
+def _logits(output: Any) -> Tensor:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise ValueError("cannot find the logits in the model output; pass output_fn")
