@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 RUNS ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format sample-runs bench browser-test clean
+.PHONY: help install browser demo test lint format sample-runs bench browser-test clean
 
 help:
 	@echo "make demo          set up, watch examples/mlp_classifier.py, print the report"
@@ -21,6 +21,7 @@ help:
 	@echo "make lint          ruff check + ruff format --check + mypy gradlens/"
 	@echo "make sample-runs   regenerate sample_runs/ from examples/ with gradlens watch"
 	@echo "make bench         run the benchmarks in bench/ (side-by-side ratios)"
+	@echo "make browser-test  the dashboard's headless-Chromium tests only"
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +39,21 @@ demo: install
 		examples/mlp_classifier.py --spike-at 150
 	$(BIN)/gradlens report $(RUNS)/demo --fail-on error
 	@echo
-	@echo "Run recorded in $(RUNS)/demo. Read it back in Python:"
+	@echo "Run recorded in $(RUNS)/demo. Browse it:  $(BIN)/gradlens dashboard $(RUNS)"
+	@echo "Read it back in Python:"
 	@echo "  $(PY) -c \"import gradlens; print(gradlens.open_run('$(RUNS)/demo').table('layers'))\""
 
-test: install
+# Debian's Chromium and ChromeDriver for the dashboard's browser tests (skipped without them).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || \
+		echo "could not install chromium: browser tests will be skipped"
+
+test: install browser
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+browser-test: install browser
+	$(PY) -m pytest tests/dashboard -m browser --headless -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check .
@@ -54,19 +65,27 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # Small real runs recorded from examples/, committed for the demo, the tests and the dashboard.
+SAMPLE = $(BIN)/gradlens watch --runs-dir sample_runs --status off
 sample-runs: install
-	rm -rf sample_runs/mlp sample_runs/mlp-spiky sample_runs/mlp-diverged sample_runs/tiny-gpt
-	$(BIN)/gradlens watch --runs-dir sample_runs --name mlp --status off \
-		examples/mlp_classifier.py
-	$(BIN)/gradlens watch --runs-dir sample_runs --name mlp-spiky --status off \
-		examples/mlp_classifier.py --spike-at 150
-	$(BIN)/gradlens watch --runs-dir sample_runs --name mlp-diverged --status off \
-		examples/mlp_classifier.py --lr 50 --steps 100
-	$(BIN)/gradlens watch --runs-dir sample_runs --name tiny-gpt --status off \
+	rm -rf sample_runs/*/
+	$(SAMPLE) --name mlp --probes full --probe hessian.every=50 --probe hessian.density_runs=2 \
+		--probe landscape.every=150 --probe landscape.steps=11 examples/mlp_classifier.py
+	$(SAMPLE) --name mlp-spiky examples/mlp_classifier.py --spike-at 150
+	$(SAMPLE) --name mlp-diverged examples/mlp_classifier.py --lr 50 --steps 100
+	$(SAMPLE) --name tiny-gpt --probes standard --probe hessian.every=50 \
+		--probe hessian.density_runs=2 --probe landscape.at_end=true --probe landscape.steps=11 \
 		examples/tiny_gpt.py
+	$(SAMPLE) --name grokking --probes standard --probe collapse.every=100 \
+		--probe hessian.every=500 examples/grokking.py
+	$(SAMPLE) --name grokking-wd --probes standard --probe collapse.every=50 \
+		--probe hessian.every=200 examples/grokking.py --weight-decay 1.0 --steps 800
 
 bench: install
 	$(PY) bench/overhead.py
+	$(PY) bench/hessian.py
+	$(PY) bench/collapse.py
+	$(PY) bench/landscape.py
+	$(PY) bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -229,14 +229,32 @@ def _emit(rendered: object, output: Path | None) -> None:
         Console(file=handle, width=120, color_system=None).print(rendered)
 
 
+@app.command()
+def dashboard(
+    runs_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Folder holding runs (default: $GRADLENS_DIR or ./runs)."),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8050,
+) -> None:
+    """Browse runs in a web dashboard: runs, run, curvature, landscape, collapse, compare."""
+    from gradlens.dashboard.serve import serve
+
+    folder = runs_dir if runs_dir is not None else Path(os.environ.get("GRADLENS_DIR", "runs"))
+    serve(folder, host=host, port=port)
+
+
 @app.command("ls")
 def list_runs(
     runs_dir: Annotated[Path, typer.Argument(help="Folder holding runs.")] = Path("runs"),
 ) -> None:
     """List the runs in RUNS_DIR: name, status, steps, start, duration."""
-    from gradlens.cli.render import runs_table
     from rich.console import Console
 
+    from gradlens.cli.render import runs_table
     from gradlens.store import list_runs as find_runs
 
     runs = find_runs(runs_dir)

@@ -20,6 +20,12 @@ from gradlens.report.findings import Finding
 
 __all__ = ["RULES", "Rule", "rule"]
 
+
+def _times(ratio: float) -> str:
+    """``19.9×``, or ``2.88e+08×`` for the ratios of a blow-up."""
+    return f"{ratio:.1f}×" if abs(ratio) < 1000 else f"{ratio:.3g}×"
+
+
 Check = Callable[[RunData, Thresholds], list[Finding]]
 MAX_FINDINGS_PER_RULE = 10
 
@@ -165,7 +171,7 @@ def loss_spikes(data: RunData, t: Thresholds) -> list[Finding]:
         recovered = after.empty or float(after.min()) <= baseline * t.loss_recovery_ratio
         severity = "warning" if recovered else "error"
         evidence = (
-            f"loss {peak['value']:.4g} at step {int(peak['step'])} = {peak['ratio']:.1f}× its "
+            f"loss {peak['value']:.4g} at step {int(peak['step'])} = {_times(peak['ratio'])} its "
             f"baseline {baseline:.4g}; "
             + ("recovered" if recovered else "not recovered")
             + (f" within {t.loss_recovery_steps} steps" if not after.empty else " (run ended)")
@@ -214,12 +220,12 @@ def grad_spikes(data: RunData, t: Thresholds) -> list[Finding]:
         top = layers.iloc[0] if not layers.empty else part.loc[part["ratio"].idxmax()]
         glob = part[part.kind == "grad_spike"]
         evidence = (
-            f"global grad norm {glob['ratio'].max():.1f}× baseline; " if not glob.empty else ""
+            f"global grad norm {_times(glob['ratio'].max())} baseline; " if not glob.empty else ""
         ) + (
             f"{layers['layer'].nunique()} layer(s) spiked, worst {top['layer']} "
-            f"{top['value']:.3g} = {top['ratio']:.1f}× its baseline {top['baseline']:.3g}"
+            f"{top['value']:.3g} = {_times(top['ratio'])} its baseline {top['baseline']:.3g}"
             if not layers.empty
-            else f"peak {top['value']:.3g} = {top['ratio']:.1f}× baseline"
+            else f"peak {top['value']:.3g} = {_times(top['ratio'])} baseline"
         )
         findings.append(
             Finding(
@@ -426,7 +432,7 @@ def loss_trend(data: RunData, t: Thresholds) -> list[Finding]:
                 severity,
                 "loss diverged" if severity == "error" else "loss rose again",
                 f"smoothed loss {last:.4g} at the end vs best {best:.4g} at step {best_step} "
-                f"({last / best:.2f}×, limit {t.divergence_ratio:g}×; start {first:.4g})",
+                f"({_times(last / best)}, limit {t.divergence_ratio:g}×; start {first:.4g})",
                 best_step,
                 end,
                 None,

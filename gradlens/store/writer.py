@@ -10,22 +10,34 @@ hold the GIL the training thread needs). ``close()`` drains, writes the tail and
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gradlens.store.schema import to_arrow
-from gradlens.store.segments import readable_files, write_atomic, write_segment
+from gradlens.store.segments import readable_files, write_segment
 
-__all__ = ["Rows", "RunWriter"]
+__all__ = [
+    "COMPACT_KEYS",
+    "ROW_GROUP_MAX",
+    "ROW_GROUP_MIN",
+    "Rows",
+    "RunWriter",
+    "compact_table",
+    "sorted_for_reads",
+    "write_grouped",
+]
 
 # table name -> column name -> values
 Rows = Mapping[str, Mapping[str, Any]]
@@ -145,19 +157,115 @@ class RunWriter:
                 print(f"gradlens: writer error: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
+# Compacted files are laid out for readers that want one metric (and one layer) at a time,
+# like the dashboard: rows sorted by these keys then step, and every run of rows with the same
+# keys written as its own row groups, so row-group statistics alone tell a reader which groups
+# to skip. String keys sort by name except ``layer``, which keeps the order layers were first
+# seen in (the model's order). Tables not listed here are sorted by step only.
+COMPACT_KEYS: dict[str, tuple[str, ...]] = {
+    "scalars": ("metric", "index"),
+    "layers": ("metric", "layer"),
+    "hessian": ("metric", "layer", "index"),
+    "collapse": ("metric",),
+    "softmax": ("metric", "layer"),
+}
+ROW_GROUP_MAX = 1 << 17  # rows; a longer run of equal keys is split (step ranges stay prunable)
+ROW_GROUP_MIN = 1 << 13  # runs shorter than this are packed together into one group
+
+
 def compact_table(folder: Path) -> None:
-    """Merge a table's files into one compact file sorted by step, then delete the parts.
+    """Merge a table's files into one compact file sorted for reads, then delete the parts.
 
     Crash-safe at every point: the compact file appears atomically and covers exactly the
-    segments numbered up to its own number (see ``segments.readable_files``).
+    segments numbered up to its own number (see ``segments.readable_files``). The layout is
+    described at ``COMPACT_KEYS``; reading the file back with ``Run.table`` still gives rows
+    sorted by step.
     """
     files, highest = readable_files(folder)
     if len(files) <= 1:
         return
-    tables = [pq.read_table(f) for f in files]
+    schema = pq.read_schema(files[0])
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    tables = [pq.read_table(f, read_dictionary=strings) for f in files]  # strings stay coded
     merged = pa.concat_tables(tables, promote_options="default")
-    merged = merged.sort_by([("step", "ascending")]) if "step" in merged.column_names else merged
-    write_atomic(merged, folder / f"compact-{highest:06d}.parquet")
+    target = pa.schema(
+        [
+            f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+            for f in merged.schema
+        ]
+    )
+    merged, groups = sorted_for_reads(merged, COMPACT_KEYS.get(folder.name, ()))
+    write_grouped(merged, groups, folder / f"compact-{highest:06d}.parquet", target)
     for path in folder.iterdir():
         if path.name != f"compact-{highest:06d}.parquet" and path.suffix == ".parquet":
             path.unlink(missing_ok=True)
+
+
+def sorted_for_reads(table: pa.Table, keys: Sequence[str]) -> tuple[pa.Table, list[int]]:
+    """``table`` sorted by ``keys`` (those it has) then step, and its row-group boundaries.
+
+    Boundaries are row offsets where a row group starts; see ``COMPACT_KEYS``.
+    """
+    if "step" not in table.column_names:
+        return table, [0]
+    codes = {
+        k: _sort_codes(table.column(k), by_name=k != "layer")
+        for k in keys
+        if k in table.column_names
+    }
+    order = pc.sort_indices(  # stable: rows with equal keys and step keep their order
+        pa.table({**codes, "step": table.column("step")}),
+        sort_keys=[(k, "ascending") for k in [*codes, "step"]],
+    )
+    table = table.take(order)
+    changes = np.zeros(table.num_rows, dtype=bool)
+    for column in codes.values():
+        values = np.asarray(column.take(order))
+        changes[1:] |= values[1:] != values[:-1]
+    return table, _pack(np.flatnonzero(changes).tolist(), table.num_rows)
+
+
+def write_grouped(
+    table: pa.Table, starts: Sequence[int], path: Path, schema: pa.Schema | None = None
+) -> None:
+    """Write ``table`` atomically with a row group starting at each offset in ``starts``.
+
+    ``schema`` (default: the table's) is what the file stores; each slice is cast to it as it
+    is written, so dictionary-coded strings are decoded one row group at a time.
+    """
+    schema = schema or table.schema
+    tmp = path.with_name(f".{path.name}.tmp")
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    encodings = {"step": "DELTA_BINARY_PACKED"} if "step" in schema.names else None
+    with pq.ParquetWriter(
+        tmp, schema, compression="zstd", use_dictionary=strings, column_encoding=encodings
+    ) as out:
+        for start, end in itertools.pairwise([*starts, table.num_rows]):
+            part = table.slice(start, end - start).cast(schema)
+            out.write_table(part, row_group_size=ROW_GROUP_MAX)
+    os.replace(tmp, path)
+
+
+def _sort_codes(column: pa.ChunkedArray, by_name: bool) -> pa.Array:
+    """Integers that sort like ``column``: by name (or first seen) for strings."""
+    if not (pa.types.is_string(column.type) or pa.types.is_dictionary(column.type)):
+        return column.fill_null(-1) if column.null_count else column
+    uniques = pc.unique(column)  # in the order first seen
+    if pa.types.is_dictionary(uniques.type):
+        uniques = uniques.cast(uniques.type.value_type)
+    if by_name:
+        uniques = uniques.take(pc.sort_indices(uniques))
+    return pc.index_in(column, value_set=uniques).fill_null(-1)
+
+
+def _pack(run_starts: list[int], rows: int) -> list[int]:
+    """Row-group starts: a long run of equal keys gets its own groups, short runs share one."""
+    starts, group = {0}, 0  # group: where the group being packed began
+    for start, end in itertools.pairwise([0, *run_starts, rows]):
+        if end - start >= ROW_GROUP_MIN:
+            starts.update((start, end))
+            group = end
+        elif start - group >= ROW_GROUP_MIN:
+            starts.add(start)
+            group = start
+    return sorted(s for s in starts if s < rows)

@@ -25,19 +25,30 @@ def _outlier_matrix(n=300, seed=0):
     return _spectrum_matrix([10.0, 7.0, 5.0, 4.0, 3.0, -1.5, *bulk.tolist()], seed)
 
 
-@pytest.mark.parametrize("which,expected", [
-    ("LA", [10.0, 7.0, 5.0]),
-    ("SA", [-1.5]),
-    ("LM", [10.0, 7.0]),
-])
+@pytest.mark.parametrize(
+    "which,expected",
+    [
+        ("LA", [10.0, 7.0, 5.0]),
+        ("SA", [-1.5]),
+        ("LM", [10.0, 7.0]),
+    ],
+)
 def test_wanted_eigenvalues_and_true_residuals(which, expected):
     h = _outlier_matrix()
     k = len(expected)
-    res = lanczos(lambda v: h @ v, h.shape[0], k, which, tol=1e-6, dtype=torch.float64,
-                  generator=torch.Generator().manual_seed(1))
+    res = lanczos(
+        lambda v: h @ v,
+        h.shape[0],
+        k,
+        which,
+        tol=1e-6,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert res.converged
-    torch.testing.assert_close(res.eigenvalues, torch.tensor(expected, dtype=torch.float64),
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        res.eigenvalues, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0
+    )
     for value, residual, vector in zip(res.eigenvalues, res.residuals, res.eigenvectors):
         true = torch.linalg.vector_norm(h @ vector - value * vector)
         assert true <= 1e-6 * abs(value) + 1e-12
@@ -48,8 +59,9 @@ def test_wanted_eigenvalues_and_true_residuals(which, expected):
 def test_float32_basis_reaches_requested_tolerance():
     h = _outlier_matrix()
     h32 = h.float()
-    res = lanczos(lambda v: h32 @ v, h.shape[0], 5, "LA", tol=1e-3,
-                  generator=torch.Generator().manual_seed(2))
+    res = lanczos(
+        lambda v: h32 @ v, h.shape[0], 5, "LA", tol=1e-3, generator=torch.Generator().manual_seed(2)
+    )
     exact = torch.tensor([10.0, 7.0, 5.0, 4.0, 3.0])
     assert ((res.eigenvalues.float() - exact).abs() / exact).max() < 1e-3
     for value, vector in zip(res.eigenvalues, res.eigenvectors.double()):
@@ -58,10 +70,17 @@ def test_float32_basis_reaches_requested_tolerance():
 
 def test_offloaded_basis_gives_the_same_answer():
     h = _outlier_matrix()
-    a = lanczos(lambda v: h @ v, 300, 2, dtype=torch.float64,
-                generator=torch.Generator().manual_seed(0))
-    b = lanczos(lambda v: h @ v, 300, 2, dtype=torch.float64, basis_device="cpu",
-                generator=torch.Generator().manual_seed(0))
+    a = lanczos(
+        lambda v: h @ v, 300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    b = lanczos(
+        lambda v: h @ v,
+        300,
+        2,
+        dtype=torch.float64,
+        basis_device="cpu",
+        generator=torch.Generator().manual_seed(0),
+    )
     torch.testing.assert_close(a.eigenvalues, b.eigenvalues)
 
 
@@ -84,31 +103,54 @@ def test_hutchinson_and_hutchpp_within_three_standard_errors():
     h = _outlier_matrix()
     exact = float(h.trace())
     for estimator in (hutchinson, hutchpp):
-        res = estimator(lambda v: h @ v, 300, tol=1e-3, max_hvps=120, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(3))
+        res = estimator(
+            lambda v: h @ v,
+            300,
+            tol=1e-3,
+            max_hvps=120,
+            dtype=torch.float64,
+            generator=torch.Generator().manual_seed(3),
+        )
         assert abs(res.estimate - exact) <= 3 * res.stderr, (estimator.__name__, res)
         assert res.hvps <= 120 and res.stderr > 0
 
 
 def test_hutchpp_is_exact_on_low_rank():
     h = _spectrum_matrix([5.0, 3.0, 1.0] + [0.0] * 97)
-    res = hutchpp(lambda v: h @ v, 100, sketch=5, max_hvps=30, dtype=torch.float64,
-                  generator=torch.Generator().manual_seed(0))
+    res = hutchpp(
+        lambda v: h @ v,
+        100,
+        sketch=5,
+        max_hvps=30,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert res.estimate == pytest.approx(9.0, abs=1e-9) and res.stderr < 1e-9
 
 
 def test_hutchinson_stops_on_its_standard_error():
     h = torch.diag(torch.linspace(1, 2, 200, dtype=torch.float64))  # zero variance: diagonal
-    res = hutchinson(lambda v: h @ v, 200, tol=1e-2, min_samples=10, max_hvps=100,
-                     dtype=torch.float64)
+    res = hutchinson(
+        lambda v: h @ v, 200, tol=1e-2, min_samples=10, max_hvps=100, dtype=torch.float64
+    )
     assert res.hvps == 12 and res.estimate == pytest.approx(300.0)  # 3 blocks of 4
 
 
 def test_slq_density_integrates_to_one_with_first_moment_of_the_start_vectors():
     h = _outlier_matrix(200)
-    runs = [lanczos(lambda v: h @ v, 200, 1, tol=1e-14, max_iter=30, min_iter=30,
-                    dtype=torch.float64, generator=torch.Generator().manual_seed(s))
-            for s in range(3)]
+    runs = [
+        lanczos(
+            lambda v: h @ v,
+            200,
+            1,
+            tol=1e-14,
+            max_iter=30,
+            min_iter=30,
+            dtype=torch.float64,
+            generator=torch.Generator().manual_seed(s),
+        )
+        for s in range(3)
+    ]
     density = gaussian_density(runs, points=4000)
     dx = float(density.grid[1] - density.grid[0])
     assert float(density.density.sum()) * dx == pytest.approx(1.0, abs=1e-6)

@@ -29,10 +29,12 @@ def _dense(model, loss_fn, batches, train=False):
     def loss(flat):
         params, offset = {}, 0
         for n, s in zip(names, shapes):
-            params[n] = flat[offset:offset + s.numel()].view(s)
+            params[n] = flat[offset : offset + s.numel()].view(s)
             offset += s.numel()
-        return sum(loss_fn(functional_call(model, params, (x,)), y) * (x.shape[0] / total)
-                   for x, y in batches)
+        return sum(
+            loss_fn(functional_call(model, params, (x,)), y) * (x.shape[0] / total)
+            for x, y in batches
+        )
 
     with sdpa_kernel(SDPBackend.MATH):  # the fused kernels have no second derivative
         h = torch.autograd.functional.hessian(loss, theta)
@@ -150,11 +152,16 @@ def test_api_eigenvalues_to_requested_tolerance(which):
     ev = torch.linalg.eigvalsh(h)
     order = {"LA": ev.flip(0), "SA": ev, "LM": ev[ev.abs().argsort(descending=True)]}[which]
     k = 4
-    res = gh.hessian_eigenvalues(model, F.cross_entropy, (x, y), k=k, which=which, tol=1e-6,
-                                 dtype=torch.float64)
+    res = gh.hessian_eigenvalues(
+        model, F.cross_entropy, (x, y), k=k, which=which, tol=1e-6, dtype=torch.float64
+    )
     torch.testing.assert_close(res.eigenvalues, order[:k], rtol=1e-6, atol=1e-9)
-    flat = torch.stack([torch.cat([vec[n].reshape(-1) for n, _ in model.named_parameters()])
-                        for vec in res.eigenvectors])
+    flat = torch.stack(
+        [
+            torch.cat([vec[n].reshape(-1) for n, _ in model.named_parameters()])
+            for vec in res.eigenvectors
+        ]
+    )
     for value, vector in zip(res.eigenvalues, flat):
         assert float(torch.linalg.vector_norm(h @ vector - value * vector)) <= 1e-6 * abs(value)
     assert res.hvps <= 80
@@ -163,8 +170,9 @@ def test_api_eigenvalues_to_requested_tolerance(which):
 def test_lambda_min_from_the_same_krylov_space():
     model, (x, y) = _mlp(), _data()
     ev = torch.linalg.eigvalsh(_dense(model, F.cross_entropy, [(x, y)]))
-    res = gh.hessian_eigenvalues(model, F.cross_entropy, (x, y), k=1, tol=1e-10,
-                                 dtype=torch.float64, max_iter=200)
+    res = gh.hessian_eigenvalues(
+        model, F.cross_entropy, (x, y), k=1, tol=1e-10, dtype=torch.float64, max_iter=200
+    )
     # λmin is estimated from the LA run; its own residual bounds its error (Weyl)
     assert abs(res.lambda_min - float(ev[0])) <= res.lambda_min_residual + 1e-9
 
@@ -173,8 +181,9 @@ def test_trace_within_three_standard_errors():
     model, (x, y) = _mlp(), _data()
     exact = float(_dense(model, F.cross_entropy, [(x, y)]).trace())
     for estimator in ("hutch++", "hutchinson"):
-        res = gh.hessian_trace(model, F.cross_entropy, (x, y), estimator=estimator, tol=1e-3,
-                               max_hvps=120, seed=4)
+        res = gh.hessian_trace(
+            model, F.cross_entropy, (x, y), estimator=estimator, tol=1e-3, max_hvps=120, seed=4
+        )
         assert abs(res.estimate - exact) <= 3 * res.stderr, (estimator, res, exact)
 
 
@@ -182,8 +191,7 @@ def test_density_integrates_to_one_with_first_moment_trace_over_n():
     model, (x, y) = _mlp(), _data()
     h = _dense(model, F.cross_entropy, [(x, y)])
     n = h.shape[0]
-    density = gh.hessian_density(model, F.cross_entropy, (x, y), runs=8, steps=40,
-                                 points=3000)
+    density = gh.hessian_density(model, F.cross_entropy, (x, y), runs=8, steps=40, points=3000)
     dx = float(density.grid[1] - density.grid[0])
     assert float(density.density.sum()) * dx == pytest.approx(1.0, abs=1e-4)
     # each run's first moment is qᵀHq for a random unit q: mean tr/n, std ≈ sqrt(2/n)·rms(λ)
@@ -215,6 +223,7 @@ def test_loss_computed_by_the_model():
     model = WithLoss()
     x, y = _data()
     a = gh.hessian_eigenvalues(model, None, [(x, y)], k=2, tol=1e-8, dtype=torch.float64)
-    b = gh.hessian_eigenvalues(model.net, F.cross_entropy, (x, y), k=2, tol=1e-8,
-                               dtype=torch.float64)
+    b = gh.hessian_eigenvalues(
+        model.net, F.cross_entropy, (x, y), k=2, tol=1e-8, dtype=torch.float64
+    )
     torch.testing.assert_close(a.eigenvalues, b.eigenvalues)

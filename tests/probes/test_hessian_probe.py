@@ -34,24 +34,48 @@ def test_probe_matches_the_api_on_the_probe_batches(runs_dir):
     top = table[table.metric == "top_eigenvalue"].sort_values("index")["value"].to_numpy()
     # the probe ran after step 7's update, on the two recorded probe batches
     direct = gh.hessian_eigenvalues(model, F.cross_entropy, batches[:2], k=3, tol=1e-6)
-    torch.testing.assert_close(torch.tensor(top, dtype=torch.float64), direct.eigenvalues,
-                               rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(top, dtype=torch.float64), direct.eigenvalues, rtol=1e-5, atol=0
+    )
     value = {m: v for m, v in zip(table.metric, table.value) if m in ("eos_ratio", "sharpness")}
     assert value["eos_ratio"] == value["sharpness"] * 0.2 / 2
 
 
 def test_watch_with_the_hessian_probe_on_a_transformer(runs_dir):
-    result = gradlens_cli("watch", "--runs-dir", str(runs_dir), "--status", "off", "--probe",
-                          "hessian.every=4", "--probe", "hessian.density_runs=1", "--probe",
-                          "hessian.density_steps=10", "--probe", "hessian.k=2", "--probe",
-                          "hessian.trace_hvps=12", str(EXAMPLES / "tiny_gpt.py"), "--steps", "8")
+    result = gradlens_cli(
+        "watch",
+        "--runs-dir",
+        str(runs_dir),
+        "--status",
+        "off",
+        "--probe",
+        "hessian.every=4",
+        "--probe",
+        "hessian.density_runs=1",
+        "--probe",
+        "hessian.density_steps=10",
+        "--probe",
+        "hessian.k=2",
+        "--probe",
+        "hessian.trace_hvps=12",
+        str(EXAMPLES / "tiny_gpt.py"),
+        "--steps",
+        "8",
+    )
     assert result.returncode == 0, result.stderr
     assert "math attention backend" in result.stderr  # SDPA's fused kernel: fallback said
     run = gradlens.open_run(runs_dir / "tiny_gpt")
     hessian = run.table("hessian")
     assert sorted(hessian.step.unique()) == [3, 7]
-    assert {"top_eigenvalue", "top_residual", "lambda_min", "trace", "trace_stderr",
-            "eos_ratio", "hvps"} <= set(hessian.metric)
+    assert {
+        "top_eigenvalue",
+        "top_residual",
+        "lambda_min",
+        "trace",
+        "trace_stderr",
+        "eos_ratio",
+        "hvps",
+    } <= set(hessian.metric)
     spectrum = run.table("spectrum")
     assert set(spectrum.kind) == {"quadrature", "density"}
     report = gradlens_cli("report", str(runs_dir / "tiny_gpt"))
@@ -61,14 +85,36 @@ def test_watch_with_the_hessian_probe_on_a_transformer(runs_dir):
 def test_hessian_probe_does_not_change_training(tmp_path, runs_dir):
     plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
     script = SCRIPTS / "invariance.py"
-    ref = subprocess.run([sys.executable, str(script), str(plain), "0"], capture_output=True,
-                         text=True, env=cli_env(), timeout=300)
+    ref = subprocess.run(
+        [sys.executable, str(script), str(plain), "0"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=300,
+    )
     assert ref.returncode == 0, ref.stderr
-    result = gradlens_cli("watch", "--runs-dir", str(runs_dir), "--status", "off",
-                          "--probes", "standard", "--probe", "hessian.every=3", "--probe",
-                          "hessian.mode=train", "--probe", "hessian.blocks=true",
-                          "--probe", "hessian.density_runs=1", "--probe",
-                          "hessian.density_steps=8", str(script), str(watched), "0")
+    result = gradlens_cli(
+        "watch",
+        "--runs-dir",
+        str(runs_dir),
+        "--status",
+        "off",
+        "--probes",
+        "standard",
+        "--probe",
+        "hessian.every=3",
+        "--probe",
+        "hessian.mode=train",
+        "--probe",
+        "hessian.blocks=true",
+        "--probe",
+        "hessian.density_runs=1",
+        "--probe",
+        "hessian.density_steps=8",
+        str(script),
+        str(watched),
+        "0",
+    )
     assert result.returncode == 0, result.stderr
     a, b = torch.load(plain), torch.load(watched)
     for key in a:

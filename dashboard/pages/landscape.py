@@ -1,0 +1,109 @@
+"""The landscape page: 1-D curves, 2-D contour and 3-D surface at a chosen step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from dash import Dash, Input, Output, dcc, html
+
+from gradlens.dashboard.components import graph, message, nav, table
+from gradlens.dashboard.context import AppContext
+from gradlens.dashboard.figures import empty_figure
+from gradlens.dashboard.figures_probes import (
+    landscape_1d_figure,
+    landscape_contour_figure,
+    landscape_slices,
+    landscape_surface_figure,
+)
+from gradlens.errors import GradlensError
+from gradlens.store import Run
+
+__all__ = ["layout", "register", "slices"]
+
+
+def layout(ctx: AppContext, run: Run) -> html.Div:
+    """The page for ``run``: a notice instead of graphs when it has no landscape data."""
+    name = run.path.name
+    data = ctx.data(name)
+    body: list[Any] = [nav(name, "landscape"), dcc.Store(id="run-name", data=name)]
+    if not data.has("landscape"):
+        body.append(
+            message("no landscape data in this run: record it with --probes full", "warning")
+        )
+        return html.Div(body)
+    steps = data.steps_of("landscape")
+    metrics = [m for m in data.metrics("landscape") if m in ("loss", "accuracy")] or ["loss"]
+    planes = [s for s, dim in landscape_slices(data.table("landscape")).items() if dim == 2]
+    body += [
+        html.Div(
+            [
+                html.Label("step"),
+                dcc.Dropdown(id="landscape-step", options=steps, value=steps[-1], clearable=False),
+                html.Label("metric"),
+                dcc.Dropdown(
+                    id="landscape-metric", options=metrics, value=metrics[0], clearable=False
+                ),
+                html.Label("2-D slice"),
+                dcc.Dropdown(
+                    id="landscape-plane",
+                    options=planes,
+                    value=planes[0] if planes else None,
+                    placeholder="no 2-D slice",
+                ),
+            ],
+            className="pickers",
+        ),
+        graph("landscape-1d-graph"),
+        html.Div(
+            [graph("landscape-contour-graph"), graph("landscape-surface-graph")],
+            className="pair",
+        ),
+        html.Div(id="landscape-summary"),
+    ]
+    return html.Div(body)
+
+
+def register(app: Dash, ctx: AppContext) -> None:
+    @app.callback(
+        Output("landscape-1d-graph", "figure"),
+        Output("landscape-contour-graph", "figure"),
+        Output("landscape-surface-graph", "figure"),
+        Output("landscape-summary", "children"),
+        Input("run-name", "data"),
+        Input("landscape-step", "value"),
+        Input("landscape-metric", "value"),
+        Input("landscape-plane", "value"),
+        Input("refresh", "n_intervals"),
+    )
+    def _slices(name: str, step: int | None, metric: str | None, plane: str | None, _: Any) -> Any:
+        return slices(ctx, name, step, metric or "loss", plane)
+
+
+def slices(
+    ctx: AppContext, name: str, step: int | None, metric: str, plane: str | None = None
+) -> tuple[go.Figure, go.Figure, go.Figure, Any]:
+    """The three views of the slices at ``step`` and the summary metrics (roughness, ...)."""
+    try:
+        data = ctx.data(name)
+    except GradlensError as exc:
+        blank = empty_figure(str(exc))
+        return blank, blank, blank, None
+    if step is None or not data.has("landscape"):
+        blank = empty_figure("no landscape data in this run")
+        return blank, blank, blank, None
+    rows = data.table("landscape", steps=(int(step), int(step)))
+    summary = rows[rows["alpha"].isna()]
+    rows_shown = [
+        [str(r.slice), str(r.metric), f"{r.value:.4g}" if np.isfinite(r.value) else "-"]
+        for r in summary.itertuples()
+    ]
+    return (
+        landscape_1d_figure(rows, metric),
+        landscape_contour_figure(rows, metric, plane),
+        landscape_surface_figure(rows, metric, plane),
+        table(["slice", "summary", "value"], rows_shown, "landscape-summary-rows")
+        if rows_shown
+        else None,
+    )

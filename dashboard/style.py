@@ -1,0 +1,54 @@
+"""The page shell and its CSS (inline, so the package needs no asset files)."""
+
+from __future__ import annotations
+
+__all__ = ["INDEX_STRING"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 0 1.5rem 2rem; color: #222; }
+.nav { display: flex; gap: 1rem; align-items: baseline; padding: .7rem 0;
+       border-bottom: 1px solid #ddd; margin-bottom: .8rem; }
+.nav a { color: #1f77b4; text-decoration: none; }
+.nav a.active { font-weight: 600; border-bottom: 2px solid #1f77b4; }
+.brand { font-weight: 700; margin-right: 1rem; }
+.run-name { margin-left: auto; color: #666; }
+.controls, .pickers, .select, .facts { display: flex; gap: 1rem; align-items: center;
+       flex-wrap: wrap; margin: .5rem 0; }
+.controls .slider { width: 260px; }
+.pickers .dash-dropdown { min-width: 220px; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+.table { border-collapse: collapse; margin: .5rem 0; }
+.table th, .table td { border-bottom: 1px solid #eee; padding: .3rem .7rem; text-align: left;
+       vertical-align: top; }
+.message { padding: .6rem .9rem; border-radius: 4px; background: #eef4fb; margin: .5rem 0; }
+.message.warning { background: #fff5e0; } .message.error { background: #fde8e8; }
+.status, .sev { padding: 0 .4rem; border-radius: 3px; background: #eee; }
+.status.running { background: #e0f0ff; } .status.finished { background: #e3f6e3; }
+.status.failed, .status.crashed, .sev.error { background: #fde0e0; }
+.status.interrupted, .sev.warning { background: #fff0cc; }
+.evidence { color: #555; font-size: .9em; }
+"""
+
+INDEX_STRING = (
+    """<!DOCTYPE html>
+<html>
+  <head>
+    {%metas%}
+    <title>{%title%}</title>
+    {%favicon%}
+    {%css%}
+    <style>"""
+    + _CSS
+    + """</style>
+  </head>
+  <body>
+    {%app_entry%}
+    <footer>
+      {%config%}
+      {%scripts%}
+      {%renderer%}
+    </footer>
+  </body>
+</html>
+"""
+)
