@@ -52,7 +52,8 @@ class Thresholds:
     # probes (used when their tables exist)
     eos_ratio: float = 1.0  # sharpness / (2/lr) at or above this
     softmax_collapse_fraction: float = 0.2
-    nc1_regression_ratio: float = 1.5  # final NC1 / best NC1
+    softmax_collapse_min_steps: int = 5  # steps at or above the fraction
+    nc_regression_ratio: float = 1.5  # final CDNV / best CDNV
 
     def replace(self, **changes: Any) -> Thresholds:
         return dataclasses.replace(self, **_coerce(changes, self))

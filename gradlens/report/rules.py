@@ -522,17 +522,17 @@ def edge_of_stability(data: RunData, t: Thresholds) -> list[Finding]:
 def softmax_collapse(data: RunData, t: Thresholds) -> list[Finding]:
     fraction = _probe_metric(data, "softmax", "saturated_fraction")
     over = fraction[fraction >= t.softmax_collapse_fraction]
-    if over.empty:
-        return []
+    if len(over) < t.softmax_collapse_min_steps:
+        return []  # a single saturated step (e.g. right after a spike) is not a regime
     first = int(over.index.min())
     return [
         Finding(
             "softmax_collapse",
             "warning",
             "softmax collapse",
-            f"{fraction.max():.1%} of samples saturated (softmax exactly one-hot, zero gradient) "
-            f"at peak; above {t.softmax_collapse_fraction:.0%} from step {first} on "
-            f"({len(over)} of {len(fraction)} steps)",
+            f"{fraction.max():.1%} of samples saturated (softmax exactly one-hot, zero "
+            f"gradient) at peak; above {t.softmax_collapse_fraction:.0%} in {len(over)} of "
+            f"{len(fraction)} steps, from step {first}",
             first,
             int(over.index.max()),
             None,
@@ -542,25 +542,33 @@ def softmax_collapse(data: RunData, t: Thresholds) -> list[Finding]:
     ]
 
 
-@rule("neural_collapse_regression", "NC1 does not rise again after its best", needs=("collapse",))
+@rule(
+    "neural_collapse_regression",
+    "class separation (CDNV) does not regress after its best",
+    needs=("collapse",),
+)
 def neural_collapse_regression(data: RunData, t: Thresholds) -> list[Finding]:
-    nc1 = _probe_metric(data, "collapse", "nc1")
-    if len(nc1) < 2:
+    # CDNV, not NC1: NC1's pseudo-inverse of Σ_B is dominated by the smallest between-class
+    # directions and can rise while every class pair separates (weight decay shrinking the
+    # features); CDNV compares each pair of classes without an inverse (Galanti et al. 2022).
+    cdnv = _probe_metric(data, "collapse", "cdnv")
+    if len(cdnv) < 2:
         return []
-    best_step, best, last = int(nc1.idxmin()), float(nc1.min()), float(nc1.iloc[-1])
-    if best <= 0 or last / best < t.nc1_regression_ratio:
+    best_step, best, last = int(cdnv.idxmin()), float(cdnv.min()), float(cdnv.iloc[-1])
+    if best <= 0 or last / best < t.nc_regression_ratio:
         return []
     return [
         Finding(
             "neural_collapse_regression",
             "warning",
             "neural collapse regressed",
-            f"NC1 {last:.4g} at the last probe vs best {best:.4g} at step {best_step} "
-            f"({last / best:.2f}×, limit {t.nc1_regression_ratio:g}×)",
+            f"CDNV {last:.4g} at the last probe vs best {best:.4g} at step {best_step} "
+            f"({_times(last / best)}, limit {t.nc_regression_ratio:g}×): class means are "
+            "losing their separation relative to the within-class spread",
             best_step,
-            int(nc1.index.max()),
+            int(cdnv.index.max()),
             None,
             last / best,
-            t.nc1_regression_ratio,
+            t.nc_regression_ratio,
         )
     ]

@@ -138,3 +138,29 @@ def test_compare_side_by_side():
     assert worst["max_step"] == 151 and worst["max_ratio"] > 5
     text = gradlens_cli("compare", str(SAMPLES / "mlp"), str(SAMPLES / "mlp-diverged"))
     assert text.returncode == 1 and "mlp-diverged" in text.stdout
+
+
+def test_grokking_run_flags_softmax_collapse_where_the_loss_stalls():
+    run = SAMPLES / "grokking"
+    result = gradlens_cli("report", str(run), "-f", "json")
+    data = json.loads(result.stdout)
+    (collapse,) = [f for f in data["findings"] if f["rule"] == "softmax_collapse"]
+    (spike,) = [f for f in data["findings"] if f["rule"] == "loss_spikes"]
+    assert collapse["severity"] == "warning" and collapse["value"] > 0.5
+    assert collapse["step_start"] < spike["step_start"]  # collapse comes before the blow-up
+    from gradlens.store import open_run
+
+    recorded = open_run(run)
+    softmax = recorded.table("softmax", filters=[("metric", "==", "saturated_fraction")])
+    fraction = softmax.set_index("step")["value"]
+    loss = recorded.table("scalars", filters=[("metric", "==", "loss")]).set_index("step")["value"]
+    onset = collapse["step_start"]
+    assert fraction.loc[: onset - 200].max() < 0.05  # little saturation while the loss falls
+    # the loss fell steadily before the onset (≈10× in 400 steps), then stalls: its minimum
+    # comes within 250 steps while more and more samples saturate, and it never falls again
+    before = loss.loc[onset - 400 : onset - 350].median() / loss.loc[onset - 50 : onset].median()
+    assert before > 5, before
+    after = loss.loc[onset : onset + 350]
+    assert after.idxmin() <= onset + 250
+    assert loss.loc[onset + 300 : onset + 350].median() >= after.min()
+    assert fraction.loc[onset : onset + 250].max() > 0.5

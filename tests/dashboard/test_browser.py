@@ -204,7 +204,7 @@ def test_probe_pages(dash_duo, dash_runs):
     assert "log_z_mean" in {t["name"] for t in _drawn(dash_duo, "softmax-graph", 10)}
     _shot(dash_duo, "collapse")
 
-    dash_duo.driver.get(dash_duo.server_url + "/curvature/mlp")  # a run without probes
+    dash_duo.driver.get(dash_duo.server_url + "/curvature/mlp-spiky")  # a run without probes
     dash_duo.wait_for_contains_text(".message", "no hessian data in this run", timeout=15)
     dash_duo.driver.get(dash_duo.server_url + "/run/..%2F..%2Fetc")
     dash_duo.wait_for_contains_text(".message.error", "not a run name", timeout=15)

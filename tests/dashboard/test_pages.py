@@ -80,7 +80,7 @@ def test_probe_pages(ctx):
 
 @pytest.mark.parametrize("page", ["curvature", "landscape", "collapse"])
 def test_probe_pages_without_data_say_so(ctx, page):
-    text = str(render(ctx, f"/{page}/mlp"))
+    text = str(render(ctx, f"/{page}/layered"))  # crafted: no probe or softmax table
     assert "data in this run" in text and "graph" not in text
 
 
@@ -91,7 +91,9 @@ def test_compare_overlays_runs(ctx):
     assert "body.0.weight" in layers
     fig = compare.figure(ctx, ["mlp", "mlp-spiky"], "scalars|loss", None, 0.6, "wall", [])
     assert [t.name for t in fig.data if t.showlegend is not False] == ["mlp", "mlp-spiky"]
-    fig = compare.figure(ctx, ["mlp", "probes"], "hessian|top_eigenvalue", None, 0, "step", [])
+    fig = compare.figure(
+        ctx, ["mlp-spiky", "probes"], "hessian|top_eigenvalue", None, 0, "step", []
+    )
     assert _names(fig) == ["probes"]
     fig = compare.figure(
         ctx, ["mlp", "mlp-spiky"], "layers|grad_norm", "body.0.weight", 0, "step", []

@@ -61,6 +61,10 @@ def test_watch_with_the_hessian_probe_on_a_transformer(runs_dir):
         str(EXAMPLES / "tiny_gpt.py"),
         "--steps",
         "8",
+        "--batch-size",
+        "4",
+        "--block",
+        "16",
     )
     assert result.returncode == 0, result.stderr
     assert "math attention backend" in result.stderr  # SDPA's fused kernel: fallback said

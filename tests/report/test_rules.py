@@ -246,18 +246,42 @@ def test_edge_of_stability_rule(runs_dir):
 
 def test_softmax_collapse_rule(runs_dir):
     run = craft_run(runs_dir, loss=decreasing_loss())
+    values = [0.0, 0.05, 0.3, 0.6, 0.9, 0.9, 0.95, 0.4]
     rows = [
         {"step": s, "metric": "saturated_fraction", "layer": "", "value": v}
-        for s, v in enumerate([0.0, 0.05, 0.3, 0.6, 0.9])
+        for s, v in enumerate(values)
     ]
     _write_probe_table(run, "softmax", rows)
     (finding,) = _findings(run, "softmax_collapse")
-    assert (finding.step_start, finding.step_end) == (2, 4) and finding.value == 0.9
+    assert (finding.step_start, finding.step_end) == (2, 7) and finding.value == 0.95
+    # one saturated step (right after a learning-rate spike, say) is not a collapse
+    brief = craft_run(runs_dir, "brief", loss=decreasing_loss())
+    rows = [
+        {"step": s, "metric": "saturated_fraction", "layer": "", "value": 0.9 if s == 3 else 0.0}
+        for s in range(10)
+    ]
+    _write_probe_table(brief, "softmax", rows)
+    assert _findings(brief, "softmax_collapse") == []
+
+
+def _collapse_rows(points):
+    return [
+        {"step": s, "metric": m, "value": v}
+        for s, cdnv, nc1 in points
+        for m, v in (("cdnv", cdnv), ("nc1", nc1))
+    ]
 
 
 def test_neural_collapse_regression_rule(runs_dir):
     run = craft_run(runs_dir, loss=decreasing_loss())
-    rows = [{"step": s, "metric": "nc1", "value": v} for s, v in [(0, 5.0), (100, 0.2), (200, 0.5)]]
-    _write_probe_table(run, "collapse", rows)
+    _write_probe_table(
+        run, "collapse", _collapse_rows([(0, 5.0, 9.0), (100, 0.2, 3.0), (200, 0.5, 2.0)])
+    )
     (finding,) = _findings(run, "neural_collapse_regression")
     assert finding.value == pytest.approx(2.5) and finding.step_start == 100
+    # NC1 rising alone while CDNV improves (weight decay shrinking features) is no regression
+    healthy = craft_run(runs_dir, "healthy", loss=decreasing_loss())
+    _write_probe_table(
+        healthy, "collapse", _collapse_rows([(0, 2.0, 15.0), (100, 1.0, 16.0), (200, 0.1, 25.0)])
+    )
+    assert _findings(healthy, "neural_collapse_regression") == []
