@@ -2,7 +2,8 @@
 
 Each training call of ``F.cross_entropy`` (also through ``nn.CrossEntropyLoss`` and inside a
 model's ``forward``) adds its stats (``gradlens.functional.softmax.softmax_collapse_stats``,
-sync-free) to the step's accumulator: sample-weighted means, maxima for the max entries. At
+sync-free, on at most ``max_rows`` evenly strided rows) to the step's accumulator:
+sample-weighted means, maxima for the max entries. At
 the end of the step the row joins a device buffer; every ``every`` steps the buffer goes to the
 host asynchronously and the writer thread turns it into ``softmax`` rows, adding the drifts
 (log Z and logit norm relative to the first step). Every ``cos_every`` steps the per-tensor
@@ -25,7 +26,7 @@ from gradlens.store.schema import Coded
 
 __all__ = ["SoftmaxCapture"]
 
-_MAXIMA = {"max_logit_gap", "max_logit_spread", "log_z_max"}
+_MAXIMA = {"max_logit_gap", "log_z_max"}
 _IS_MAX = torch.tensor([name in _MAXIMA for name in SOFTMAX_STATS])
 _COUNT = SOFTMAX_STATS.index("num_samples")
 
@@ -35,12 +36,15 @@ Sink = Callable[[Callable[[], dict[str, dict[str, Any]]]], None]
 class SoftmaxCapture:
     """Accumulates per-step softmax stats on the device; hands rows to ``sink`` in blocks."""
 
-    def __init__(self, sink: Sink, every: int = 50, cos_every: int = 10) -> None:
+    def __init__(
+        self, sink: Sink, every: int = 50, cos_every: int = 10, max_rows: int = 512
+    ) -> None:
         if cos_every < 0:
             raise ValueError(f"cos_every must be >= 0, got {cos_every}")
         self.sink = sink
         self.every = every
         self.cos_every = cos_every
+        self.max_rows = max_rows
         self._sum: Tensor | None = None
         self._max: Tensor | None = None
         self._count: Tensor | None = None
@@ -56,6 +60,7 @@ class SoftmaxCapture:
         """One cross-entropy call's logits (training forward only; the caller checks)."""
         if not isinstance(target, Tensor) or target.is_floating_point():
             target = None  # soft labels: no per-sample "zero loss"/accuracy
+        logits, target = _strided_rows(logits, target, self.max_rows)
         stats = softmax_collapse_stats(logits, target, ignore_index=ignore_index)
         weight = stats[_COUNT]
         if self._sum is None or self._max is None or self._count is None:
@@ -154,3 +159,21 @@ class SoftmaxCapture:
             "layer": Coded(np.concatenate(layer_col), layers),
             "value": np.concatenate(values),
         }
+
+
+def _strided_rows(
+    logits: Tensor, target: Tensor | None, limit: int
+) -> tuple[Tensor, Tensor | None]:
+    """At most ``limit`` rows, evenly strided (no RNG: training's random stream is untouched).
+
+    Fractions and means over a strided subset estimate those over the batch; the cost of the
+    per-step signals stays bounded for language models with batch × sequence rows.
+    """
+    rows = logits.reshape(-1, logits.shape[-1])
+    if rows.shape[0] <= limit:
+        return logits, target
+    stride = -(-rows.shape[0] // limit)
+    picked = rows[::stride]
+    if target is not None:
+        target = target.reshape(-1)[::stride]
+    return picked, target

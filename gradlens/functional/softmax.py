@@ -40,11 +40,9 @@ SOFTMAX_STATS = (
     "zero_loss_fraction",
     "max_logit_gap",
     "mean_logit_gap",
-    "max_logit_spread",
     "log_z_mean",
     "log_z_max",
     "logit_norm",
-    "logit_mean",
     "accuracy",
     "num_samples",
 )
@@ -54,10 +52,8 @@ SOFTMAX_STATS = (
 - ``zero_loss_fraction``: samples whose ``F.cross_entropy`` (in that dtype) is exactly 0.
 - ``max_logit_gap``, ``mean_logit_gap``: top-1 minus top-2 logit (max / mean over samples);
   saturation needs this gap above :func:`saturation_gap` (≈16.6 in float32, 7.6 in float16).
-- ``max_logit_spread``: max over samples of ``max_k z − min_k z`` (``π/spread`` is the cheap
-  ghosts-of-softmax radius proxy).
 - ``log_z_mean``, ``log_z_max``: ``logsumexp(z)`` over samples (the z-loss quantity).
-- ``logit_norm``: mean per-sample L2 norm; ``logit_mean``: mean logit.
+- ``logit_norm``: mean per-sample L2 norm.
 - ``accuracy``: argmax equals the target.
 - ``num_samples``: rows counted (targets equal to ``ignore_index`` are left out).
 
@@ -106,19 +102,18 @@ def softmax_collapse_stats(
         tensor([0.5000, 0.5000])
     """
     z, t = _rows(logits, targets)
-    top = torch.topk(z, 2, dim=-1)
-    shifted = (z - top.values[:, :1]).exp_()  # in the logits' dtype, as in training
-    exp_sum = shifted.sum(-1)
-    if z.dtype in (torch.float32, torch.float64):
-        exp_sum32 = exp_sum.float()
-    else:  # the float32 sum for log Z; the in-dtype sum decides saturation
-        exp_sum32 = shifted.sum(-1, dtype=torch.float32)
-    z32_max = top.values[:, 0].float()
-    gap = z32_max - top.values[:, 1].float()
-    log_z = z32_max + exp_sum32.log()
+    # A few passes over the logits, no sort (topk and max-with-indices are slow on the CPU):
+    # this runs at every training step.
+    best = z.max(-1, keepdim=True)
+    first = best.values
+    second = z.scatter(1, best.indices, -math.inf).amax(-1)
+    exp_sum = torch.exp(z - first).sum(-1)  # in the logits' dtype, as in training
+    z32_max = first[:, 0].float()
+    gap = z32_max - second.float()
+    log_exp_sum = exp_sum.float().log() if exp_sum.dtype != torch.float64 else exp_sum.log()
+    log_z = z32_max + log_exp_sum.float()
     wide = torch.float64 if z.dtype == torch.float64 else torch.float32
     norms = torch.linalg.vector_norm(z, dim=-1, dtype=wide).float()
-    row_mean = z.mean(-1, dtype=wide).float()
     nan = torch.full_like(gap, math.nan)
     if t is None:
         weight = torch.ones_like(gap)
@@ -126,9 +121,16 @@ def softmax_collapse_stats(
     else:
         soft = t.is_floating_point()
         weight = torch.ones_like(gap) if soft else (t != ignore_index).float()
-        loss = F.cross_entropy(z, t, reduction="none", ignore_index=ignore_index)
-        zero_loss = (loss == 0).float()
-        correct = (top.indices[:, 0] == (t.argmax(-1) if soft else t)).float()
+        label = t.argmax(-1) if soft else torch.where(t == ignore_index, 0, t)
+        picked = z.gather(1, label[:, None])[:, 0]
+        if not soft and z.dtype in (torch.float32, torch.float64):
+            # log_softmax's own formula in the logits' dtype: (z_t − max) − log Σ exp(z − max),
+            # without another pass over the logits
+            zero_loss = (((picked - first[:, 0]) - exp_sum.log()) == 0).float()
+        else:  # soft labels, half precisions: whatever F.cross_entropy computes there
+            loss = F.cross_entropy(z, t, reduction="none", ignore_index=ignore_index)
+            zero_loss = (loss == 0).float()
+        correct = (picked == first[:, 0]).float()  # the target holds the largest logit
     count = weight.sum()
 
     def mean(x: Tensor) -> Tensor:
@@ -143,11 +145,9 @@ def softmax_collapse_stats(
             mean(zero_loss),
             largest(gap),
             mean(gap),
-            largest(z32_max - z.amin(-1).float()),
             mean(log_z),
             largest(log_z),
             mean(norms),
-            mean(row_mean),
             mean(correct),
             count,
         ]

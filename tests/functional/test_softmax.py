@@ -91,11 +91,9 @@ def test_other_statistics_against_float64() -> None:
     log_z = torch.logsumexp(z64, -1)
     assert out["max_logit_gap"] == 40.0
     assert out["mean_logit_gap"] == pytest.approx(float((top2[:, 0] - top2[:, 1]).mean()))
-    assert out["max_logit_spread"] == float((z64.amax(-1) - z64.amin(-1)).max())
     assert out["log_z_mean"] == pytest.approx(float(log_z.mean()), rel=1e-6)
     assert out["log_z_max"] == pytest.approx(float(log_z.max()), rel=1e-6)
     assert out["logit_norm"] == pytest.approx(float(z64.norm(dim=-1).mean()), rel=1e-6)
-    assert out["logit_mean"] == pytest.approx(float(z64.mean()), rel=1e-6)
     assert out["accuracy"] == 14 / 16
 
 
