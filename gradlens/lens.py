@@ -41,6 +41,13 @@ from gradlens.capture.softmax import SoftmaxCapture
 from gradlens.capture.spikes import SpikeConfig, SpikeDetector
 from gradlens.instrument import interception
 from gradlens.instrument.discovery import ModuleDiscovery, parameter_names
+from gradlens.instrument.distributed import (
+    dist_info,
+    group_ready,
+    remove_pointer,
+    shared_run_dir,
+    unwrap_data_parallel,
+)
 from gradlens.instrument.live import MODES, StatusLine
 from gradlens.instrument.probe_set import ProbeSet, batch_size_of
 from gradlens.objective import Objective, batches_from_probe_set
@@ -134,9 +141,11 @@ class Lens:
         self._softmax: SoftmaxCapture | None = None
         self.command = command or " ".join(sys.argv)
         self.argv = list(argv) if argv is not None else list(sys.argv)
+        self.dist = dist_info()
         self.probe_set = ProbeSet(probe_batches)
         self.scheduled = make_probes(probes, probe_options)
         self._probe_failures: set[str] = set()
+        self._said: set[str] = set()
         self.step = 0
         self.run_dir: Path | None = None
         self._status_mode = status
@@ -178,15 +187,19 @@ class Lens:
         if self._started:
             raise RuntimeError("this Lens was already started")
         self._started = True
-        self.run_dir = create_run_dir(self.runs_dir, self.name)
+        if self.dist.active:  # one run folder for all ranks, made by rank 0
+            self.run_dir = shared_run_dir(self.runs_dir, self.name, self.dist)
+        else:
+            self.run_dir = create_run_dir(self.runs_dir, self.name)
         self.name = self.run_dir.name
         self._t0 = self._last_end = time.perf_counter()
         self._wall0 = time.time()
-        write_meta(self.run_dir, self._initial_meta())
-        self._writer = RunWriter(self.run_dir)
-        if self.track_softmax:
+        if self.dist.main:
+            write_meta(self.run_dir, self._initial_meta())
+        self._writer = RunWriter(self.run_dir, tag=self.dist.tag)
+        if self.track_softmax and self.dist.main:  # rank 0's logits (each rank sees its own)
             self._softmax = SoftmaxCapture(self._writer.submit, self.every, self.cos_every)
-        self._status = StatusLine(self.name, self._status_mode)
+        self._status = StatusLine(self.name, self._status_mode if self.dist.main else "off")
         self._status.start()
         interception.install(self)
         if self.auto:
@@ -227,6 +240,10 @@ class Lens:
             self._softmax.flush()
         assert self._writer is not None and self.run_dir is not None
         self._writer.close(compact=True)
+        if not self.dist.main:
+            return
+        if self.dist.active:
+            remove_pointer(self.runs_dir, self.name)
         update_meta(
             self.run_dir,
             status=status,
@@ -236,6 +253,7 @@ class Lens:
             steps=self.step,
             device=self._device,
             layers=sum(t.recorder.layout.n for t in self._all_tracked()),
+            world_size=self.dist.world,
         )
         if self._status is not None:
             self._status.stop(self._summary(status))
@@ -399,8 +417,12 @@ class Lens:
         if self._device is None:
             self._device = _describe_device(params[0].device)
         detector = SpikeDetector(names, self.spike_config)
-        on_stats = self._on_stats if index == 0 else None
-        decoder = ChunkDecoder(detector, on_stats, metric_suffix="" if index == 0 else f"@{index}")
+        on_stats = self._on_stats if index == 0 and self.dist.main else None
+        suffix = "" if index == 0 else f"@{index}"
+        decoder = ChunkDecoder(detector, on_stats, metric_suffix=suffix, rank=self.dist.rank)
+        world = self.dist.world if self.dist.active and group_ready() else 1
+        if self.dist.active and world == 1:
+            self._say_once("no process group at the first step: each rank records its own values")
         writer = self._writer
         assert writer is not None
 
@@ -415,6 +437,7 @@ class Lens:
             flush_secs=self.flush_secs,
             update_lag=update_lag,
             track_updates=self.track_updates,
+            reduce_world=world,
         )
 
     def _info(
@@ -457,15 +480,18 @@ class Lens:
         if not batches:
             self._probe_failed(probes[0].name, "no recorded training batch with a loss call yet")
             return
-        model = self.probe_set.batches[0].module
+        model = unwrap_data_parallel(self.probe_set.batches[0].module)
         lrs = [float(_lr(g.get("lr"))) for g in optimizer.param_groups] if optimizer else []
+        world = self.dist.world if self.dist.active and group_ready() else 1
         assert self._writer is not None
         for probe in probes:
             if probe.name in self._probe_failures:
                 continue
             start = time.perf_counter()
             objective = Objective(model, batches, probe.mode)
-            context = ProbeContext(step, objective, lrs, optimizer, self._update_fn(objective))
+            context = ProbeContext(
+                step, objective, lrs, optimizer, self._update_fn(objective), world=world
+            )
             try:
                 with objective.isolated():
                     rows = probe.compute(context)
@@ -475,6 +501,8 @@ class Lens:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 self._probe_failed(probe.name, f"{type(exc).__name__}: {first}")
                 continue
+            if not self.dist.main:
+                continue  # every rank measures (collectives stay aligned), rank 0 writes
             for table, columns in rows.items():
                 self._writer.write(table, columns)
             self._writer.write(
@@ -508,10 +536,16 @@ class Lens:
 
         return update
 
+    def _say_once(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            print(f"gradlens: {message}", file=sys.stderr)
+
     def _probe_failed(self, name: str, why: str) -> None:
         if name not in self._probe_failures:
             self._probe_failures.add(name)
-            print(f"gradlens: probe {name} disabled: {why}", file=sys.stderr)
+            if self.dist.main:  # every rank decides the same; one says so
+                print(f"gradlens: probe {name} disabled: {why}", file=sys.stderr)
 
     def _primary_optimizer(self) -> torch.optim.Optimizer | None:
         for opt in self._known_optimizers:

@@ -14,13 +14,20 @@ __all__ = ["Chunk", "Layout", "StepInfo"]
 class Layout:
     """Meaning of the slots in one captured row (one optimizer step).
 
-    Row = ``[loss, skipped, amp_scale, grad_norm×P, param_norm×P, update_norm×P, nonfinite×P]``.
-    ``update_lag`` is 1 when updates are only seen at the next step (manual SGD: the update
-    recorded in row t is the one applied after step t-1).
+    Row = ``[loss, skipped, amp_scale, grad_norm×P, param_norm×P, update_norm×P, nonfinite×P,
+    local_loss]``. ``update_lag`` is 1 when updates are only seen at the next step (manual SGD:
+    the update recorded in row t is the one applied after step t-1).
+
+    With ``factors`` (multi-process runs) every slot but the last was summed over ``world``
+    ranks and the norms are *squared*: a per-tensor value is recovered as
+    ``sqrt(slot / factor)`` (counts: ``slot / factor``), a replicated scalar as ``slot / world``
+    (the loss becomes the mean over ranks); ``local_loss`` is this rank's own.
     """
 
     names: tuple[str, ...]
     update_lag: int = 0
+    factors: tuple[float, ...] | None = None
+    world: int = 1
 
     @property
     def n(self) -> int:
@@ -28,7 +35,12 @@ class Layout:
 
     @property
     def size(self) -> int:
-        return 3 + 4 * self.n
+        return 4 + 4 * self.n
+
+    @property
+    def reduced(self) -> slice:
+        """The slots summed over ranks."""
+        return slice(0, self.size - 1)
 
     def block(self, i: int) -> slice:
         """Slots of per-parameter block ``i`` (0 grad, 1 param, 2 update, 3 non-finite)."""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradlens.capture.chunk import Chunk, StepInfo
+from gradlens.capture.chunk import Chunk, Layout, StepInfo
 from gradlens.capture.spikes import SpikeDetector
 from gradlens.store.schema import Coded
 
@@ -40,18 +40,23 @@ class ChunkDecoder:
         spikes: SpikeDetector,
         on_stats: Callable[[LiveStats], None] | None = None,
         metric_suffix: str = "",
+        rank: int = 0,
     ) -> None:
         self.spikes = spikes
         self.on_stats = on_stats
         self.suffix = metric_suffix
+        self.rank = rank  # multi-process: only rank 0 writes the run-wide tables
         self.stats = LiveStats()
         self._prev: tuple[int, np.ndarray] | None = None  # (step, param norms) for lagged updates
 
     def __call__(self, chunk: Chunk) -> dict[str, dict[str, Any]]:
         chunk.wait()
         layout, infos = chunk.layout, chunk.infos
-        rows = chunk.rows.numpy().astype(np.float64)
+        rows = _unreduced(chunk.rows.numpy().astype(np.float64), layout)
         steps = np.array([i.step for i in infos], dtype=np.int64)
+        ranks = _rank_rows(rows, infos, steps, self.rank) if layout.world > 1 else None
+        if self.rank != 0:
+            return {"ranks": ranks} if ranks is not None else {}
         full = np.array([not i.tail for i in infos])
         gnorm, pnorm = rows[:, layout.block(0)], rows[:, layout.block(1)]
         update, nonfinite = rows[:, layout.block(2)], rows[:, layout.block(3)]
@@ -90,6 +95,8 @@ class ChunkDecoder:
         if self.on_stats is not None:
             self.on_stats(self.stats)
         out = {"scalars": scalars, "layers": layers.build()}
+        if ranks is not None:
+            out["ranks"] = ranks
         if events:
             out["events"] = {k: np.array([e[k] for e in events]) for k in events[0]}
         return out
@@ -204,6 +211,41 @@ class _LayerRows:
             ),
             "value": np.concatenate([v.reshape(-1) for _, _, v in self.parts]),
         }
+
+
+def _unreduced(rows: np.ndarray, layout: Layout) -> np.ndarray:
+    """Undo the cross-rank SUM of squared norms (see ``chunk.Layout``)."""
+    if layout.factors is None:
+        return rows
+    factors = np.asarray(layout.factors)
+    rows = rows.copy()
+    for block in range(3):  # grad, param, update norms: sqrt of the global squared norm
+        part = rows[:, layout.block(block)]
+        rows[:, layout.block(block)] = np.sqrt(np.maximum(part / factors, 0.0))
+    rows[:, layout.block(3)] /= factors  # non-finite counts
+    rows[:, 0:3] /= layout.world  # loss (mean over ranks), skipped flag, AMP scale
+    return rows
+
+
+def _rank_rows(
+    rows: np.ndarray, infos: list[StepInfo], steps: np.ndarray, rank: int
+) -> dict[str, Any]:
+    """This rank's own loss, step time and throughput (they differ between ranks)."""
+    columns: dict[str, list[Any]] = {"step": [], "rank": [], "metric": [], "value": []}
+    for row, info, step in zip(rows, infos, steps, strict=True):
+        if info.tail:
+            continue
+        values = {"loss": row[-1] if info.has_loss else np.nan, "step_time": info.step_time}
+        if info.step_time:
+            values["samples_per_s"] = info.samples / info.step_time if info.samples else None
+            values["tokens_per_s"] = info.tokens / info.step_time if info.tokens else None
+        for metric, value in values.items():
+            if value is not None and np.isfinite(value):
+                columns["step"].append(int(step))
+                columns["rank"].append(rank)
+                columns["metric"].append(metric)
+                columns["value"].append(float(value))
+    return columns
 
 
 def _float(value: float | torch.Tensor) -> float:

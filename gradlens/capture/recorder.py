@@ -7,8 +7,10 @@ rows go to the host with one asynchronous copy and are handed to ``sink`` (the w
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,13 +42,23 @@ class StepRecorder:
         flush_secs: float = 10.0,
         update_lag: int = 0,
         track_updates: bool = True,
+        reduce_world: int = 1,
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if len(params) != len(names):
             raise ValueError("params and names differ in length")
         self.params = list(params)
-        self.layout = Layout(tuple(names), update_lag)
+        # Multi-process: squared norms of local shards, summed over ranks by one asynchronous
+        # all-reduce per row (see chunk.Layout for how the writer thread undoes it).
+        self.reduce = reduce_world > 1
+        factors = None
+        if self.reduce:
+            from gradlens.instrument.distributed import replication_factors
+
+            factors = tuple(replication_factors(list(params), reduce_world))
+        self.layout = Layout(tuple(names), update_lag, factors, reduce_world)
+        self._works: list[Any] = []
         self.sink = sink
         self.every = every
         self.flush_secs = flush_secs
@@ -62,7 +74,9 @@ class StepRecorder:
         self._zero = torch.zeros(1, dtype=f32, device=dev)
         self._zeros_p = torch.zeros(len(self.params), dtype=f32, device=dev)
         self._cpu_nonfinite = self.device.type == "cpu"
-        self._norms = NormPlan(self.params)
+        # FSDP2 shards are DTensors: the foreach math runs on their local tensors.
+        self._sharded = any(callable(getattr(p, "to_local", None)) for p in self.params)
+        self._norms = NormPlan(self._values())
 
     # -- hot path --------------------------------------------------------------------------------
 
@@ -87,9 +101,11 @@ class StepRecorder:
                 gnorm = tensor_norms(grads, self.device) if grads else self._zeros_p
                 nonfinite = self._expand(self._nonfinite(grads, gnorm), missing)
                 gnorm = self._expand(gnorm, missing)
-            pnorm = self._norms(self.params)
+            pnorm = self._norms(self._values())
             if grad_scale is not None:
                 gnorm = gnorm / grad_scale.to(self.device, torch.float32, non_blocking=True)
+            if self.reduce:
+                gnorm, pnorm = gnorm * gnorm, pnorm * pnorm
             if self.layout.update_lag:
                 update = self._update_since_saved()
                 self._save()
@@ -97,12 +113,13 @@ class StepRecorder:
                 update = None
                 if self.track_updates:
                     self._save()
+            loss_slot = _scalar(loss, self._nan, self.device)
             head = [
-                _scalar(loss, self._nan, self.device),
+                loss_slot,
                 _scalar(skipped, self._zero, self.device),
                 _scalar(amp_scale, self._nan, self.device),
             ]
-            self._pending = [*head, gnorm, pnorm, self._zeros_p, nonfinite]
+            self._pending = [*head, gnorm, pnorm, self._zeros_p, nonfinite, loss_slot]
             if update is not None:
                 self._pending[_UPDATE] = update
 
@@ -122,7 +139,7 @@ class StepRecorder:
             return
         with torch.no_grad():
             row = [self._nan, self._zero, self._nan, self._nan_p(), self._nan_p()]
-            row += [self._update_since_saved(), self._nan_p()]
+            row += [self._update_since_saved(), self._nan_p(), self._nan]
             info.tail = True
             self._push(row, info)
 
@@ -141,6 +158,14 @@ class StepRecorder:
         self._last_flush = time.perf_counter()
         if n == 0:
             return
+        if self._works:
+            from gradlens.instrument.distributed import wait_all
+
+            if not wait_all(self._works):  # a rank is gone: stop reducing, keep recording
+                self.reduce = False
+                print(
+                    "gradlens: a rank stopped answering; recording this rank only", file=sys.stderr
+                )
         ready = None
         if self._buf.device.type == "cuda":
             rows = self._buf[:n].to("cpu", non_blocking=True)
@@ -158,7 +183,12 @@ class StepRecorder:
             self._buf = torch.empty(
                 self.every, self.layout.size, dtype=torch.float32, device=self.device
             )
-        torch.cat(parts, out=self._buf[len(self._infos)])
+        row = self._buf[len(self._infos)]
+        torch.cat(parts, out=row)
+        if self.reduce:
+            from gradlens.instrument.distributed import all_reduce_async
+
+            self._works.append(all_reduce_async(row[self.layout.reduced]))
         self._infos.append(info)
         if (
             len(self._infos) >= self.every
@@ -172,7 +202,7 @@ class StepRecorder:
             if p.grad is None:
                 missing.append(i)
             else:
-                grads.append(p.grad)
+                grads.append(_local(p.grad) if self._sharded else p.grad)
         return grads, missing
 
     def _expand(self, values: Tensor, missing: list[int]) -> Tensor:
@@ -194,19 +224,31 @@ class StepRecorder:
 
     def _save(self) -> None:
         if self._saved is None:
-            self._saved = [p.detach().clone() for p in self.params]
+            self._saved = [p.detach().clone() for p in self._values()]
         else:
-            torch._foreach_copy_(self._saved, self.params)
+            torch._foreach_copy_(self._saved, self._values())
 
     def _update_since_saved(self) -> Tensor:
         if self._saved is None:
             return self._zeros_p
         # In place: the saved copy is refreshed before it is needed again.
-        torch._foreach_sub_(self._saved, self.params)
-        return self._norms(self._saved)
+        torch._foreach_sub_(self._saved, self._values())
+        norms = self._norms(self._saved)
+        return norms * norms if self.reduce else norms
+
+    def _values(self) -> list[Tensor]:
+        """The parameters' values: local shards for DTensors (FSDP2), else the parameters."""
+        if not self._sharded:
+            return self.params
+        return [_local(p.detach()) for p in self.params]
 
     def _nan_p(self) -> Tensor:
         return self._nan.expand(len(self.params))
+
+
+def _local(t: Tensor) -> Tensor:
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
 
 
 def _scalar(value: Tensor | None, default: Tensor, device: torch.device) -> Tensor:

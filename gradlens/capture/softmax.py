@@ -73,6 +73,8 @@ class SoftmaxCapture:
     def gradients(self, step: int, names: Sequence[str], params: Sequence[Tensor]) -> None:
         """At the pre-step hook: the gradient/weight cosines, every ``cos_every`` steps."""
         if self.cos_every and step % self.cos_every == 0:
+            if any(hasattr(p, "placements") for p in params):
+                return  # sharded (FSDP2): a local shard's cosine is not the tensor's
             self._names = list(names)
             cos = grad_weight_cosine(params, [p.grad for p in params], include_global=True)
             self._cos.append((step, cos))

@@ -22,6 +22,7 @@ __all__ = ["WHICH", "LanczosResult", "lanczos", "tridiagonal_eigh"]
 
 WHICH = ("LA", "SA", "LM")
 Matvec = Callable[[Tensor], Tensor]
+Reduce = Callable[[Tensor], Tensor]
 
 
 @dataclass
@@ -88,13 +89,15 @@ class _Basis:
         self.rows[self.n] = q.to(self.rows.device, self.rows.dtype)
         self.n += 1
 
-    def orthogonalise(self, w: Tensor) -> Tensor:
+    def orthogonalise(self, w: Tensor, allreduce: Reduce | None = None) -> Tensor:
         """w minus its projection on the basis, twice (classical Gram-Schmidt, 'twice is
-        enough' — Kahan/Parlett): two matrix-vector products per pass, no host sync."""
+        enough' — Kahan/Parlett): two matrix-vector products per pass, no host sync.
+        With ``allreduce`` the vectors are shards and the projections are summed first."""
         q = self.rows[: self.n]
         x = w.to(q.device, q.dtype)
         for _ in range(2):
-            x = x - q.T @ (q @ x)
+            h = q @ x
+            x = x - q.T @ (allreduce(h) if allreduce is not None else h)
         return x.to(w.device, w.dtype)
 
     def combine(self, coefficients: Tensor) -> Tensor:
@@ -117,6 +120,7 @@ def lanczos(
     device: torch.device | str = "cpu",
     basis_device: torch.device | str | None = None,
     min_iter: int = 0,
+    allreduce: Reduce | None = None,
 ) -> LanczosResult:
     """The ``k`` wanted eigenpairs of the symmetric operator ``matvec`` (dimension ``dim``).
 
@@ -130,6 +134,9 @@ def lanczos(
         dtype: working precision of the basis (float64 for ill-conditioned problems).
         basis_device: where the basis lives (``"cpu"`` to offload a large basis).
         min_iter: run at least this many steps (e.g. for spectral density quadrature).
+        allreduce: for sharded operators (each process holds a slice of every vector): sums
+            partial inner products over processes. ``dim`` stays the global dimension (every
+            process must take the same decisions); pass this process's slice as ``start``.
 
     Example:
         >>> h = torch.diag(torch.arange(1.0, 101.0))
@@ -149,9 +156,14 @@ def lanczos(
     if start is None:
         start = torch.randn(dim, generator=generator, dtype=torch.float64)
     q = start.to(device, dtype)
-    q = q / torch.linalg.vector_norm(q)
+
+    def dot(x: Tensor, y: Tensor) -> Tensor:
+        d = torch.dot(x, y)
+        return allreduce(d.reshape(1))[0] if allreduce is not None else d
+
+    q = q / dot(q, q).sqrt()
     first = q.clone()
-    basis = _Basis(dim, dtype, torch.device(basis_device or device), min(limit + 1, 64))
+    basis = _Basis(q.numel(), dtype, torch.device(basis_device or device), min(limit + 1, 64))
     basis.append(q)
     alphas: list[float] = []
     betas: list[float] = []
@@ -162,12 +174,12 @@ def lanczos(
     for j in range(limit):
         w = matvec(q).to(device, dtype)
         hvps += 1
-        a = torch.dot(w, q)
+        a = dot(w, q)
         w = w - a * q
         if prev is not None:
             w = w - betas[-1] * prev
-        w = basis.orthogonalise(w)
-        b = torch.linalg.vector_norm(w)
+        w = basis.orthogonalise(w, allreduce)
+        b = dot(w, w).sqrt()
         alphas.append(float(a))  # one host read per step: nothing next to an HVP
         beta = float(b)
         theta, s = tridiagonal_eigh(

@@ -53,6 +53,8 @@ class HVP:
         log: where to say which engine was chosen (default: stderr).
         math_attention: run under the math attention backend (set by ``auto`` when the fused
             kernels cannot be differentiated twice; pass it back to reuse a choice).
+        world: > 1 in multi-process runs: each rank's product on its own batches is summed
+            over ranks (weighted by batch sizes), giving the Hessian of the global batch.
 
     Attributes:
         dim: number of parameters. count: HVPs computed (excluding engine selection).
@@ -66,6 +68,7 @@ class HVP:
         fd_eps: float | None = None,
         log: Callable[[str], None] | None = None,
         math_attention: bool = False,
+        world: int = 1,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -82,6 +85,13 @@ class HVP:
         self.count = 0
         self.setup_count = 0
         self.math_attention = math_attention
+        self.world = world
+        self._global_total = float(objective.total)
+        if world > 1:
+            from gradlens.instrument.distributed import all_reduce_sum
+
+            total = torch.tensor([float(objective.total)], dtype=torch.float64, device=self.device)
+            self._global_total = float(all_reduce_sum(total)[0])
         self._graph: tuple[Tensor, ...] | None = None
         self.method = method if method != "auto" else self._choose()
 
@@ -94,7 +104,7 @@ class HVP:
 
     def matmat(self, vectors: Tensor) -> Tensor:
         """H @ vᵢ for each row of ``vectors`` (m, dim): vmapped where the engine allows."""
-        if self.method == "forward_over_reverse" and vectors.shape[0] > 1:
+        if self.method == "forward_over_reverse" and vectors.shape[0] > 1 and self.world == 1:
             try:
                 with self._context():
                     out = self._vmapped(vectors)
@@ -180,7 +190,12 @@ class HVP:
                 out = self._forward_over_reverse(parts)
             else:
                 out = self._finite_difference(parts)
-        return self._flat(out).to(v.dtype)
+        flat = self._flat(out)
+        if self.world > 1:  # Σ_r (N_r / N) H_r v over ranks: the global batch's Hessian
+            from gradlens.instrument.distributed import all_reduce_sum
+
+            flat = all_reduce_sum(flat * self.objective.total) / self._global_total
+        return flat.to(v.dtype)
 
     def _split(self, v: Tensor) -> list[Tensor]:
         return [x.view(shape) for x, shape in zip(v.split(self.numels), self.shapes, strict=True)]

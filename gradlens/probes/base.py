@@ -38,6 +38,7 @@ class ProbeContext:
     lrs: list[float] = field(default_factory=list)
     optimizer: torch.optim.Optimizer | None = None
     update_fn: Callable[[], Mapping[str, torch.Tensor] | None] | None = None
+    world: int = 1  # > 1: every rank runs the probe on its own batches; combine across ranks
     _update: Mapping[str, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     @property

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 
+from torch import Tensor
+
 from gradlens.collapse import classifier_parameters, find_classifier, stream_collapse
+from gradlens.functional.collapse import NeuralCollapseAccumulator
 from gradlens.probes.base import Probe, ProbeContext, Rows
 
 __all__ = ["CollapseProbe"]
@@ -43,7 +46,11 @@ class CollapseProbe(Probe):
         acc = stream_collapse(
             ctx.model, batches, layer, self.num_classes, targets=[b.labels for b in batches]
         )
-        weight, bias = classifier_parameters(layer)
+        weight, bias = (_full(t) for t in classifier_parameters(layer))
+        if ctx.world > 1:  # every rank's accumulator, merged in rank order (Chan's formula)
+            acc = _merged_over_ranks(acc, ctx.world)
+            weight = weight.cpu() if weight is not None else None
+            bias = bias.cpu() if bias is not None else None
         metrics = {k: v for k, v in acc.compute(weight, bias).items() if not math.isnan(v)}
         return {
             "collapse": {
@@ -52,3 +59,26 @@ class CollapseProbe(Probe):
                 "value": [float(v) for v in metrics.values()],
             }
         }
+
+
+def _full(t: Tensor | None) -> Tensor | None:
+    """A DTensor (FSDP2) gathered whole, on every rank; plain tensors as they are."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t
+
+
+def _merged_over_ranks(acc: NeuralCollapseAccumulator, world: int) -> NeuralCollapseAccumulator:
+    import torch.distributed as dist
+
+    def fresh() -> NeuralCollapseAccumulator:
+        return NeuralCollapseAccumulator(
+            acc.num_classes, acc.dim, device="cpu", nc4_samples=acc.nc4_samples
+        )
+
+    gathered: list[NeuralCollapseAccumulator | None] = [None] * world
+    dist.all_gather_object(gathered, fresh().merge(acc))
+    total = fresh()
+    for part in gathered:
+        assert part is not None
+        total.merge(part)
+    return total

@@ -20,6 +20,7 @@ from gradlens.functional.lanczos import lanczos
 from gradlens.functional.trace import hutchpp
 from gradlens.hessian.api import density_runs, top_eigenpairs
 from gradlens.hessian.hvp import HVP, METHODS
+from gradlens.hessian.sharded import ShardedHVP, is_sharded
 from gradlens.probes.base import Probe, ProbeContext, Rows
 
 __all__ = ["HessianProbe"]
@@ -65,7 +66,11 @@ class HessianProbe(Probe):
         self._math_attention = False
 
     def compute(self, ctx: ProbeContext) -> Rows:
-        engine = HVP(ctx.objective, self.method, math_attention=self._math_attention)
+        if is_sharded(ctx.objective.params):
+            return self._sharded(ctx)
+        engine = HVP(
+            ctx.objective, self.method, math_attention=self._math_attention, world=ctx.world
+        )
         self.method, self._math_attention = engine.method, engine.math_attention  # reuse choice
         eig = top_eigenpairs(
             engine, self.k, self.which, self.tol, max_iter=self.max_iter, seed=self.seed + ctx.step
@@ -117,6 +122,45 @@ class HessianProbe(Probe):
         rows.add("setup_hvps", engine.setup_count)
         out["hessian"] = rows.columns
         return out
+
+    def _sharded(self, ctx: ProbeContext) -> Rows:
+        """FSDP2: finite-difference products through the sharded backward, Lanczos summing
+        its inner products over ranks (every rank takes the same steps)."""
+        engine = ShardedHVP(ctx.objective)
+        generator = torch.Generator().manual_seed(self.seed + ctx.step + 1000 * dist_rank())
+        start = torch.randn(engine.local_dim, generator=generator, dtype=torch.float64)
+        run = lanczos(
+            engine,
+            engine.dim,
+            self.k,
+            self.which,
+            self.tol,
+            self.max_iter,
+            start=start,
+            device=engine.device,
+            allreduce=engine.allreduce,
+        )
+        rows = _Rows(ctx.step)
+        for i, (value, residual) in enumerate(
+            zip(run.eigenvalues.tolist(), run.residuals.tolist(), strict=True)
+        ):
+            rows.add("top_eigenvalue", value, index=i)
+            rows.add("top_residual", residual, index=i)
+        rows.add("lambda_min", float(run.ritz[0]))
+        rows.add("lambda_min_residual", float(run.ritz_residuals[0]))
+        sharpness = float(run.eigenvalues.max()) if self.which != "SA" else float("nan")
+        rows.add("sharpness", sharpness)
+        if ctx.lrs:
+            rows.add("lr", ctx.lrs[0])
+            rows.add("eos_ratio", sharpness * ctx.lrs[0] / 2)
+        rows.add("hvps", engine.count)
+        return {"hessian": rows.columns}
+
+
+def dist_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 class _Rows:

@@ -39,6 +39,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("detail", pa.string()),
         ]
     ),
+    # multi-process runs: what differs between ranks (loss, step_time, samples_per_s, …)
+    "ranks": pa.schema([_step, pa.field("rank", pa.int32()), _metric, _value64]),
     # Hessian probe: top_eigenvalue/top_residual (index = k), bottom_*, hvps, trace,
     # trace_stderr, lambda_min, sharpness, eos_ratio; layer = block for per-block spectra
     "hessian": pa.schema([_step, _metric, _layer, pa.field("index", pa.int32()), _value64]),

@@ -26,7 +26,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gradlens.store.schema import to_arrow
-from gradlens.store.segments import readable_files, write_segment
+from gradlens.store.segments import (
+    compact_name,
+    readable_files,
+    segment_number,
+    segment_writer,
+    write_segment,
+)
 
 __all__ = [
     "COMPACT_KEYS",
@@ -56,10 +62,16 @@ class RunWriter:
     """
 
     def __init__(
-        self, run_dir: Path, strict: bool | None = None, min_interval: float = 1.0
+        self,
+        run_dir: Path,
+        strict: bool | None = None,
+        min_interval: float = 1.0,
+        tag: str = "",
     ) -> None:
+        """``tag`` (e.g. ``"r1"``) names this writer's files when several processes write."""
         self.run_dir = Path(run_dir)
         self.min_interval = min_interval
+        self.tag = tag
         self.strict = os.environ.get("GRADLENS_STRICT") == "1" if strict is None else strict
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._next_segment: dict[str, int] = {}
@@ -92,7 +104,7 @@ class RunWriter:
         self._thread.join()
         if compact:
             for folder in sorted(p for p in self.run_dir.iterdir() if p.is_dir()):
-                self._guard(functools.partial(compact_table, folder))
+                self._guard(functools.partial(compact_table, folder, self.tag))
         if self._error is not None and self.strict:
             raise self._error
 
@@ -142,9 +154,9 @@ class RunWriter:
     def _write(self, table: str, parts: list[pa.Table]) -> None:
         folder = self.run_dir / table
         if table not in self._next_segment:
-            self._next_segment[table] = readable_files(folder)[1] + 1
+            self._next_segment[table] = readable_files(folder, self.tag)[1] + 1
         number = self._next_segment[table]
-        write_segment(pa.concat_tables(parts), folder, number)
+        write_segment(pa.concat_tables(parts), folder, number, self.tag)
         self._next_segment[table] = number + 1
 
     def _guard(self, action: Callable[[], object]) -> None:
@@ -173,7 +185,7 @@ ROW_GROUP_MAX = 1 << 17  # rows; a longer run of equal keys is split (step range
 ROW_GROUP_MIN = 1 << 13  # runs shorter than this are packed together into one group
 
 
-def compact_table(folder: Path) -> None:
+def compact_table(folder: Path, writer: str = "") -> None:
     """Merge a table's files into one compact file sorted for reads, then delete the parts.
 
     Crash-safe at every point: the compact file appears atomically and covers exactly the
@@ -181,7 +193,7 @@ def compact_table(folder: Path) -> None:
     described at ``COMPACT_KEYS``; reading the file back with ``Run.table`` still gives rows
     sorted by step.
     """
-    files, highest = readable_files(folder)
+    files, highest = readable_files(folder, writer)
     if len(files) <= 1:
         return
     schema = pq.read_schema(files[0])
@@ -195,9 +207,12 @@ def compact_table(folder: Path) -> None:
         ]
     )
     merged, groups = sorted_for_reads(merged, COMPACT_KEYS.get(folder.name, ()))
-    write_grouped(merged, groups, folder / f"compact-{highest:06d}.parquet", target)
-    for path in folder.iterdir():
-        if path.name != f"compact-{highest:06d}.parquet" and path.suffix == ".parquet":
+    name = compact_name(highest, writer)
+    write_grouped(merged, groups, folder / name, target)
+    for path in folder.iterdir():  # the parts, and leftovers of an interrupted compaction
+        number = segment_number(path)
+        mine = segment_writer(path) == writer and number is not None and number <= highest
+        if mine and path.name != name:
             path.unlink(missing_ok=True)
 
 
