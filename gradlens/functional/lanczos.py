@@ -90,14 +90,23 @@ class _Basis:
         self.n += 1
 
     def orthogonalise(self, w: Tensor, allreduce: Reduce | None = None) -> Tensor:
-        """w minus its projection on the basis, twice (classical Gram-Schmidt, 'twice is
-        enough' — Kahan/Parlett): two matrix-vector products per pass, no host sync.
-        With ``allreduce`` the vectors are shards and the projections are summed first."""
+        """w minus its projection on the basis: classical Gram-Schmidt, repeated once when the
+        first pass removed most of w (the DGKS criterion, ‖x‖ < ‖w‖/√2 — "twice is enough",
+        Kahan/Parlett). Each pass is two matrix-vector products. With ``allreduce`` the
+        vectors are shards and the partial projections and norms are summed first."""
         q = self.rows[: self.n]
         x = w.to(q.device, q.dtype)
+
+        def total(t: Tensor) -> Tensor:
+            return allreduce(t) if allreduce is not None else t
+
+        before = total((x @ x).reshape(1))
         for _ in range(2):
-            h = q @ x
-            x = x - q.T @ (allreduce(h) if allreduce is not None else h)
+            x = x - q.T @ total(q @ x)
+            after = total((x @ x).reshape(1))
+            if float(after[0]) >= 0.5 * float(before[0]):
+                break
+            before = after
         return x.to(w.device, w.dtype)
 
     def combine(self, coefficients: Tensor) -> Tensor:

@@ -131,6 +131,7 @@ class HVP:
         for attempt in (False, True):
             self.math_attention = attempt
             for method in _EXACT:
+                self._graph = None  # a graph built under other kernels cannot be reused
                 try:
                     timings[method] = self._time(method)
                 except Exception as exc:
@@ -146,6 +147,7 @@ class HVP:
                 f"({errors.get('double_backward', '?')}); using finite differences"
             )
             return "finite_difference"
+        self._graph = None
         if self.math_attention:
             self._say(
                 f"double backward is not implemented with the default attention kernel "
