@@ -37,7 +37,7 @@ class SoftmaxCapture:
     """Accumulates per-step softmax stats on the device; hands rows to ``sink`` in blocks."""
 
     def __init__(
-        self, sink: Sink, every: int = 50, cos_every: int = 10, max_rows: int = 512
+        self, sink: Sink, every: int = 50, cos_every: int = 10, max_rows: int = 256
     ) -> None:
         if cos_every < 0:
             raise ValueError(f"cos_every must be >= 0, got {cos_every}")
