@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gradlens.functional.lanczos import lanczos
+from gradlens.functional.lanczos import LanczosResult, lanczos
 from gradlens.functional.trace import hutchpp
 from gradlens.hessian.api import density_runs, top_eigenpairs
 from gradlens.hessian.hvp import HVP, METHODS
@@ -76,18 +76,7 @@ class HessianProbe(Probe):
             engine, self.k, self.which, self.tol, max_iter=self.max_iter, seed=self.seed + ctx.step
         )
         rows = _Rows(ctx.step)
-        for i, (value, residual) in enumerate(
-            zip(eig.eigenvalues.tolist(), eig.residuals.tolist(), strict=True)
-        ):
-            rows.add("top_eigenvalue", value, index=i)
-            rows.add("top_residual", residual, index=i)
-        rows.add("lambda_min", eig.lambda_min)
-        rows.add("lambda_min_residual", eig.lambda_min_residual)
-        sharpness = float(eig.eigenvalues.max()) if self.which != "SA" else float("nan")
-        rows.add("sharpness", sharpness)
-        if ctx.lrs:
-            rows.add("lr", ctx.lrs[0])
-            rows.add("eos_ratio", sharpness * ctx.lrs[0] / 2)
+        self._eigen_rows(rows, eig.run, ctx.lrs)
         if self.trace and self.trace_hvps >= 4:
             generator = torch.Generator().manual_seed(self.seed + ctx.step + 7)
             sketch = max(1, min(self.k, (self.trace_hvps - 2) // 4))
@@ -141,6 +130,12 @@ class HessianProbe(Probe):
             allreduce=engine.allreduce,
         )
         rows = _Rows(ctx.step)
+        self._eigen_rows(rows, run, ctx.lrs)
+        rows.add("hvps", engine.count)
+        return {"hessian": rows.columns}
+
+    def _eigen_rows(self, rows: _Rows, run: LanczosResult, lrs: list[float]) -> None:
+        """Top eigenvalues with residuals, λmin from the same run, sharpness against 2/lr."""
         for i, (value, residual) in enumerate(
             zip(run.eigenvalues.tolist(), run.residuals.tolist(), strict=True)
         ):
@@ -150,11 +145,9 @@ class HessianProbe(Probe):
         rows.add("lambda_min_residual", float(run.ritz_residuals[0]))
         sharpness = float(run.eigenvalues.max()) if self.which != "SA" else float("nan")
         rows.add("sharpness", sharpness)
-        if ctx.lrs:
-            rows.add("lr", ctx.lrs[0])
-            rows.add("eos_ratio", sharpness * ctx.lrs[0] / 2)
-        rows.add("hvps", engine.count)
-        return {"hessian": rows.columns}
+        if lrs:
+            rows.add("lr", lrs[0])
+            rows.add("eos_ratio", sharpness * lrs[0] / 2)
 
 
 def dist_rank() -> int:
