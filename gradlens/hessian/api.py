@@ -72,8 +72,14 @@ def top_eigenpairs(
     basis_device: torch.device | str | None = None,
     seed: int = 0,
 ) -> EigenResult:
-    """Lanczos on an HVP engine (inside the caller's isolation)."""
+    """Lanczos on an HVP engine (inside the caller's isolation).
+
+    The basis lives next to the model unless it would take more than half of the free device
+    memory; then it is offloaded to the CPU (slower reorthogonalisation, same answer).
+    """
     generator = torch.Generator().manual_seed(seed)
+    if basis_device is None:
+        basis_device = _basis_device(engine, k, max_iter, dtype)
     run = lanczos(
         engine,
         engine.dim,
@@ -102,6 +108,22 @@ def top_eigenpairs(
         lambda_min_residual=float(run.ritz_residuals[0]),
         run=run,
     )
+
+
+def _basis_device(engine: HVP, k: int, max_iter: int | None, dtype: torch.dtype) -> torch.device:
+    device = torch.device(engine.device)
+    if device.type != "cuda":
+        return device
+    steps = min(engine.dim, max_iter if max_iter is not None else max(20, 10 * k + 40))
+    needed = (steps + 1) * engine.dim * torch.empty((), dtype=dtype).element_size()
+    free, _ = torch.cuda.mem_get_info(device)
+    if needed <= free // 2:
+        return device
+    engine._say(
+        f"Lanczos basis of {needed / 2**30:.1f} GiB does not fit next to the model "
+        f"({free / 2**30:.1f} GiB free): keeping it on the CPU"
+    )
+    return torch.device("cpu")
 
 
 def hessian_eigenvalues(
