@@ -50,7 +50,7 @@ browser:
 		echo "could not install chromium: browser tests will be skipped"
 
 test: install browser
-	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadscope $(PYTEST_ARGS)
 
 browser-test: install browser
 	$(PY) -m pytest tests/dashboard -m browser --headless -p no:cacheprovider

@@ -216,17 +216,20 @@ def _emit_report(result: object, fmt: Format, output: Path | None, step_summary:
 def _emit(rendered: object, output: Path | None) -> None:
     from rich.console import Console
 
-    if isinstance(rendered, str):
-        if output is None:
+    if output is None:
+        if isinstance(rendered, str):
             sys.stdout.write(rendered)
         else:
-            output.write_text(rendered, encoding="utf-8")
+            Console().print(rendered)
         return
-    if output is None:
-        Console().print(rendered)
-        return
-    with output.open("w", encoding="utf-8") as handle:
-        Console(file=handle, width=120, color_system=None).print(rendered)
+    try:
+        with output.open("w", encoding="utf-8") as handle:
+            if isinstance(rendered, str):
+                handle.write(rendered)
+            else:
+                Console(file=handle, width=120, color_system=None).print(rendered)
+    except OSError as exc:
+        raise GradlensError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
 @app.command()
@@ -249,7 +252,10 @@ def dashboard(
 
 @app.command("ls")
 def list_runs(
-    runs_dir: Annotated[Path, typer.Argument(help="Folder holding runs.")] = Path("runs"),
+    runs_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Folder holding runs (default: $GRADLENS_DIR or ./runs)."),
+    ] = None,
 ) -> None:
     """List the runs in RUNS_DIR: name, status, steps, start, duration."""
     from rich.console import Console
@@ -257,6 +263,7 @@ def list_runs(
     from gradlens.cli.render import runs_table
     from gradlens.store import list_runs as find_runs
 
+    runs_dir = runs_dir if runs_dir is not None else Path(os.environ.get("GRADLENS_DIR", "runs"))
     runs = find_runs(runs_dir)
     console = Console()
     if not runs:

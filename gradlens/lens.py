@@ -13,6 +13,7 @@ script updates parameters by hand and creates no optimizer.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import platform
 import socket
@@ -50,10 +51,10 @@ from gradlens.instrument.distributed import (
 )
 from gradlens.instrument.live import MODES, StatusLine
 from gradlens.instrument.probe_set import ProbeSet, batch_size_of
-from gradlens.objective import Objective, batches_from_probe_set
+from gradlens.objective import Batch, Objective, batches_from_probe_set
 from gradlens.probes import Probe, ProbeContext, make_probes
 from gradlens.store import RunWriter, create_run_dir, update_meta, write_meta
-from gradlens.store.meta import process_start
+from gradlens.store.meta import process_start, valid_run_name
 
 __all__ = ["PRESETS", "Lens", "default_runs_dir"]
 
@@ -67,10 +68,20 @@ def default_runs_dir() -> Path:
 
 @dataclass
 class _Tracked:
-    """One optimizer (or the manual-update model set) and its capture."""
+    """One optimizer (or the manual-update model set) and its capture.
+
+    The *primary* optimizer (the first to step, or one that keeps stepping while the primary
+    does not) advances the run's step and writes the unsuffixed scalars; the others write
+    ``metric@serial`` scalars labelled with their own step count.
+    """
 
     recorder: StepRecorder
-    index: int  # 0 = primary: owns the loss and the run-wide scalars
+    decoder: ChunkDecoder
+    serial: int
+    primary: bool = False
+    steps: int = 0  # this optimizer's own steps
+    since_primary: int = 0  # its steps since the primary's last one
+    has_loss: bool = False  # the step being recorded consumed a loss
 
 
 class Lens:
@@ -126,13 +137,15 @@ class Lens:
             raise ValueError(f"flush_secs must be > 0, got {flush_secs}")
         if status not in MODES:
             raise ValueError(f"status must be one of {', '.join(MODES)}, got {status!r}")
+        if cos_every < 0:
+            raise ValueError(f"cos_every must be >= 0, got {cos_every}")
         if probes not in PRESETS:
             raise ValueError(f"probes must be one of {', '.join(PRESETS)}, got {probes!r}")
         self.models = _as_list(model, nn.Module, "model")
         self.optimizers = _as_list(optimizer, torch.optim.Optimizer, "optimizer")
         self.auto = not self.models and not self.optimizers
         self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
-        self.name = name or time.strftime("run-%Y%m%d-%H%M%S")
+        self.name = valid_run_name(name) if name else time.strftime("run-%Y%m%d-%H%M%S")
         self.every, self.flush_secs, self.probes = every, flush_secs, probes
         self.spike_config = spikes or SpikeConfig()
         self.track_updates = track_updates
@@ -152,7 +165,14 @@ class Lens:
         self._status: StatusLine | None = None
         self._writer: RunWriter | None = None
         self._discovery = ModuleDiscovery()
-        self._tracked: dict[int, _Tracked] = {}
+        self._tracked: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Tracked] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._trackers: list[
+            _Tracked
+        ] = []  # strong: flushed at close even if the optimizer is gone
+        self._primary: weakref.ref[torch.optim.Optimizer] | None = None
+        self._serials = 0
         self._manual: _Tracked | None = None
         self._known_optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._hooked_roots: weakref.WeakSet[nn.Module] = weakref.WeakSet()
@@ -177,6 +197,12 @@ class Lens:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.close("finished")
+        elif issubclass(exc_type, SystemExit):
+            code = exc.code if exc is not None else None
+            clean = code is None or code == 0
+            self.close(
+                "finished" if clean else "failed", error=None if clean else f"SystemExit({code!r})"
+            )
         elif issubclass(exc_type, KeyboardInterrupt):
             self.close("interrupted", error="KeyboardInterrupt")
         else:
@@ -203,6 +229,11 @@ class Lens:
         self._status.start()
         interception.install(self)
         if self.auto:
+            # Optimizers made before the Lens started are not announced by Optimizer.__init__:
+            # find them once, so a backward is not taken for a manual update.
+            self._known_optimizers.update(
+                o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer)
+            )
             self._discovery.enable()
             self._handles.append(register_optimizer_step_pre_hook(self._pre_step))
             self._handles.append(register_optimizer_step_post_hook(self._post_step))
@@ -223,9 +254,16 @@ class Lens:
         if self._closed or not self._started:
             return
         atexit.unregister(self._at_exit)
-        final = [p for p in self.scheduled if p.at_end]
-        if final and status == "finished" and self.step > 0:
-            self._run_probes(final, self.step - 1, self._primary_optimizer())
+        try:
+            last = self.step - 1  # at_end probes, unless the schedule just ran them there
+            final = [p for p in self.scheduled if p.at_end and not p.should_run(last)]
+            if final and status == "finished" and self.step > 0:
+                self._run_probes(final, last, self._primary_optimizer())
+        finally:
+            self._teardown(status, exit_code, error)
+
+    def _teardown(self, status: str, exit_code: int | None, error: str | None) -> None:
+        """Remove every patch and hook, flush, compact and finalize — always, in this order."""
         self._closed = True
         interception.uninstall(self)
         for handle in self._handles:
@@ -233,7 +271,7 @@ class Lens:
         self._handles.clear()
         self._discovery.disable()
         if self._manual is not None:
-            self._manual.recorder.final_update(self._info(skipped=False))
+            self._manual.recorder.final_update(self._info(False, None, self._manual))
         for tracked in self._all_tracked():
             tracked.recorder.flush()
         if self._softmax is not None:
@@ -277,8 +315,12 @@ class Lens:
             if self._manual is None:
                 return
         recorder = self._manual.recorder
-        recorder.before_update(self._loss)
-        recorder.after_update(self._info(skipped=False))
+        if self._softmax is not None:
+            self._softmax.gradients(self.step, recorder.layout.names, recorder.params)
+        loss = self._take_loss()
+        self._manual.has_loss = loss is not None
+        recorder.before_update(loss)
+        recorder.after_update(self._info(False, None, self._manual))
         self._end_step()
 
     def on_loss_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -330,28 +372,54 @@ class Lens:
         tracked = self._tracked_for(optimizer)
         if tracked is None:
             return
-        if tracked.index == 0 and self._softmax is not None:
+        primary = self._primary() if self._primary is not None else None
+        if not tracked.primary and (primary is None or tracked.since_primary >= 1):
+            self._promote(optimizer, tracked)  # the old primary is gone or idle
+        if tracked.primary and self._softmax is not None:
             recorder = tracked.recorder
             self._softmax.gradients(self.step, recorder.layout.names, recorder.params)
+        loss = self._take_loss()  # what was backpropagated for this optimizer's step
+        tracked.has_loss = loss is not None
         tracked.recorder.before_update(
-            self._loss if tracked.index == 0 else None,
+            loss,
             grad_scale=getattr(optimizer, "grad_scale", None),
             skipped=getattr(optimizer, "found_inf", None),
             amp_scale=scale,
         )
+
+    def _take_loss(self) -> Tensor | None:
+        loss, self._loss = self._loss, None
+        return loss
+
+    def _promote(self, optimizer: torch.optim.Optimizer, tracked: _Tracked) -> None:
+        old = self._primary() if self._primary is not None else None
+        if old is not None and old in self._tracked:
+            self._set_role(self._tracked[old], primary=False)
+        self._set_role(tracked, primary=True)
+        self._primary = weakref.ref(optimizer)
+
+    def _set_role(self, tracked: _Tracked, primary: bool) -> None:
+        tracked.primary = primary
+        tracked.decoder.suffix = "" if primary else f"@{tracked.serial}"
+        tracked.decoder.on_stats = self._on_stats if primary and self.dist.main else None
 
     def _post_step(
         self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any, skipped: bool = False
     ) -> None:
         if interception.is_suspended():
             return
-        tracked = self._tracked.get(id(optimizer))
+        tracked = self._tracked.get(optimizer)
         if tracked is None:
             return
-        info = self._info(skipped, optimizer, tracked.index)
+        info = self._info(skipped, optimizer, tracked)
         tracked.recorder.after_update(info, applied=not skipped)
-        if tracked.index == 0:
+        tracked.steps += 1
+        if tracked.primary:
+            for other in self._tracked.values():
+                other.since_primary = 0
             self._end_step(optimizer)
+        else:
+            tracked.since_primary += 1
 
     # -- root-module hooks -----------------------------------------------------------------------
 
@@ -379,9 +447,11 @@ class Lens:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _tracked_for(self, optimizer: torch.optim.Optimizer) -> _Tracked | None:
-        tracked = self._tracked.get(id(optimizer))
+        tracked = self._tracked.get(optimizer)
         if tracked is not None:
             return tracked
+        if not self.auto and all(optimizer is not o for o in self.optimizers):
+            return None  # explicit mode: only the optimizers the Lens was given
         params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         if not params:
             return None
@@ -391,9 +461,16 @@ class Lens:
         for root in roots:
             self._hook_root(root)
         names = _names(params, parameter_names(roots), optimizer)
-        tracked = _Tracked(self._recorder(params, names, len(self._tracked)), len(self._tracked))
-        self._tracked[id(optimizer)] = tracked
+        self._serials += 1
+        recorder, decoder = self._recorder(params, names)
+        tracked = _Tracked(recorder, decoder, self._serials)
+        self._tracked[optimizer] = tracked
+        self._trackers.append(tracked)
         self._known_optimizers.add(optimizer)
+        if self._primary is None or self._primary() is None:
+            self._promote(optimizer, tracked)
+        else:
+            self._set_role(tracked, primary=False)
         return tracked
 
     def _track_manual(self) -> _Tracked | None:
@@ -409,17 +486,18 @@ class Lens:
         if not params:
             return None
         names = _names(params, parameter_names(roots), None)
-        return _Tracked(self._recorder(params, names, 0, update_lag=1), 0)
+        recorder, decoder = self._recorder(params, names, update_lag=1)
+        tracked = _Tracked(recorder, decoder, 0)
+        self._set_role(tracked, primary=True)
+        return tracked
 
     def _recorder(
-        self, params: list[Tensor], names: list[str], index: int, update_lag: int = 0
-    ) -> StepRecorder:
+        self, params: list[Tensor], names: list[str], update_lag: int = 0
+    ) -> tuple[StepRecorder, ChunkDecoder]:
         if self._device is None:
             self._device = _describe_device(params[0].device)
         detector = SpikeDetector(names, self.spike_config)
-        on_stats = self._on_stats if index == 0 and self.dist.main else None
-        suffix = "" if index == 0 else f"@{index}"
-        decoder = ChunkDecoder(detector, on_stats, metric_suffix=suffix, rank=self.dist.rank)
+        decoder = ChunkDecoder(detector, None, rank=self.dist.rank)
         world = self.dist.world if self.dist.active and group_ready() else 1
         if self.dist.active and world == 1:
             self._say_once("no process group at the first step: each rank records its own values")
@@ -429,7 +507,7 @@ class Lens:
         def sink(chunk: Chunk) -> None:
             writer.submit(lambda: decoder(chunk))
 
-        return StepRecorder(
+        recorder = StepRecorder(
             params,
             names,
             sink,
@@ -439,22 +517,27 @@ class Lens:
             track_updates=self.track_updates,
             reduce_world=world,
         )
+        return recorder, decoder
 
     def _info(
-        self, skipped: bool, optimizer: torch.optim.Optimizer | None = None, index: int = 0
+        self,
+        skipped: bool,
+        optimizer: torch.optim.Optimizer | None = None,
+        tracked: _Tracked | None = None,
     ) -> StepInfo:
         now = time.perf_counter()
         lrs: tuple[Any, ...] = ()
         if optimizer is not None:
             lrs = tuple(_lr(g.get("lr")) for g in optimizer.param_groups)
+        primary = tracked is None or tracked.primary
         return StepInfo(
-            step=self.step,
+            step=self.step if primary or tracked is None else tracked.steps,
             wall_time=time.time() - self._wall0,
-            step_time=now - self._last_end if self.step > 0 else None,
-            samples=self._samples,
-            tokens=self._tokens,
+            step_time=now - self._last_end if self.step > 0 and primary else None,
+            samples=self._samples if primary else 0,
+            tokens=self._tokens if primary else 0,
             lrs=lrs,
-            has_loss=self._loss is not None and index == 0,
+            has_loss=tracked.has_loss if tracked is not None else False,
             skipped=skipped,
         )
 
@@ -463,7 +546,6 @@ class Lens:
         self.step += 1
         if self._softmax is not None:
             self._softmax.end_step(done)
-        self._loss = None
         self._scaled = None
         self._samples = self._tokens = 0
         due = [p for p in self.scheduled if p.should_run(done)]
@@ -476,11 +558,15 @@ class Lens:
     def _run_probes(
         self, probes: list[Probe], step: int, optimizer: torch.optim.Optimizer | None
     ) -> None:
-        batches = batches_from_probe_set(self.probe_set)
-        if not batches:
-            self._probe_failed(probes[0].name, "no recorded training batch with a loss call yet")
+        module, batches = self._probe_batches()
+        if module is None:  # not an error: batches are recorded from the first step on
+            names = ", ".join(p.name for p in probes)
+            self._say_once(
+                f"probes ({names}) wait for a training batch whose loss call gradlens "
+                "saw (an F.* loss, also inside forward)"
+            )
             return
-        model = unwrap_data_parallel(self.probe_set.batches[0].module)
+        model = unwrap_data_parallel(module)
         lrs = [float(_lr(g.get("lr"))) for g in optimizer.param_groups] if optimizer else []
         world = self.dist.world if self.dist.active and group_ready() else 1
         assert self._writer is not None
@@ -515,9 +601,20 @@ class Lens:
                 },
             )
 
+    def _probe_batches(self) -> tuple[nn.Module | None, list[Batch]]:
+        """The recorded batches of the first root module that has one with a loss call (a
+        model split over several root modules is replayed through the right one)."""
+        recorded = [b for b in self.probe_set.batches if b.loss is not None]
+        if not recorded:
+            return None, []
+        module = recorded[0].module
+        mine = ProbeSet(self.probe_set.capacity)
+        mine.batches = [b for b in recorded if b.module is module]
+        return module, batches_from_probe_set(mine)
+
     def _update_fn(self, objective: Objective) -> Callable[[], dict[str, Tensor] | None] | None:
         """Δθ of the last step by the objective's parameter names (primary optimizer only)."""
-        primary = next((t for t in self._tracked.values() if t.index == 0), None)
+        primary = next((t for t in self._trackers if t.primary), None)
         if primary is None:
             return None
         recorder = primary.recorder
@@ -548,14 +645,10 @@ class Lens:
                 print(f"gradlens: probe {name} disabled: {why}", file=sys.stderr)
 
     def _primary_optimizer(self) -> torch.optim.Optimizer | None:
-        for opt in self._known_optimizers:
-            tracked = self._tracked.get(id(opt))
-            if tracked is not None and tracked.index == 0:
-                return opt
-        return None
+        return self._primary() if self._primary is not None else None
 
     def _all_tracked(self) -> list[_Tracked]:
-        return [*self._tracked.values(), *([self._manual] if self._manual else [])]
+        return [*self._trackers, *([self._manual] if self._manual else [])]
 
     def _on_stats(self, stats: LiveStats) -> None:
         self._last_stats = stats
@@ -632,7 +725,11 @@ def _names(
 
 
 def _lr(value: Any) -> float | Tensor:
+    """The learning rate now: a CUDA tensor is copied asynchronously (read on the writer
+    thread); a CPU tensor is read at once (schedulers update tensor lrs in place)."""
     if isinstance(value, Tensor):
+        if value.device.type == "cpu":
+            return float(value)
         return value.detach().to("cpu", non_blocking=True)
     return float(value) if value is not None else float("nan")
 

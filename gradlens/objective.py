@@ -83,6 +83,8 @@ def _size(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
 
 def batches_from_data(data: Any, loss_fn: LossFn | None) -> list[Batch]:
     """``(x, y)``, ``[(x, y), ...]``, a DataLoader, or bare inputs with ``loss_fn=None``."""
+    if isinstance(data, Mapping):
+        raise ValueError("data is a mapping: pass (inputs, target) pairs, or a list of them")
     if isinstance(data, Tensor):
         data = [(data,)]
     elif isinstance(data, tuple) and data and isinstance(data[0], Tensor):
@@ -201,7 +203,7 @@ class Objective:
     @contextlib.contextmanager
     def isolated(self) -> Iterator[None]:
         """Run probe code without any effect on training (see the module docstring)."""
-        with restored_state(self.model), interception.suspended():
+        with restored_state(self.model), interception.suspended(), torch.enable_grad():
             self.model.train(self.mode == "train")
             yield
 

@@ -68,6 +68,8 @@ class StepRecorder:
         self._infos: list[StepInfo] = []
         self._saved: list[Tensor] | None = None
         self._pending: list[Tensor] | None = None
+        self._applied = True
+        self._present: dict[tuple[int, ...], Tensor] = {}
         self._last_flush = time.perf_counter()
         f32, dev = torch.float32, self.device
         self._nan = torch.full((1,), float("nan"), dtype=f32, device=dev)
@@ -130,6 +132,7 @@ class StepRecorder:
         with torch.no_grad():
             if applied and self.track_updates and not self.layout.update_lag:
                 self._pending[_UPDATE] = self._update_since_saved()
+            self._applied = applied
             self._push(self._pending, info)
         self._pending = None
 
@@ -150,6 +153,8 @@ class StepRecorder:
         """
         if self._saved is None or self.layout.update_lag or not self.track_updates:
             return None
+        if not self._applied:  # skipped by GradScaler: nothing moved
+            return [torch.zeros_like(s) for s in self._saved]
         return [-s for s in self._saved]
 
     def flush(self) -> None:
@@ -161,11 +166,24 @@ class StepRecorder:
         if self._works:
             from gradlens.instrument.distributed import wait_all
 
-            if not wait_all(self._works):  # a rank is gone: stop reducing, keep recording
-                self.reduce = False
+            pending = len(self._works)
+            done = wait_all(self._works)
+            if done < pending:  # a rank is gone: keep the reduced rows, record this rank only
+                self._infos = self._infos[:done]
+                n = done
                 print(
                     "gradlens: a rank stopped answering; recording this rank only", file=sys.stderr
                 )
+                if n:
+                    self._hand_over(n)
+                self.reduce = False
+                self.layout = Layout(self.layout.names, self.layout.update_lag)
+                self._infos = []
+                return
+        self._hand_over(n)
+
+    def _hand_over(self, n: int) -> None:
+        """The first ``n`` buffered rows to the sink (asynchronous device-to-host copy)."""
         ready = None
         if self._buf.device.type == "cuda":
             rows = self._buf[:n].to("cpu", non_blocking=True)
@@ -208,10 +226,14 @@ class StepRecorder:
     def _expand(self, values: Tensor, missing: list[int]) -> Tensor:
         """Put zeros at the positions of parameters that had no gradient this step."""
         full = torch.zeros(len(self.params), dtype=torch.float32, device=self.device)
-        absent = set(missing)
-        present = [i for i in range(len(self.params)) if i not in absent]
-        if present:
-            full[present] = values
+        key = tuple(missing)
+        index = self._present.get(key)
+        if index is None:  # cached per pattern: no host-to-device copy on later steps
+            absent = set(missing)
+            present = [i for i in range(len(self.params)) if i not in absent]
+            index = self._present[key] = torch.tensor(present, device=self.device)
+        if index.numel():
+            full.index_copy_(0, index, values)
         return full
 
     def _nonfinite(self, grads: list[Tensor], gnorm: Tensor) -> Tensor:

@@ -48,6 +48,7 @@ class SoftmaxCapture:
         self._sum: Tensor | None = None
         self._max: Tensor | None = None
         self._count: Tensor | None = None
+        self._is_max: dict[torch.device, Tensor] = {}
         self._rows: list[Tensor] = []
         self._steps: list[int] = []
         self._cos: list[tuple[int, Tensor]] = []
@@ -60,6 +61,8 @@ class SoftmaxCapture:
         """One cross-entropy call's logits (training forward only; the caller checks)."""
         if not isinstance(target, Tensor) or target.is_floating_point():
             target = None  # soft labels: no per-sample "zero loss"/accuracy
+        if logits.dim() > 2:  # cross-entropy's K-dim form (N, C, d1, …): classes at dim 1
+            logits = logits.movedim(1, -1)
         logits, target = _strided_rows(logits, target, self.max_rows)
         stats = softmax_collapse_stats(logits, target, ignore_index=ignore_index)
         weight = stats[_COUNT]
@@ -81,7 +84,9 @@ class SoftmaxCapture:
 
     def end_step(self, step: int) -> None:
         if self._sum is not None and self._max is not None and self._count is not None:
-            is_max = _IS_MAX.to(self._sum.device)
+            is_max = self._is_max.get(self._sum.device)
+            if is_max is None:  # cached: no host-to-device copy per step
+                is_max = self._is_max[self._sum.device] = _IS_MAX.to(self._sum.device)
             row = torch.where(is_max, self._max, self._sum / self._count.clamp_min(1.0))
             row[_COUNT] = self._count
             self._rows.append(row)

@@ -72,6 +72,8 @@ class HVP:
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if not objective.params:
+            raise ValueError("the model has no trainable parameters")
         self.objective = objective
         self.params = objective.params
         self.names = objective.names

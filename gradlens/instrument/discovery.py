@@ -53,6 +53,9 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
+_COMPILE_WARNING = r"Using `torch.compile\(module\)` when"
+
+
 class ModuleDiscovery:
     """Collects root modules seen in forward while enabled."""
 
@@ -60,6 +63,7 @@ class ModuleDiscovery:
         self._seen: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._roots: list[weakref.ref[nn.Module]] = []
         self._handle: RemovableHandle | None = None
+        self._filter: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -69,7 +73,9 @@ class ModuleDiscovery:
         if self._handle is None:
             # torch.compile warns that global hooks also fire for its OptimizedModule wrapper;
             # discovery expects exactly that (the wrapper is the root, its names are cleaned).
-            warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when")
+            # The filter lives only while the hook does.
+            warnings.filterwarnings("ignore", message=_COMPILE_WARNING)
+            self._filter = warnings.filters[0]
             self._handle = nn.modules.module.register_module_forward_pre_hook(self._note)
 
     def disable(self) -> None:
@@ -77,6 +83,9 @@ class ModuleDiscovery:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+            if self._filter in warnings.filters:
+                warnings.filters.remove(self._filter)  # type: ignore[attr-defined]
+                warnings._filters_mutated()  # type: ignore[attr-defined]
         self.settle()
 
     def settle(self) -> list[nn.Module]:

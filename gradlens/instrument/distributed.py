@@ -137,16 +137,18 @@ def all_reduce_async(tensor: Tensor) -> Any:
     return dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
 
 
-def wait_all(works: list[Any], timeout: datetime.timedelta = WAIT_TIMEOUT) -> bool:
-    """Wait for pending reductions; False (and no hang) if a rank is gone."""
-    ok = True
+def wait_all(works: list[Any], timeout: datetime.timedelta = WAIT_TIMEOUT) -> int:
+    """Wait for pending reductions in order; how many completed before one failed (a rank
+    gone, or the timeout) — never a hang."""
+    done = 0
     for work in works:
         try:
             work.wait(timeout)
         except Exception:
-            ok = False
+            break
+        done += 1
     works.clear()
-    return ok
+    return done
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:

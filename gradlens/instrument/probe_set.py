@@ -9,7 +9,7 @@ nothing is kept after the set is full.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,7 +44,6 @@ class ProbeBatch:
     kwargs: dict[str, Any]
     loss: LossCall | None = None
     batch_size: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ProbeSet:
@@ -85,10 +84,6 @@ class ProbeSet:
         batch.loss = LossCall(
             name, tuple(args[0].shape), _copy(target), _copy(rest), _copy(options), inside_forward
         )
-        self._open = None
-
-    def clear(self) -> None:
-        self.batches.clear()
         self._open = None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from gradlens.errors import GradlensError
 from gradlens.lens import Lens
+from gradlens.store.meta import run_name_for
 
 __all__ = ["watch_script"]
 
@@ -37,13 +38,13 @@ def watch_script(script: str | Path, args: list[str], **lens_options: Any) -> tu
         raise GradlensError(f"no such script: {script}")
     argv = [str(path), *args]
     if not lens_options.get("name"):
-        lens_options["name"] = path.stem
+        lens_options["name"] = run_name_for(path.stem)
     lens = Lens(command=" ".join(["gradlens watch", *argv]), argv=argv, **lens_options)
+    lens.start()  # before touching the process: a failure here leaves nothing to undo
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     sys.argv[:] = argv
     sys.path.insert(0, str(path.resolve().parent))
     previous_term = _install_sigterm()
-    lens.start()
     code, status, error = 0, "finished", None
     try:
         runpy.run_path(str(path), run_name="__main__")

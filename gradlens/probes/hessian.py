@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gradlens.functional.lanczos import LanczosResult, lanczos
+from gradlens.functional.lanczos import WHICH, LanczosResult, lanczos
 from gradlens.functional.trace import hutchpp
 from gradlens.hessian.api import density_runs, top_eigenpairs
 from gradlens.hessian.hvp import HVP, METHODS
@@ -57,6 +57,14 @@ class HessianProbe(Probe):
             raise ValueError(f"hessian: method must be one of {METHODS}, got {method!r}")
         if k < 1:
             raise ValueError(f"hessian: k must be >= 1, got {k}")
+        if which not in WHICH:
+            raise ValueError(f"hessian: which must be one of {WHICH}, got {which!r}")
+        if max_iter is not None and max_iter < k:
+            raise ValueError(f"hessian: max_iter must be >= k, got {max_iter}")
+        if trace and trace_hvps < 4:
+            raise ValueError(f"hessian: trace_hvps must be >= 4, got {trace_hvps}")
+        if tol <= 0 or density_runs < 0 or density_steps < 2:
+            raise ValueError("hessian: need tol > 0, density_runs >= 0, density_steps >= 2")
         self.k, self.tol, self.which, self.method = int(k), float(tol), which, method
         self.max_iter = max_iter
         self.trace, self.trace_tol, self.trace_hvps = bool(trace), float(trace_tol), trace_hvps

@@ -49,6 +49,7 @@ class Report:
     rules: list[RuleResult]
     loss: list[float]  # downsampled loss curve for the sparkline
     layers: dict[str, list[tuple[str, float]]]  # ranking name -> [(layer, value)]
+    window: float  # the fraction of steps the layer rankings are taken over
     sections: list[Section]
 
     @property
@@ -102,6 +103,7 @@ def build_report(run: Run, config: ReportConfig | None = None) -> Report:
         rules=results,
         loss=_downsample(data.loss),
         layers=_layer_rankings(data, config.thresholds.window_fraction),
+        window=config.thresholds.window_fraction,
         sections=sections,
     )
 
@@ -120,20 +122,23 @@ def _header(run: Run, data: RunData) -> dict[str, Any]:
         "device": meta.get("device"),
         "command": meta.get("command"),
         "versions": meta.get("versions", {}),
-        "final_loss": float(loss.iloc[-1]) if len(loss) else None,
+        "final_loss": float(loss.iloc[-1]) if len(loss) else None,  # NaN when it diverged
         "best_loss": float(finite.min()) if len(finite) else None,
         "layers": int(meta.get("layers") or len(data.layer_metric("grad_norm").columns)),
     }
 
 
 def _downsample(series: pd.Series, points: int = SPARK_POINTS) -> list[float]:
+    """Bucket means; a bucket holding a NaN/Inf loss stays non-finite (drawn as ×)."""
     values = series.to_numpy(dtype=float)
     if len(values) == 0:
         return []
     edges = np.linspace(0, len(values), min(points, len(values)) + 1).astype(int)
-    return [
-        float(np.nanmean(values[a:b])) if b > a else math.nan for a, b in itertools.pairwise(edges)
-    ]
+    out = []
+    for a, b in itertools.pairwise(edges):
+        part = values[a:b]
+        out.append(float(part.mean()) if b > a and np.isfinite(part).all() else math.nan)
+    return out
 
 
 def _layer_rankings(data: RunData, fraction: float) -> dict[str, list[tuple[str, float]]]:

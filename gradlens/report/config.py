@@ -129,9 +129,15 @@ def _coerce(changes: dict[str, Any], base: Thresholds) -> dict[str, Any]:
             raise ConfigError(f"unknown threshold {name!r}; known: {', '.join(sorted(known))}")
         kind = type(getattr(base, name))
         try:
-            out[name] = kind(value)
+            if isinstance(value, bool):
+                raise TypeError
+            number = float(value)
+            if kind is int and not number.is_integer():
+                raise ValueError
+            out[name] = kind(number)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"threshold {name!r} needs a {kind.__name__}, got {value!r}"
+                f"threshold {name!r} needs {'an integer' if kind is int else 'a number'}, "
+                f"got {value!r}"
             ) from None
     return out

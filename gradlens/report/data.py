@@ -33,9 +33,17 @@ class RunData:
         return df.pivot_table(index="step", columns="metric", values="value", aggfunc="last")
 
     def scalar(self, metric: str) -> pd.Series:
-        if metric not in self.scalars:
+        """The recorded values of one scalar by step (group 0), NaN and Inf included."""
+        df = self._scalar_rows
+        if df.empty:
             return pd.Series(dtype=float)
-        return self.scalars[metric].dropna()
+        part = df[df["metric"] == metric].drop_duplicates("step", keep="last")
+        return part.set_index("step")["value"].astype(float).sort_index()
+
+    @cached_property
+    def _scalar_rows(self) -> pd.DataFrame:
+        df = self.run.table("scalars")
+        return df[df["index"] == 0] if not df.empty else df
 
     @cached_property
     def loss(self) -> pd.Series:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-__all__ = ["duration", "number", "sparkline", "timestamp"]
+__all__ = ["duration", "loss_value", "number", "sparkline", "timestamp"]
 
 _BARS = "▁▂▃▄▅▆▇█"
 
@@ -31,9 +31,17 @@ def sparkline(values: list[float]) -> str:
 
 
 def number(value: float | None) -> str:
+    """4 significant digits; ``-`` for a missing value (None or NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.4g}"
+
+
+def loss_value(value: float | None) -> str:
+    """Like :func:`number`, but a recorded NaN/Inf loss says so."""
+    if value is not None and not math.isfinite(value):
+        return "non-finite"
+    return number(value)
 
 
 def duration(seconds: float | None) -> str:

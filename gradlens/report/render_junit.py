@@ -23,7 +23,7 @@ def junit_suite(report: Report) -> ET.Element:
             ET.SubElement(case, "skipped", message="the tables this rule needs are absent")
         elif failing:
             failures += 1
-            worst = failing[0]
+            worst = max(failing, key=lambda f: severity_rank(f.severity))
             failure = ET.SubElement(
                 case,
                 "failure",

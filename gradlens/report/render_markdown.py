@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gradlens.report.build import Report, exit_code
-from gradlens.report.format import duration, number, sparkline
+from gradlens.report.format import duration, loss_value, number, sparkline
 
 __all__ = ["MAX_BYTES", "render_markdown"]
 
@@ -28,7 +28,7 @@ def render_markdown(report: Report) -> str:
     ]
     if report.loss:
         lines += [
-            f"loss `{sparkline(report.loss)}` final {number(run['final_loss'])}, "
+            f"loss `{sparkline(report.loss)}` final {loss_value(run['final_loss'])}, "
             f"best {number(run['best_loss'])}",
             "",
         ]

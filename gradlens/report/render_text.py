@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradlens.report.build import Report, exit_code
-from gradlens.report.format import duration, number, sparkline, timestamp
+from gradlens.report.format import duration, loss_value, number, sparkline, timestamp
 
 __all__ = ["SEVERITY_STYLE", "STATUS_STYLE", "render_text", "report_renderable"]
 
@@ -34,7 +34,7 @@ def report_renderable(report: Report) -> RenderableType:
             Text.assemble(
                 ("loss  ", "bold"),
                 sparkline(report.loss),
-                f"  final {number(report.run['final_loss'])}"
+                f"  final {loss_value(report.run['final_loss'])}"
                 f"  best {number(report.run['best_loss'])}",
             ),
             Text(),
@@ -99,7 +99,9 @@ def _findings(report: Report) -> RenderableType:
 def _layers(report: Report) -> RenderableType | None:
     if not report.layers:
         return None
-    table = Table(title="Layers (median over the last 20% of steps)", title_justify="left")
+    table = Table(
+        title=f"Layers (median over the last {report.window:.0%} of steps)", title_justify="left"
+    )
     for column in ("metric", "rank", "layer", "value"):
         table.add_column(column, justify="right" if column == "value" else "left")
     for metric, title in _RANKINGS:

@@ -100,6 +100,16 @@ def run_status(data: RunData, t: Thresholds) -> list[Finding]:
                 step_start=last,
             )
         ]
+    if steps == 0:  # gradlens saw no optimizer step: nothing below could be checked
+        return [
+            Finding(
+                "run_status",
+                "error",
+                "no training step recorded",
+                "the run finished without a single optimizer step (or backward, for manual "
+                "updates) that gradlens could see",
+            )
+        ]
     return []
 
 

@@ -147,6 +147,10 @@ def _file_info(path: str, mtime_ns: int, size: int) -> FileInfo:
         for j in range(group.num_columns):
             chunk = group.column(j)
             stats = chunk.statistics
+            # Float statistics ignore NaN (a group of [NaN, 1, 1] has min == max == 1): only
+            # exact types may be pruned on or taken as constant.
+            if pa.types.is_floating(schema.field(chunk.path_in_schema).type):
+                continue
             if stats is not None and stats.has_min_max and stats.null_count == 0:
                 bounds[chunk.path_in_schema] = (stats.min, stats.max)
         groups.append(GroupInfo(group.num_rows, bounds))

@@ -14,13 +14,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gradlens.errors import ConfigError
+
 __all__ = [
     "STATUSES",
     "create_run_dir",
     "process_start",
     "read_meta",
     "resolved_status",
+    "run_name_for",
     "update_meta",
+    "valid_run_name",
     "write_meta",
 ]
 
@@ -29,19 +33,36 @@ STATUSES = ("running", "finished", "failed", "interrupted", "crashed")
 STALE_AFTER_S = 600.0
 
 
+def valid_run_name(name: str) -> str:
+    """``name`` if it is a valid run name, else ``ConfigError`` saying what is allowed."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise ConfigError(
+            f"run name {name!r}: start with a letter or digit, then letters, digits, . _ + -"
+        )
+    return name
+
+
+def run_name_for(text: str) -> str:
+    """A valid run name made from ``text`` (e.g. a script's file name)."""
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", text).lstrip("._+-")
+    return name or "run"
+
+
 def create_run_dir(runs_dir: Path, name: str) -> Path:
     """Create a fresh folder for run ``name`` under ``runs_dir`` (``name-2``… if taken)."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
-        raise ValueError(f"run name {name!r}: use letters, digits and . _ + - only")
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        path = runs_dir / (name if n == 1 else f"{name}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"too many runs named {name!r} in {runs_dir}")
+    valid_run_name(name)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            path = runs_dir / (name if n == 1 else f"{name}-{n}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise ConfigError(f"cannot create a run in {runs_dir}: {exc.strerror or exc}") from None
+    raise ConfigError(f"too many runs named {name!r} in {runs_dir}")
 
 
 def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:

@@ -77,13 +77,20 @@ class Run:
                 raise TableError(f"run {self.name!r} has no table {name!r}")
             empty = SCHEMAS[name].empty_table().to_pandas()
             return empty[list(columns)] if columns else empty
-        try:
-            schema = pa.unify_schemas([ds.dataset(f, format="parquet").schema for f in files])
-            dataset = ds.dataset([str(f) for f in files], format="parquet", schema=schema)
-            expr = _expression(filters) if filters else None
-            frame = dataset.to_table(columns=list(columns) if columns else None, filter=expr)
-        except (OSError, pa.ArrowException, ValueError) as exc:
-            raise TableError(f"table {name!r} of run {self.name!r} is unreadable: {exc}") from None
+        for attempt in range(2):
+            try:
+                frame = _read(files, columns, filters)
+                break
+            except FileNotFoundError:  # compacted while we read: list the files again
+                files = _files(self.path / name)
+                if attempt == 1 or not files:
+                    raise TableError(
+                        f"table {name!r} of run {self.name!r} changed while being read"
+                    ) from None
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                raise TableError(
+                    f"table {name!r} of run {self.name!r} is unreadable: {exc}"
+                ) from None
         df = frame.to_pandas()
         if "step" in df.columns:
             df = df.sort_values("step", kind="stable", ignore_index=True)
@@ -101,8 +108,7 @@ class Run:
 
     @property
     def start_time(self) -> float | None:
-        value = self.meta.get("start_time")
-        return float(value) if value is not None else None
+        return _seconds(self.meta.get("start_time"))
 
     @property
     def duration(self) -> float | None:
@@ -110,7 +116,7 @@ class Run:
         start = self.start_time
         if start is None:
             return None
-        end = self.meta.get("end_time")
+        end = _seconds(self.meta.get("end_time"))
         if end is None:
             files = [p for p in self.path.rglob("*.parquet")]
             end = max((p.stat().st_mtime for p in files), default=start)
@@ -147,6 +153,23 @@ def list_runs(runs_dir: str | Path) -> list[Run]:
             except RunNotFoundError:
                 continue
     return sorted(runs, key=lambda r: (r.start_time or 0.0, r.name))
+
+
+def _read(
+    files: list[Path], columns: Sequence[str] | None, filters: Sequence[Filter] | None
+) -> pa.Table:
+    schema = pa.unify_schemas([ds.dataset(f, format="parquet").schema for f in files])
+    dataset = ds.dataset([str(f) for f in files], format="parquet", schema=schema)
+    expr = _expression(filters) if filters else None
+    return dataset.to_table(columns=list(columns) if columns else None, filter=expr)
+
+
+def _seconds(value: Any) -> float | None:
+    """A timestamp from meta.json; None when missing or not a number."""
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _files(folder: Path) -> list[Path]:

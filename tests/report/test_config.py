@@ -47,7 +47,7 @@ def test_pyproject_without_tool_section_is_ignored(tmp_path):
     "content,match",
     [
         ("[thresholds]\nno_such=1\n", "unknown threshold 'no_such'"),
-        ("[thresholds]\nspike_gap='many'\n", "needs a int"),
+        ("[thresholds]\nspike_gap='many'\n", "needs an integer"),
         ("[report]\nfail_on='sometimes'\n", "fail_on must be one of"),
         ("[report]\ncolour='red'\n", "unknown \\[report\\] keys"),
         ("not = [valid toml", "gradlens.toml"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gradlens.errors import RunNotFoundError, TableError
+from gradlens.errors import ConfigError, RunNotFoundError, TableError
 from gradlens.store import RunWriter, create_run_dir, list_runs, open_run, write_meta
 from gradlens.store.meta import process_start
 from gradlens.store.segments import readable_files
@@ -152,7 +152,7 @@ def test_run_names_do_not_collide(runs_dir):
     a = create_run_dir(runs_dir, "exp")
     b = create_run_dir(runs_dir, "exp")
     assert (a.name, b.name) == ("exp", "exp-2")
-    with pytest.raises(ValueError, match="run name"):
+    with pytest.raises(ConfigError, match="run name"):
         create_run_dir(runs_dir, "../escape")
 
 
