@@ -231,8 +231,8 @@ class Lens:
         if self.auto:
             # Optimizers made before the Lens started are not announced by Optimizer.__init__:
             # find them once, so a backward is not taken for a manual update.
-            self._known_optimizers.update(
-                o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer)
+            self._known_optimizers.update(  # type(), not isinstance: no proxy's __class__ runs
+                o for o in gc.get_objects() if issubclass(type(o), torch.optim.Optimizer)
             )
             self._discovery.enable()
             self._handles.append(register_optimizer_step_pre_hook(self._pre_step))
