@@ -44,7 +44,8 @@ def watch_script(script: str | Path, args: list[str], **lens_options: Any) -> tu
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     sys.argv[:] = argv
     sys.path.insert(0, str(path.resolve().parent))
-    previous_term = _install_sigterm()
+    term = _SigTerm()
+    previous_term = term.install()
     code, status, error = 0, "finished", None
     try:
         runpy.run_path(str(path), run_name="__main__")
@@ -60,22 +61,34 @@ def watch_script(script: str | Path, args: list[str], **lens_options: Any) -> tu
         _print_script_traceback(exc, path)
         code, status, error = 1, "failed", f"{type(exc).__name__}: {exc}"
     finally:
-        lens.close(status, exit_code=code, error=error)
+        term.raising = False  # a SIGTERM now (torchrun stopping the other ranks) must not
+        lens.close(status, exit_code=code, error=error)  # cut the flush short
         signal.signal(signal.SIGTERM, previous_term)
         sys.argv[:] = saved_argv
         if saved_path0 is not None and sys.path and sys.path[0] == str(path.resolve().parent):
             sys.path.pop(0)
+    if term.deferred and code == 0:
+        code = 143
     return code, lens
 
 
-def _install_sigterm() -> Any:
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise _Terminated()
+class _SigTerm:
+    """SIGTERM handler: unwinds the script while it runs, is only noted while gradlens closes."""
 
-    try:
-        return signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread
-        return signal.getsignal(signal.SIGTERM)
+    def __init__(self) -> None:
+        self.raising = True
+        self.deferred = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.raising:
+            raise _Terminated()
+        self.deferred = True
+
+    def install(self) -> Any:
+        try:
+            return signal.signal(signal.SIGTERM, self)
+        except ValueError:  # not the main thread
+            return signal.getsignal(signal.SIGTERM)
 
 
 def _exit_code(code: object) -> int:

@@ -134,6 +134,32 @@ def test_sigkill_keeps_every_flushed_row(runs_dir):
     assert len(losses) == len(steps)
 
 
+def test_sigterm_mid_training_flushes_and_marks_interrupted(runs_dir):
+    cmd = [sys.executable, "-m", "gradlens", "watch", "--runs-dir", str(runs_dir)]
+    cmd += ["--status", "off", "--every", "50", str(SCRIPTS / "slow.py"), "0.005"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=cli_env())
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip() == "step 120":
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.stdout.read()
+    assert proc.wait() == 143
+    run = gradlens.open_run(runs_dir / "slow")
+    assert run.status == "interrupted"
+    steps = sorted(run.table("scalars").step.unique())
+    assert len(steps) > 120 and steps == list(range(len(steps)))  # the buffered rows too
+
+
+def test_sigterm_during_close_lets_the_flush_finish(runs_dir):
+    result = _watch(runs_dir, SCRIPTS / "term_during_close.py", every=50)
+    assert result.returncode == 143, result.stderr
+    assert "Traceback" not in result.stderr
+    run = gradlens.open_run(runs_dir / "term_during_close")
+    assert run.status == "finished" and run.steps == 30  # the training itself did finish
+    assert sorted(run.table("scalars").step.unique()) == list(range(30))
+
+
 def test_missing_script_and_bad_option_are_one_line_exit_2(runs_dir):
     missing = gradlens_cli("watch", "--runs-dir", str(runs_dir), "no_such_script.py")
     assert missing.returncode == 2
