@@ -11,7 +11,7 @@ import gradlens.store.writer as writer
 
 model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
-for step in range(30):
+for _ in range(30):
     opt.zero_grad()
     model(torch.randn(8, 4)).pow(2).mean().backward()
     opt.step()
