@@ -144,7 +144,10 @@ class Lens:
         self.models = _as_list(model, nn.Module, "model")
         self.optimizers = _as_list(optimizer, torch.optim.Optimizer, "optimizer")
         self.auto = not self.models and not self.optimizers
-        self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+        # Absolute once, here: a script may os.chdir() (Hydra, "cd to the script's folder").
+        self.runs_dir = Path(
+            runs_dir if runs_dir is not None else default_runs_dir()
+        ).absolute()
         self.name = valid_run_name(name) if name else time.strftime("run-%Y%m%d-%H%M%S")
         self.every, self.flush_secs, self.probes = every, flush_secs, probes
         self.spike_config = spikes or SpikeConfig()
