@@ -5,9 +5,17 @@ Two ways in, same tables:
 - automatic (what ``gradlens watch`` uses): ``Lens()`` with no model finds every model and
   optimizer the script creates through PyTorch's global hooks.
 
-Capture happens once per optimizer step (pre-step hook: gradients are final, accumulated over
-micro-batches, unscaled by GradScaler, all-reduced by DDP), or when backward completes if the
-script updates parameters by hand and creates no optimizer.
+Capture happens once per optimizer step: at the optimizer's pre-step hook (gradients are final:
+accumulated over micro-batches, unscaled by GradScaler, all-reduced by DDP), or — for a step
+given a closure (LBFGS, Lightning) — right after the closure produced this step's gradients;
+or when backward completes if the script updates parameters by hand and creates no optimizer.
+``grad_norm`` is the gradient the model produced: a ``clip_grad_norm_``/``clip_grad_value_``
+call is seen, the norms are taken before it and the clipped norm is recorded beside them.
+
+Nothing is attached to the user's model or optimizer (hooks are global or on the class, see
+``instrument.roots``), nothing runs inside ``torch.compile`` tracing, and every feature runs
+behind a :class:`~gradlens.instrument.guard.Guard`: an internal error switches that feature
+off with one line and training goes on.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +45,24 @@ from gradlens._version import __version__
 from gradlens.capture.chunk import Chunk, StepInfo
 from gradlens.capture.decode import ChunkDecoder, LiveStats
 from gradlens.capture.recorder import StepRecorder
+from gradlens.capture.roles import Roles, Tracked
 from gradlens.capture.softmax import SoftmaxCapture
 from gradlens.capture.spikes import SpikeConfig, SpikeDetector
 from gradlens.instrument import interception
-from gradlens.instrument.discovery import ModuleDiscovery, parameter_names
+from gradlens.instrument.discovery import ModuleDiscovery, ParameterNamer, owning_roots
 from gradlens.instrument.distributed import (
     dist_info,
     group_ready,
     remove_pointer,
     shared_run_dir,
-    unwrap_data_parallel,
 )
+from gradlens.instrument.guard import Guard
 from gradlens.instrument.live import MODES, StatusLine
 from gradlens.instrument.probe_set import ProbeSet, batch_size_of
-from gradlens.objective import Batch, Objective, batches_from_probe_set
-from gradlens.probes import Probe, ProbeContext, make_probes
+from gradlens.instrument.roots import RootCalls
+from gradlens.objective import Objective
+from gradlens.probes import make_probes
+from gradlens.probes.runner import ProbeRunner
 from gradlens.store import RunWriter, create_run_dir, update_meta, write_meta
 from gradlens.store.meta import process_start, valid_run_name
 
@@ -60,28 +70,17 @@ __all__ = ["PRESETS", "Lens", "default_runs_dir"]
 
 PRESETS = ("cheap", "standard", "full")
 
+# Feature names (what the guard switches off, what meta.json lists under "disabled").
+CAPTURE, SOFTMAX, ROOTS, CLIP = "capture", "softmax signals", "model calls", "clip capture"
+
 
 def default_runs_dir() -> Path:
     """``$GRADLENS_DIR`` or ``./runs``."""
     return Path(os.environ.get("GRADLENS_DIR", "runs"))
 
 
-@dataclass
-class _Tracked:
-    """One optimizer (or the manual-update model set) and its capture.
-
-    The *primary* optimizer (the first to step, or one that keeps stepping while the primary
-    does not) advances the run's step and writes the unsuffixed scalars; the others write
-    ``metric@serial`` scalars labelled with their own step count.
-    """
-
-    recorder: StepRecorder
-    decoder: ChunkDecoder
-    serial: int
-    primary: bool = False
-    steps: int = 0  # this optimizer's own steps
-    since_primary: int = 0  # its steps since the primary's last one
-    has_loss: bool = False  # the step being recorded consumed a loss
+def _compiling() -> bool:
+    return bool(torch.compiler.is_compiling())
 
 
 class Lens:
@@ -111,6 +110,8 @@ class Lens:
         >>> gradlens.open_run(lens.run_dir).table("layers")
     """
 
+    MAX_EVERY = 1_000_000
+
     def __init__(
         self,
         model: nn.Module | Sequence[nn.Module] | None = None,
@@ -131,9 +132,9 @@ class Lens:
         command: str | None = None,
         argv: Sequence[str] | None = None,
     ) -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        if flush_secs <= 0:
+        if not 1 <= every <= self.MAX_EVERY:
+            raise ValueError(f"every must be between 1 and {self.MAX_EVERY}, got {every}")
+        if not flush_secs > 0:
             raise ValueError(f"flush_secs must be > 0, got {flush_secs}")
         if status not in MODES:
             raise ValueError(f"status must be one of {', '.join(MODES)}, got {status!r}")
@@ -145,45 +146,44 @@ class Lens:
         self.optimizers = _as_list(optimizer, torch.optim.Optimizer, "optimizer")
         self.auto = not self.models and not self.optimizers
         # Absolute once, here: a script may os.chdir() (Hydra, "cd to the script's folder").
-        self.runs_dir = Path(
-            runs_dir if runs_dir is not None else default_runs_dir()
-        ).absolute()
+        self.runs_dir = Path(runs_dir if runs_dir is not None else default_runs_dir()).absolute()
         self.name = valid_run_name(name) if name else time.strftime("run-%Y%m%d-%H%M%S")
         self.every, self.flush_secs, self.probes = every, flush_secs, probes
         self.spike_config = spikes or SpikeConfig()
         self.track_updates = track_updates
         self.track_softmax = track_softmax
         self.cos_every = cos_every
-        self._softmax: SoftmaxCapture | None = None
         self.command = command or " ".join(sys.argv)
         self.argv = list(argv) if argv is not None else list(sys.argv)
         self.dist = dist_info()
         self.probe_set = ProbeSet(probe_batches)
         self.scheduled = make_probes(probes, probe_options)
-        self._probe_failures: set[str] = set()
-        self._said: set[str] = set()
         self.step = 0
         self.run_dir: Path | None = None
+        self.unavailable: dict[str, str] = {}  # signal → why it cannot be recorded here
+        self._guard = Guard(self._on_disabled)
+        self._guard.quiet = not self.dist.main
+        self._said: set[str] = set()
+        self._softmax: SoftmaxCapture | None = None
+        self._probes: ProbeRunner | None = None
         self._status_mode = status
         self._status: StatusLine | None = None
+        self._last_stats = LiveStats()
         self._writer: RunWriter | None = None
         self._discovery = ModuleDiscovery()
-        self._tracked: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Tracked] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._trackers: list[
-            _Tracked
-        ] = []  # strong: flushed at close even if the optimizer is gone
-        self._primary: weakref.ref[torch.optim.Optimizer] | None = None
+        self._namer = ParameterNamer()
+        self._roots = RootCalls(self._root_before, self._root_after)
+        self._roles = Roles()
         self._serials = 0
-        self._manual: _Tracked | None = None
+        self._manual: Tracked | None = None
         self._known_optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-        self._hooked_roots: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._handles: list[RemovableHandle] = []
         self._loss: Tensor | None = None
         self._scaled: tuple[Tensor, Tensor] | None = None  # (scaled, unscaled)
         self._scaler_step: list[Any] | None = None  # [scaler, optimizer, pre-hook fired]
-        self._in_root_forward = 0
+        self._closure_done = False  # this step's closure ran; later calls are line search
+        self._root_depth = 0
+        self._root_loss_seen = False
         self._samples = self._tokens = 0
         self._t0 = self._last_end = 0.0
         self._wall0 = 0.0
@@ -228,6 +228,14 @@ class Lens:
         self._writer = RunWriter(self.run_dir, tag=self.dist.tag)
         if self.track_softmax and self.dist.main:  # rank 0's logits (each rank sees its own)
             self._softmax = SoftmaxCapture(self._writer.submit, self.every, self.cos_every)
+        self._probes = ProbeRunner(
+            self.scheduled,
+            self.probe_set,
+            self._guard,
+            self._writer.write,
+            self._say_once,
+            writes=self.dist.main,
+        )
         self._status = StatusLine(self.name, self._status_mode if self.dist.main else "off")
         self._status.start()
         interception.install(self)
@@ -238,15 +246,13 @@ class Lens:
                 o for o in gc.get_objects() if issubclass(type(o), torch.optim.Optimizer)
             )
             self._discovery.enable()
-            self._handles.append(register_optimizer_step_pre_hook(self._pre_step))
-            self._handles.append(register_optimizer_step_post_hook(self._post_step))
-        else:
-            for model in self.models:
-                self._hook_root(model)
-            for opt in self.optimizers:
-                self._known_optimizers.add(opt)
-                self._handles.append(opt.register_step_pre_hook(self._pre_step))
-                self._handles.append(opt.register_step_post_hook(self._post_step))
+        for model in self.models:
+            self._roots.add(model)
+        self._known_optimizers.update(self.optimizers)
+        # Global hooks (filtered to the given optimizers in explicit mode): nothing on the
+        # optimizer object that pickle, deepcopy or state_dict could see.
+        self._handles.append(register_optimizer_step_pre_hook(self._pre_step))
+        self._handles.append(register_optimizer_step_post_hook(self._post_step))
         atexit.register(self._at_exit)
         return self
 
@@ -258,10 +264,10 @@ class Lens:
             return
         atexit.unregister(self._at_exit)
         try:
-            last = self.step - 1  # at_end probes, unless the schedule just ran them there
-            final = [p for p in self.scheduled if p.at_end and not p.should_run(last)]
-            if final and status == "finished" and self.step > 0:
-                self._run_probes(final, last, self._primary_optimizer())
+            if status == "finished" and self.step > 0 and self._probes is not None:
+                final = self._probes.at_end(self.step - 1)
+                if final:
+                    self._run_probes(final, self.step - 1, self._roles.primary)
         finally:
             self._teardown(status, exit_code, error)
 
@@ -272,13 +278,15 @@ class Lens:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._roots.close()
         self._discovery.disable()
         if self._manual is not None:
-            self._manual.recorder.final_update(self._info(False, None, self._manual))
+            manual = self._manual
+            self._guard.call(CAPTURE, lambda: manual.recorder.final_update(self._info(manual)))
         for tracked in self._all_tracked():
-            tracked.recorder.flush()
+            self._guard.call(CAPTURE, tracked.recorder.flush)
         if self._softmax is not None:
-            self._softmax.flush()
+            self._guard.call(SOFTMAX, self._softmax.flush)
         assert self._writer is not None and self.run_dir is not None
         self._writer.close(compact=True)
         if not self.dist.main:
@@ -295,6 +303,8 @@ class Lens:
             device=self._device,
             layers=sum(t.recorder.layout.n for t in self._all_tracked()),
             world_size=self.dist.world,
+            disabled=dict(self._guard.disabled),
+            unavailable=dict(self.unavailable),
         )
         if self._status is not None:
             self._status.stop(self._summary(status))
@@ -305,6 +315,8 @@ class Lens:
     # -- interception listener (see gradlens.instrument.interception) ---------------------------
 
     def on_backward(self, tensor: Tensor) -> None:
+        if self._closure_done or not self._guard.active(CAPTURE):
+            return  # a closure's later calls (line search) are not this step's loss
         if self._scaled is not None and tensor is self._scaled[0]:
             tensor = self._scaled[1]
         value = tensor.detach().reshape(()).float()
@@ -313,22 +325,21 @@ class Lens:
     def after_backward(self) -> None:
         if self._known_optimizers or self.optimizers:
             return
-        if self._manual is None:
-            self._manual = self._track_manual()
-            if self._manual is None:
-                return
-        recorder = self._manual.recorder
-        if self._softmax is not None:
-            self._softmax.gradients(self.step, recorder.layout.names, recorder.params)
-        loss = self._take_loss()
-        self._manual.has_loss = loss is not None
-        recorder.before_update(loss)
-        recorder.after_update(self._info(False, None, self._manual))
-        self._end_step()
+        self._guard.call(CAPTURE, self._capture_manual)
 
     def on_loss_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._closure_done:
+            return
+        self._root_loss_seen = True
         if not self.probe_set.full:
-            self.probe_set.record_loss(name, args, kwargs, self._in_root_forward > 0)
+            self._guard.call(
+                "probe batches",
+                self.probe_set.record_loss,
+                name,
+                args,
+                kwargs,
+                self._root_depth > 0,
+            )
         logits = args[0] if args else kwargs.get("input")
         if (
             name == "cross_entropy"
@@ -338,7 +349,8 @@ class Lens:
             and torch.is_grad_enabled()
         ):
             target = args[1] if len(args) > 1 else kwargs.get("target")
-            self._softmax.observe(logits, target, kwargs.get("ignore_index", -100))
+            ignore = kwargs.get("ignore_index", -100)
+            self._guard.call(SOFTMAX, self._softmax.observe, logits, target, ignore)
 
     def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None:
         self._scaled = (scaled, unscaled)
@@ -348,39 +360,75 @@ class Lens:
 
     def after_scaler_step(self, scaler: Any, optimizer: Any) -> None:
         context, self._scaler_step = self._scaler_step, None
-        if context is None or context[2] or not getattr(scaler, "_enabled", True):
+        if context is None or context[2] or not _scaler_enabled(scaler):
             return
         # GradScaler found inf/NaN and skipped optimizer.step(): record the step as skipped,
         # with the (unscaled, non-finite) gradients it refused.
-        self._capture(optimizer, scaler._get_scale_async())
+        self._guard.call(CAPTURE, self._capture, optimizer, scaler._get_scale_async())
         self._post_step(optimizer, (), {}, skipped=True)
 
     def on_optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
         if self.auto:
             self._known_optimizers.add(optimizer)
+            self._roles.created(optimizer)
             self._discovery.enable()  # a new optimizer may come with a new model
 
-    # -- optimizer hooks -------------------------------------------------------------------------
+    def before_clip(self, params: list[Tensor]) -> None:
+        tracked = self._guard.call(CLIP, self._owner_of, params)
+        if tracked is not None:
+            self._guard.call(CLIP, tracked.recorder.before_clip)
 
-    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if interception.is_suspended():
+    def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None:
+        tracked = self._guard.call(CLIP, self._owner_of, params)
+        if tracked is None:
             return
+        recorder = tracked.recorder
+        exact = len(params) == len(recorder.params) and params[0] is recorder.params[0]
+        if exact and isinstance(total, Tensor) and isinstance(max_norm, int | float):
+            self._guard.call(CLIP, recorder.after_clip, total, float(max_norm))
+
+    # -- optimizer hooks (global: nothing is stored on the optimizer) ---------------------------
+
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        if interception.is_suspended() or _compiling() or not self._guard.active(CAPTURE):
+            return None
+        closure = kwargs.get("closure") if "closure" in kwargs else (args[0] if args else None)
+        if callable(closure):  # capture once the closure has produced this step's gradients
+            wrapped = self._after_closure(optimizer, closure)
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": wrapped}
+            return (wrapped, *args[1:]), kwargs
         scale = None
         if self._scaler_step is not None and self._scaler_step[1] is optimizer:
             self._scaler_step[2] = True
-            scale = self._scaler_step[0]._get_scale_async()
-        self._capture(optimizer, scale)
+            scaler = self._scaler_step[0]
+            scale = scaler._get_scale_async() if _scaler_enabled(scaler) else None
+        self._guard.call(CAPTURE, self._capture, optimizer, scale)
+        return None
+
+    def _after_closure(
+        self, optimizer: torch.optim.Optimizer, closure: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        def closure_then_capture(*args: Any, **kwargs: Any) -> Any:
+            result = closure(*args, **kwargs)
+            if not self._closure_done:
+                self._guard.call(CAPTURE, self._capture, optimizer, None)
+                self._closure_done = True
+            return result
+
+        return closure_then_capture
 
     def _capture(self, optimizer: torch.optim.Optimizer, scale: Tensor | None) -> None:
         tracked = self._tracked_for(optimizer)
         if tracked is None:
             return
-        primary = self._primary() if self._primary is not None else None
-        if not tracked.primary and (primary is None or tracked.since_primary >= 1):
-            self._promote(optimizer, tracked)  # the old primary is gone or idle
+        self.step = self._roles.decide(optimizer, tracked, self.step)
         if tracked.primary and self._softmax is not None:
             recorder = tracked.recorder
-            self._softmax.gradients(self.step, recorder.layout.names, recorder.params)
+            softmax = self._softmax
+            self._guard.call(
+                SOFTMAX, softmax.gradients, self.step, recorder.layout.names, recorder.params
+            )
         loss = self._take_loss()  # what was backpropagated for this optimizer's step
         tracked.has_loss = loss is not None
         tracked.recorder.before_update(
@@ -390,67 +438,93 @@ class Lens:
             amp_scale=scale,
         )
 
+    def _post_step(
+        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any, skipped: bool = False
+    ) -> None:
+        if interception.is_suspended() or _compiling():
+            return
+        self._closure_done = False
+        tracked = self._roles.by_optimizer.get(optimizer)
+        if tracked is None or not self._guard.active(CAPTURE):
+            return
+        info = self._info(tracked, skipped, optimizer)
+        self._guard.call(CAPTURE, tracked.recorder.after_update, info, not skipped)
+        self._roles.stepped(tracked)
+        if tracked.primary:
+            self._end_step(optimizer)
+
+    def _capture_manual(self) -> None:
+        if self._manual is None:
+            self._manual = self._track_manual()
+            if self._manual is None:
+                return
+        recorder = self._manual.recorder
+        if self._softmax is not None:
+            softmax = self._softmax
+            self._guard.call(
+                SOFTMAX, softmax.gradients, self.step, recorder.layout.names, recorder.params
+            )
+        loss = self._take_loss()
+        self._manual.has_loss = loss is not None
+        recorder.before_update(loss)
+        recorder.after_update(self._info(self._manual))
+        self._end_step()
+
     def _take_loss(self) -> Tensor | None:
         loss, self._loss = self._loss, None
         return loss
 
-    def _promote(self, optimizer: torch.optim.Optimizer, tracked: _Tracked) -> None:
-        old = self._primary() if self._primary is not None else None
-        if old is not None and old in self._tracked:
-            self._set_role(self._tracked[old], primary=False)
-        self._set_role(tracked, primary=True)
-        self._primary = weakref.ref(optimizer)
+    # -- root modules: throughput, probe batches (see instrument.roots) -------------------------
 
-    def _set_role(self, tracked: _Tracked, primary: bool) -> None:
-        tracked.primary = primary
-        tracked.decoder.suffix = "" if primary else f"@{tracked.serial}"
-        tracked.decoder.on_stats = self._on_stats if primary and self.dist.main else None
-
-    def _post_step(
-        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any, skipped: bool = False
-    ) -> None:
-        if interception.is_suspended():
+    def _root_before(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        self._root_depth += 1
+        if self._root_depth > 1 or interception.is_suspended():
             return
-        tracked = self._tracked.get(optimizer)
-        if tracked is None:
+        self._root_loss_seen = False
+        if module.training and torch.is_grad_enabled() and self._guard.active(ROOTS):
+            self._guard.call(ROOTS, self._count_and_keep, module, args, kwargs)
+
+    def _count_and_keep(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        samples, tokens = batch_size_of(args, kwargs)
+        self._samples += samples
+        self._tokens += tokens
+        if not self.probe_set.full:
+            self.probe_set.record_forward(module, args, kwargs, samples)
+
+    def _root_after(self, module: nn.Module, output: Any) -> None:
+        self._root_depth = max(0, self._root_depth - 1)
+        if self._root_depth or self._root_loss_seen or output is None:
             return
-        info = self._info(skipped, optimizer, tracked)
-        tracked.recorder.after_update(info, applied=not skipped)
-        tracked.steps += 1
-        if tracked.primary:
-            for other in self._tracked.values():
-                other.since_primary = 0
-            self._end_step(optimizer)
-        else:
-            tracked.since_primary += 1
-
-    # -- root-module hooks -----------------------------------------------------------------------
-
-    def _hook_root(self, module: nn.Module) -> None:
-        if module in self._hooked_roots:
-            return
-        self._hooked_roots.add(module)
-        self._handles.append(
-            module.register_forward_pre_hook(self._root_pre_forward, with_kwargs=True)
-        )
-        self._handles.append(module.register_forward_hook(self._root_forward, always_call=True))
-
-    def _root_pre_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        self._in_root_forward += 1
         if module.training and torch.is_grad_enabled() and not interception.is_suspended():
-            samples, tokens = batch_size_of(args, kwargs)
-            self._samples += samples
-            self._tokens += tokens
-            if not self.probe_set.full:
-                self.probe_set.record_forward(module, args, kwargs, samples)
+            self._guard.call(ROOTS, self._loss_from_output, module, output)
 
-    def _root_forward(self, module: nn.Module, args: Any, output: Any) -> None:
-        self._in_root_forward = max(0, self._in_root_forward - 1)
+    def _loss_from_output(self, module: nn.Module, output: Any) -> None:
+        """No loss call was seen during a forward that returned a loss: it was computed where
+        gradlens does not look (inside a ``torch.compile``d graph, or by a loss gradlens does
+        not intercept). Probes replay the module and read its returned loss."""
+        if not self.probe_set.record_output_loss(module, output):
+            return
+        if self._softmax is not None and hasattr(module, "_orig_mod"):
+            why = "the loss is computed inside a torch.compile'd forward"
+            self.unavailable.setdefault(SOFTMAX, why)
+            self._say_once(f"{SOFTMAX} unavailable: {why}")
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _tracked_for(self, optimizer: torch.optim.Optimizer) -> _Tracked | None:
-        tracked = self._tracked.get(optimizer)
+    def _owner_of(self, params: list[Tensor]) -> Tracked | None:
+        """The recorded optimizer whose parameters are being clipped (tracked from now on)."""
+        if not params or not self._guard.active(CAPTURE):
+            return None
+        tracked = self._roles.owner_of(params[0])
+        if tracked is not None:
+            return tracked
+        for optimizer in list(self._known_optimizers):
+            if any(p is params[0] for g in optimizer.param_groups for p in g["params"]):
+                return self._tracked_for(optimizer)
+        return None
+
+    def _tracked_for(self, optimizer: torch.optim.Optimizer) -> Tracked | None:
+        tracked = self._roles.by_optimizer.get(optimizer)
         if tracked is not None:
             return tracked
         if not self.auto and all(optimizer is not o for o in self.optimizers):
@@ -458,49 +532,67 @@ class Lens:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         if not params:
             return None
-        if self._discovery.enabled:
-            self._discovery.disable()
-        roots = self.models or self._discovery.roots()
-        for root in roots:
-            self._hook_root(root)
-        names = _names(params, parameter_names(roots), optimizer)
+        self._settle_discovery()
         self._serials += 1
-        recorder, decoder = self._recorder(params, names)
-        tracked = _Tracked(recorder, decoder, self._serials)
-        self._tracked[optimizer] = tracked
-        self._trackers.append(tracked)
+        names = self._names(params, optimizer)
+        recorder, decoder = self._recorder(params, names, self._serials)
+        tracked = Tracked(recorder, decoder, self._serials, ids=frozenset(map(id, params)))
+        self._roles.add(optimizer, tracked)
         self._known_optimizers.add(optimizer)
-        if self._primary is None or self._primary() is None:
-            self._promote(optimizer, tracked)
-        else:
-            self._set_role(tracked, primary=False)
         return tracked
 
-    def _track_manual(self) -> _Tracked | None:
-        self._discovery.disable()
-        roots = self.models or self._discovery.roots()
-        params, seen = [], set()
+    def _track_manual(self) -> Tracked | None:
+        roots = self._settle_discovery()
+        params: list[Tensor] = []
+        seen: set[int] = set()
         for root in roots:
-            self._hook_root(root)
             for p in root.parameters():
                 if p.requires_grad and id(p) not in seen:
                     seen.add(id(p))
                     params.append(p)
         if not params:
             return None
-        names = _names(params, parameter_names(roots), None)
-        recorder, decoder = self._recorder(params, names, update_lag=1)
-        tracked = _Tracked(recorder, decoder, 0)
-        self._set_role(tracked, primary=True)
-        return tracked
+        names = self._namer.names(params, owning_roots(params))
+        recorder, decoder = self._recorder(params, names, 0, update_lag=1)
+        return Tracked(recorder, decoder, 0, primary=True)
+
+    def _settle_discovery(self) -> list[nn.Module]:
+        """The root modules seen in forward so far (watched from now on)."""
+        if self._discovery.enabled:
+            self._discovery.disable()
+        roots = self.models or self._discovery.roots()
+        for root in roots:
+            self._roots.add(root)
+        return roots
+
+    def _names(self, params: list[Tensor], optimizer: torch.optim.Optimizer) -> list[str]:
+        """Names from the modules that own ``params``; the first time, the roots of every
+        optimizer alive are named together (GAN: ``Generator.…`` and ``Discriminator.…``)."""
+        scope = list(params)
+        if self._serials == 1:
+            for other in list(self._known_optimizers):
+                scope += [p for g in other.param_groups for p in g["params"] if p.requires_grad]
+        if self.auto:
+            roots = owning_roots(scope)
+        else:
+            covered = {id(q) for r in self.models for q in r.parameters()}
+            extra = any(id(p) not in covered for p in params)
+            roots = [*self.models, *(owning_roots(params) if extra else [])]
+        given: dict[int, str] = {}  # the optimizer's own param_names, else a unique fallback
+        for g, group in enumerate(optimizer.param_groups):
+            names = group.get("param_names") or []
+            for i, p in enumerate(group["params"]):
+                given[id(p)] = names[i] if i < len(names) else f"opt{self._serials}.group{g}.{i}"
+        return self._namer.names(params, roots, given)
 
     def _recorder(
-        self, params: list[Tensor], names: list[str], update_lag: int = 0
+        self, params: list[Tensor], names: list[str], serial: int, update_lag: int = 0
     ) -> tuple[StepRecorder, ChunkDecoder]:
         if self._device is None:
             self._device = _describe_device(params[0].device)
         detector = SpikeDetector(names, self.spike_config)
-        decoder = ChunkDecoder(detector, None, rank=self.dist.rank)
+        on_stats = self._on_stats if self.dist.main else None
+        decoder = ChunkDecoder(detector, on_stats, serial=serial, rank=self.dist.rank)
         world = self.dist.world if self.dist.active and group_ready() else 1
         if self.dist.active and world == 1:
             self._say_once("no process group at the first step: each rank records its own values")
@@ -522,102 +614,46 @@ class Lens:
         )
         return recorder, decoder
 
-    def _info(
-        self,
-        skipped: bool,
-        optimizer: torch.optim.Optimizer | None = None,
-        tracked: _Tracked | None = None,
-    ) -> StepInfo:
+    def _info(self, tracked: Tracked, skipped: bool = False, optimizer: Any = None) -> StepInfo:
         now = time.perf_counter()
         lrs: tuple[Any, ...] = ()
         if optimizer is not None:
             lrs = tuple(_lr(g.get("lr")) for g in optimizer.param_groups)
-        primary = tracked is None or tracked.primary
+        primary = tracked.primary
         return StepInfo(
-            step=self.step if primary or tracked is None else tracked.steps,
+            step=self.step if primary else tracked.steps,
             wall_time=time.time() - self._wall0,
             step_time=now - self._last_end if self.step > 0 and primary else None,
             samples=self._samples if primary else 0,
             tokens=self._tokens if primary else 0,
             lrs=lrs,
-            has_loss=tracked.has_loss if tracked is not None else False,
+            has_loss=tracked.has_loss,
             skipped=skipped,
+            primary=primary,
         )
 
     def _end_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         done = self.step
         self.step += 1
         if self._softmax is not None:
-            self._softmax.end_step(done)
+            self._guard.call(SOFTMAX, self._softmax.end_step, done)
         self._scaled = None
         self._samples = self._tokens = 0
-        due = [p for p in self.scheduled if p.should_run(done)]
-        if due:
-            self._run_probes(due, done, optimizer)
+        if self._probes is not None:
+            due = self._probes.due(done)
+            if due:
+                self._run_probes(due, done, optimizer)
         self._last_end = time.perf_counter()
 
-    # -- probes ----------------------------------------------------------------------------------
-
-    def _run_probes(
-        self, probes: list[Probe], step: int, optimizer: torch.optim.Optimizer | None
-    ) -> None:
-        module, batches = self._probe_batches()
-        if module is None:  # not an error: batches are recorded from the first step on
-            names = ", ".join(p.name for p in probes)
-            self._say_once(
-                f"probes ({names}) wait for a training batch whose loss call gradlens "
-                "saw (an F.* loss, also inside forward)"
-            )
-            return
-        model = unwrap_data_parallel(module)
+    def _run_probes(self, probes: list[Any], step: int, optimizer: Any) -> None:
+        assert self._probes is not None
         lrs = [float(_lr(g.get("lr"))) for g in optimizer.param_groups] if optimizer else []
         world = self.dist.world if self.dist.active and group_ready() else 1
-        assert self._writer is not None
-        for probe in probes:
-            if probe.name in self._probe_failures:
-                continue
-            start = time.perf_counter()
-            objective = Objective(model, batches, probe.mode)
-            context = ProbeContext(
-                step, objective, lrs, optimizer, self._update_fn(objective), world=world
-            )
-            try:
-                with objective.isolated():
-                    rows = probe.compute(context)
-            except Exception as exc:
-                if os.environ.get("GRADLENS_STRICT") == "1":
-                    raise
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                self._probe_failed(probe.name, f"{type(exc).__name__}: {first}")
-                continue
-            if not self.dist.main:
-                continue  # every rank measures (collectives stay aligned), rank 0 writes
-            for table, columns in rows.items():
-                self._writer.write(table, columns)
-            self._writer.write(
-                "scalars",
-                {
-                    "step": [step],
-                    "metric": [f"probe_seconds.{probe.name}"],
-                    "index": [0],
-                    "value": [time.perf_counter() - start],
-                },
-            )
-
-    def _probe_batches(self) -> tuple[nn.Module | None, list[Batch]]:
-        """The recorded batches of the first root module that has one with a loss call (a
-        model split over several root modules is replayed through the right one)."""
-        recorded = [b for b in self.probe_set.batches if b.loss is not None]
-        if not recorded:
-            return None, []
-        module = recorded[0].module
-        mine = ProbeSet(self.probe_set.capacity)
-        mine.batches = [b for b in recorded if b.module is module]
-        return module, batches_from_probe_set(mine)
+        self._probes.run(probes, step, lrs, optimizer, self._update_fn, world)
 
     def _update_fn(self, objective: Objective) -> Callable[[], dict[str, Tensor] | None] | None:
         """Δθ of the last step by the objective's parameter names (primary optimizer only)."""
-        primary = next((t for t in self._trackers if t.primary), None)
+        primary = next((t for t in self._roles.all if t.primary), None)
         if primary is None:
             return None
         recorder = primary.recorder
@@ -636,22 +672,32 @@ class Lens:
 
         return update
 
+    def _on_disabled(self, feature: str, reason: str) -> None:
+        """A feature failed: an ``internal_error`` event (meta.json lists it at close)."""
+        if self._writer is None or not self.dist.main:
+            return
+        nan = float("nan")
+        self._writer.write(
+            "events",
+            {
+                "step": [self.step],
+                "kind": ["internal_error"],
+                "metric": [feature],
+                "layer": [""],
+                "value": [nan],
+                "baseline": [nan],
+                "ratio": [nan],
+                "detail": [reason],
+            },
+        )
+
     def _say_once(self, message: str) -> None:
-        if message not in self._said:
+        if message not in self._said and self.dist.main:
             self._said.add(message)
             print(f"gradlens: {message}", file=sys.stderr)
 
-    def _probe_failed(self, name: str, why: str) -> None:
-        if name not in self._probe_failures:
-            self._probe_failures.add(name)
-            if self.dist.main:  # every rank decides the same; one says so
-                print(f"gradlens: probe {name} disabled: {why}", file=sys.stderr)
-
-    def _primary_optimizer(self) -> torch.optim.Optimizer | None:
-        return self._primary() if self._primary is not None else None
-
-    def _all_tracked(self) -> list[_Tracked]:
-        return [*self._trackers, *([self._manual] if self._manual else [])]
+    def _all_tracked(self) -> list[Tracked]:
+        return [*self._roles.all, *([self._manual] if self._manual else [])]
 
     def _on_stats(self, stats: LiveStats) -> None:
         self._last_stats = stats
@@ -659,7 +705,7 @@ class Lens:
             self._status.update(stats)
 
     def _summary(self, status: str) -> str:
-        stats = getattr(self, "_last_stats", LiveStats())
+        stats = self._last_stats
         return (
             f"gradlens: run {self.name!r} {status} after {self.step} steps "
             f"({stats.spikes} spikes, {stats.nonfinite} non-finite) → {self.run_dir}"
@@ -701,6 +747,12 @@ class Lens:
         }
 
 
+def _scaler_enabled(scaler: Any) -> bool:
+    """``GradScaler(enabled=False)`` has no scale to read (nanoGPT on CPU or in bf16)."""
+    is_enabled = getattr(scaler, "is_enabled", None)
+    return bool(is_enabled()) if callable(is_enabled) else bool(getattr(scaler, "_enabled", True))
+
+
 def _as_list(value: Any, kind: type, what: str) -> list[Any]:
     if value is None:
         return []
@@ -709,22 +761,6 @@ def _as_list(value: Any, kind: type, what: str) -> list[Any]:
         if not isinstance(item, kind):
             raise TypeError(f"{what} must be a {kind.__name__} or a sequence of them")
     return items
-
-
-def _names(
-    params: list[Tensor], known: dict[int, str], optimizer: torch.optim.Optimizer | None
-) -> list[str]:
-    """Clean module names where known, the optimizer's ``param_names``, else group.index."""
-    names = []
-    groups = optimizer.param_groups if optimizer is not None else []
-    by_id: dict[int, str] = {}
-    for g, group in enumerate(groups):
-        given = group.get("param_names") or []
-        for i, p in enumerate(group["params"]):
-            by_id[id(p)] = given[i] if i < len(given) else f"group{g}.param{i}"
-    for i, p in enumerate(params):
-        names.append(known.get(id(p)) or by_id.get(id(p)) or f"param{i}")
-    return names
 
 
 def _lr(value: Any) -> float | Tensor:

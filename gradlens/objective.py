@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gradlens.instrument import interception
+from gradlens.instrument.probe_set import extract_loss
 
 __all__ = [
     "MODES",
@@ -55,23 +56,6 @@ class Batch:
     loss_fn: LossFn | None = None
     size: int = 1
     labels: Any = None
-
-
-def extract_loss(output: Any) -> Tensor:
-    """The scalar loss inside a model's output (``loss``, ``(logits, loss)``, ``{"loss":…}``)."""
-    if isinstance(output, Tensor) and output.numel() == 1:
-        return output.reshape(())
-    candidates: list[Any] = []
-    if isinstance(output, Mapping):
-        candidates = [output.get("loss")]
-    elif isinstance(output, tuple | list):
-        candidates = list(output)
-    else:
-        candidates = [getattr(output, "loss", None)]
-    for value in candidates:
-        if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
-            return value.reshape(())
-    raise ValueError("the model output holds no scalar loss; pass loss_fn")
 
 
 def _size(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:

@@ -7,15 +7,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["Chunk", "Layout", "StepInfo"]
+__all__ = ["HEAD", "Chunk", "Layout", "StepInfo"]
+
+# The per-step scalars at the start of a row, in order.
+HEAD = ("loss", "skipped", "amp_scale", "grad_norm_clipped", "clip_coef")
 
 
 @dataclass(frozen=True)
 class Layout:
     """Meaning of the slots in one captured row (one optimizer step).
 
-    Row = ``[loss, skipped, amp_scale, grad_norm×P, param_norm×P, update_norm×P, nonfinite×P,
-    local_loss]``. ``update_lag`` is 1 when updates are only seen at the next step (manual SGD:
+    Row = ``[*HEAD, grad_norm×P, param_norm×P, update_norm×P, nonfinite×P, local_loss]``;
+    ``grad_norm`` is the gradient the model produced (before any clipping), and
+    ``grad_norm_clipped``/``clip_coef`` are NaN on steps without a clipping call.
+    ``update_lag`` is 1 when updates are only seen at the next step (manual SGD:
     the update recorded in row t is the one applied after step t-1).
 
     With ``factors`` (multi-process runs) every slot but the last was summed over ``world``
@@ -35,7 +40,7 @@ class Layout:
 
     @property
     def size(self) -> int:
-        return 4 + 4 * self.n
+        return len(HEAD) + 4 * self.n + 1
 
     @property
     def reduced(self) -> slice:
@@ -44,7 +49,7 @@ class Layout:
 
     def block(self, i: int) -> slice:
         """Slots of per-parameter block ``i`` (0 grad, 1 param, 2 update, 3 non-finite)."""
-        start = 3 + i * self.n
+        start = len(HEAD) + i * self.n
         return slice(start, start + self.n)
 
 
@@ -61,6 +66,7 @@ class StepInfo:
     has_loss: bool = True
     skipped: bool = False  # known on the host (GradScaler skipped the optimizer step)
     tail: bool = False  # only the update slot is meaningful (last manual update)
+    primary: bool = True  # the run's primary optimizer took this step (else metric@serial)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradlens.capture.chunk import Chunk, Layout, StepInfo
+from gradlens.capture.chunk import HEAD, Chunk, Layout, StepInfo
 from gradlens.capture.spikes import SpikeDetector
 from gradlens.store.schema import Coded
 
@@ -39,12 +39,12 @@ class ChunkDecoder:
         self,
         spikes: SpikeDetector,
         on_stats: Callable[[LiveStats], None] | None = None,
-        metric_suffix: str = "",
+        serial: int = 0,
         rank: int = 0,
     ) -> None:
         self.spikes = spikes
-        self.on_stats = on_stats
-        self.suffix = metric_suffix
+        self.on_stats = on_stats  # fed from the primary's rows only
+        self.serial = serial  # rows taken while not primary are written as metric@serial
         self.rank = rank  # multi-process: only rank 0 writes the run-wide tables
         self.stats = LiveStats()
         self._prev: tuple[int, np.ndarray] | None = None  # (step, param norms) for lagged updates
@@ -71,7 +71,8 @@ class ChunkDecoder:
         skipped = np.array([i.skipped for i in kept], dtype=bool) | (rows[full, 1] > 0)
         has_loss = np.array([i.has_loss for i in kept], dtype=bool)
         loss = rows[full, 0]
-        scalars = self._scalars(kept, s, loss, has_loss, total, skipped, nf, rows[full, 2])
+        head = {name: rows[full, i] for i, name in enumerate(HEAD)}
+        scalars = self._scalars(kept, s, loss, has_loss, total, skipped, nf, head)
         events = []
         for i, info in enumerate(kept):
             events += self.spikes.update(
@@ -82,9 +83,10 @@ class ChunkDecoder:
                 nf[i],
                 bool(skipped[i]),
             )
-        if len(kept):
+        primary = [i for i, info in enumerate(kept) if info.primary]
+        if primary:
             counts = self.spikes.counts
-            last = len(kept) - 1
+            last = primary[-1]
             self.stats = LiveStats(
                 int(s[last]),
                 float(loss[last]) if has_loss[last] else float("nan"),
@@ -92,7 +94,7 @@ class ChunkDecoder:
                 sum(v for k, v in counts.items() if k.endswith("spike")),
                 sum(v for k, v in counts.items() if k.startswith("nonfinite")),
             )
-        if self.on_stats is not None:
+        if self.on_stats is not None and primary:
             self.on_stats(self.stats)
         out = {"scalars": scalars, "layers": layers.build()}
         if ranks is not None:
@@ -110,7 +112,7 @@ class ChunkDecoder:
         total: np.ndarray,
         skipped: np.ndarray,
         nonfinite: np.ndarray,
-        amp_scale: np.ndarray,
+        head: dict[str, np.ndarray],
     ) -> dict[str, Any]:
         step_time = np.array([np.nan if i.step_time is None else i.step_time for i in infos])
         samples = np.array([i.samples for i in infos], dtype=float)
@@ -118,10 +120,17 @@ class ChunkDecoder:
         timed = step_time > 0
         columns: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
 
+        primary = np.array([i.primary for i in infos], dtype=bool)
+        roles = ((primary, ""), (~primary, f"@{self.serial}"))
+
         def add(metric: str, mask: np.ndarray, values: np.ndarray, index: int = 0) -> None:
-            n = int(mask.sum())
-            if n:
-                columns.append((metric + self.suffix, steps[mask], np.full(n, index), values[mask]))
+            for role, suffix in roles:
+                picked = mask & role
+                n = int(picked.sum())
+                if n:
+                    columns.append(
+                        (metric + suffix, steps[picked], np.full(n, index), values[picked])
+                    )
 
         everywhere = np.ones(len(steps), dtype=bool)
         add("loss", has_loss, loss)
@@ -129,7 +138,10 @@ class ChunkDecoder:
         add("skipped", everywhere, skipped.astype(float))
         add("nonfinite", everywhere, nonfinite.sum(axis=1) if nonfinite.size else 0 * total)
         add("time", everywhere, np.array([i.wall_time for i in infos]))
+        amp_scale, coef = head["amp_scale"], head["clip_coef"]
         add("amp_scale", np.isfinite(amp_scale), amp_scale)
+        add("grad_norm_clipped", np.isfinite(coef), head["grad_norm_clipped"])
+        add("clip_coef", np.isfinite(coef), coef)
         add("step_time", timed, step_time)
         with np.errstate(divide="ignore", invalid="ignore"):
             add("samples_per_s", timed & (samples > 0), samples / step_time)
@@ -223,7 +235,7 @@ def _unreduced(rows: np.ndarray, layout: Layout) -> np.ndarray:
         part = rows[:, layout.block(block)]
         rows[:, layout.block(block)] = np.sqrt(np.maximum(part / factors, 0.0))
     rows[:, layout.block(3)] /= factors  # non-finite counts
-    rows[:, 0:3] /= layout.world  # loss (mean over ranks), skipped flag, AMP scale
+    rows[:, 0 : len(HEAD)] /= layout.world  # loss (mean over ranks), flags, scale, clipping
     return rows
 
 

@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradlens.capture.chunk import Chunk, Layout, StepInfo
+from gradlens.capture.chunk import HEAD, Chunk, Layout, StepInfo
 from gradlens.functional.norms import NormPlan, nonfinite_counts, tensor_norms
 
 __all__ = ["StepRecorder"]
 
-_UPDATE = 5  # position of the update norms in a pending row: loss, skipped, scale, g, p, u, nf
+# A pending row: the HEAD scalars, then the per-tensor blocks, then this rank's loss.
+_UPDATE = len(HEAD) + 2
 
 
 class StepRecorder:
@@ -70,6 +71,8 @@ class StepRecorder:
         self._pending: list[Tensor] | None = None
         self._applied = True
         self._present: dict[tuple[int, ...], Tensor] = {}
+        self._preclip: Tensor | None = None  # gradient norms before a clipping call
+        self._clip_coef: Tensor | None = None
         self._last_flush = time.perf_counter()
         f32, dev = torch.float32, self.device
         self._nan = torch.full((1,), float("nan"), dtype=f32, device=dev)
@@ -95,14 +98,10 @@ class StepRecorder:
         ``skipped`` is a device flag set when the step will not be applied.
         """
         with torch.no_grad():
-            grads, missing = self._grads()
-            if not missing:
-                gnorm = self._norms(grads)
-                nonfinite = self._nonfinite(grads, gnorm)
-            else:
-                gnorm = tensor_norms(grads, self.device) if grads else self._zeros_p
-                nonfinite = self._expand(self._nonfinite(grads, gnorm), missing)
-                gnorm = self._expand(gnorm, missing)
+            _, gnorm, nonfinite = self._grad_norms()
+            clipped, coef = self._nan, self._nan
+            if self._preclip is not None:
+                gnorm, clipped, coef = self._clip_slots(gnorm)
             pnorm = self._norms(self._values())
             if grad_scale is not None:
                 gnorm = gnorm / grad_scale.to(self.device, torch.float32, non_blocking=True)
@@ -120,10 +119,31 @@ class StepRecorder:
                 loss_slot,
                 _scalar(skipped, self._zero, self.device),
                 _scalar(amp_scale, self._nan, self.device),
+                clipped,
+                coef,
             ]
             self._pending = [*head, gnorm, pnorm, self._zeros_p, nonfinite, loss_slot]
             if update is not None:
                 self._pending[_UPDATE] = update
+
+    def before_clip(self) -> None:
+        """A clipping call is about to change the gradients: keep their norms as the step's
+        ``grad_norm`` (the model's own gradient). A second call in one step keeps the first."""
+        if self._preclip is not None or self._sharded:
+            self._clip_coef = None  # the coefficient is then read off the final gradients
+            return
+        with torch.no_grad():
+            self._preclip = self._grad_norms()[1]
+        self._clip_coef = None
+
+    def after_clip(self, total: Tensor | None, max_norm: float | None) -> None:
+        """``clip_grad_norm_`` over exactly these parameters returned ``total``: the factor it
+        applied is ``min(1, max_norm / (total + 1e-6))`` (no need to read the gradients again)."""
+        if self._preclip is None or total is None or max_norm is None:
+            return
+        with torch.no_grad():
+            total = total.detach().to(self.device, torch.float32, non_blocking=True).reshape(1)
+            self._clip_coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
 
     def after_update(self, info: StepInfo, applied: bool = True) -> None:
         """Finish the row of the step just applied (``applied=False``: it was skipped)."""
@@ -141,7 +161,8 @@ class StepRecorder:
         if not self.layout.update_lag or self._saved is None:
             return
         with torch.no_grad():
-            row = [self._nan, self._zero, self._nan, self._nan_p(), self._nan_p()]
+            row = [self._nan, self._zero, self._nan, self._nan, self._nan]
+            row += [self._nan_p(), self._nan_p()]
             row += [self._update_since_saved(), self._nan_p(), self._nan]
             info.tail = True
             self._push(row, info)
@@ -156,6 +177,10 @@ class StepRecorder:
         if not self._applied:  # skipped by GradScaler: nothing moved
             return [torch.zeros_like(s) for s in self._saved]
         return [-s for s in self._saved]
+
+    def buffered(self) -> list[StepInfo]:
+        """Facts of the rows not yet handed to the sink (the training thread may amend them)."""
+        return self._infos
 
     def flush(self) -> None:
         """Hand the buffered rows to the sink (asynchronous device-to-host copy)."""
@@ -213,6 +238,30 @@ class StepRecorder:
             or time.perf_counter() - self._last_flush > self.flush_secs
         ):
             self.flush()
+
+    def _grad_norms(self) -> tuple[list[Tensor], Tensor, Tensor]:
+        """(gradients present, per-tensor norms, per-tensor non-finite counts); a tensor
+        without a gradient this step reads 0."""
+        grads, missing = self._grads()
+        if not missing:
+            gnorm = self._norms(grads)
+            return grads, gnorm, self._nonfinite(grads, gnorm)
+        gnorm = tensor_norms(grads, self.device) if grads else self._zeros_p
+        nonfinite = self._expand(self._nonfinite(grads, gnorm), missing)
+        return grads, self._expand(gnorm, missing), nonfinite
+
+    def _clip_slots(self, final: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(pre-clip norms, norm after clipping, coefficient) of a step with a clipping call."""
+        pre, coef = self._preclip, self._clip_coef
+        self._preclip = self._clip_coef = None
+        assert pre is not None
+        pre_total = pre.square().sum().sqrt().reshape(1)
+        if coef is not None:
+            clipped = pre_total * coef
+        else:  # clip_grad_value_, a subset of the tensors, or several calls: measure
+            clipped = final.square().sum().sqrt().reshape(1)
+            coef = clipped / pre_total
+        return pre, clipped, coef
 
     def _grads(self) -> tuple[list[Tensor], list[int]]:
         grads, missing = [], []

@@ -8,6 +8,7 @@ pays for one hook call per root forward, not one per submodule.
 
 from __future__ import annotations
 
+import gc
 import re
 import warnings
 import weakref
@@ -15,10 +16,16 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["ModuleDiscovery", "clean_name", "parameter_names"]
+__all__ = [
+    "ModuleDiscovery",
+    "ParameterNamer",
+    "clean_name",
+    "owning_roots",
+    "parameter_names",
+]
 
 # Wrapper segments that are not part of the user's model structure.
 _WRAPPERS = re.compile(
@@ -117,3 +124,83 @@ class ModuleDiscovery:
     def _note(self, module: nn.Module, args: Any) -> None:
         if not torch.compiler.is_compiling() and not isinstance(module, torch.fx.GraphModule):
             self._seen.add(module)  # (GraphModules are compiled graphs, not user models)
+
+
+def owning_roots(params: Iterable[Tensor]) -> list[nn.Module]:
+    """The outermost live modules that hold any of ``params`` (found once, through ``gc``).
+
+    Names do not depend on how a script calls its model: a closure-driven loop (LBFGS,
+    Lightning), a module whose ``forward()`` is called directly, or a model wrapped in a
+    ``LightningModule`` are named from the module that owns the parameters, as
+    ``named_parameters()`` of that module names them.
+    """
+    wanted = {id(p) for p in params}
+    # type(), not isinstance: no proxy's __class__ runs
+    modules = [o for o in gc.get_objects() if issubclass(type(o), nn.Module)]
+    inside: set[int] = set()
+    for module in modules:
+        inside.update(id(m) for m in module.modules() if m is not module)
+    roots = [
+        m
+        for m in modules
+        if id(m) not in inside
+        and not isinstance(m, torch.fx.GraphModule)
+        and any(id(p) in wanted for p in m.parameters())
+    ]
+    roots.sort(key=lambda m: -sum(p.numel() for p in m.parameters()))
+    return roots
+
+
+class ParameterNamer:
+    """Stable, unique parameter names over a whole run, whatever the optimizers.
+
+    A root module's parameters are named as its ``named_parameters()`` names them (wrapper
+    segments removed). When a run trains several roots (GAN, forward-forward layers), each
+    root's names get its class name as a prefix — ``Generator.fc.weight`` — and
+    ``Layer[1].weight`` for the second root of the same class. The roots known at the first
+    capture are named together; a root that appears later keeps the names already given and
+    is prefixed. Names never collide across optimizers.
+    """
+
+    def __init__(self) -> None:
+        self._prefix: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+        self._classes: dict[str, int] = {}
+        self._given: dict[str, int] = {}  # name → id(param)
+
+    def names(
+        self,
+        params: list[Tensor],
+        roots: list[nn.Module],
+        fallback: dict[int, str] | None = None,
+    ) -> list[str]:
+        """Names of ``params``, given the roots that own them (see :func:`owning_roots`)."""
+        new = [r for r in roots if r not in self._prefix]
+        several = len(new) > 1 or bool(new and len(self._prefix))
+        for root in new:
+            self._prefix[root] = self._class_prefix(root) if several else ""
+        known: dict[int, str] = {}
+        for root in roots:
+            prefix = self._prefix[root]
+            for name, param in root.named_parameters():
+                known.setdefault(id(param), prefix + clean_name(name))
+        fallback = fallback or {}
+        out = []
+        for i, p in enumerate(params):
+            name = known.get(id(p)) or fallback.get(id(p)) or f"param{i}"
+            out.append(self._unique(name, p))
+        return out
+
+    def _class_prefix(self, root: nn.Module) -> str:
+        cls = type(_unwrap(root)).__name__
+        k = self._classes.get(cls, 0)
+        self._classes[cls] = k + 1
+        return f"{cls}." if k == 0 else f"{cls}[{k}]."
+
+    def _unique(self, name: str, param: Tensor) -> str:
+        owner = self._given.setdefault(name, id(param))
+        if owner == id(param):
+            return name
+        k = 2
+        while self._given.setdefault(f"{name}#{k}", id(param)) != id(param):
+            k += 1
+        return f"{name}#{k}"

@@ -6,7 +6,9 @@ Patched while at least one listener is installed, restored exactly when the last
 - loss functions in ``torch.nn.functional`` (also reached through ``nn.CrossEntropyLoss`` &
   co. and from inside a model's ``forward``): the logits/predictions and targets;
 - ``torch.amp.GradScaler.scale`` / ``.step``: unscaled losses and skipped steps;
-- ``torch.optim.Optimizer.__init__``: which optimizers exist before their first step.
+- ``torch.optim.Optimizer.__init__``: which optimizers exist before their first step;
+- ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``: gradients about to be clipped
+  (their norms are the model's own gradient) and the total norm the clip computed.
 
 Nothing here changes a result: every wrapper calls the original with the same arguments and
 returns its result untouched. Listener errors are reported once and never reach the script.
@@ -56,6 +58,10 @@ class Listener(Protocol):
     def after_scaler_step(self, scaler: Any, optimizer: Any) -> None: ...
 
     def on_optimizer_created(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def before_clip(self, params: list[Tensor]) -> None: ...
+
+    def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None: ...
 
 
 _listeners: list[Listener] = []
@@ -128,6 +134,10 @@ def _patch_all() -> None:
     _patch(torch.amp.GradScaler, "scale", _wrap_scale)
     _patch(torch.amp.GradScaler, "step", _wrap_scaler_step)
     _patch(torch.optim.Optimizer, "__init__", _wrap_optimizer_init)
+    clip_grad = torch.nn.utils.clip_grad
+    for owner in (torch.nn.utils, clip_grad):  # both names scripts call them by
+        _patch(owner, "clip_grad_norm_", _wrap_clip_norm)
+        _patch(owner, "clip_grad_value_", _wrap_clip_value)
 
 
 def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -181,3 +191,41 @@ def _wrap_optimizer_init(original: Callable[..., Any]) -> Callable[..., Any]:
         _emit("on_optimizer_created", self)
 
     return init
+
+
+def _clip_list(parameters: Any) -> tuple[Any, list[Tensor]]:
+    """(what to pass on, the list of tensors): a generator can only be read once."""
+    if isinstance(parameters, Tensor):
+        return parameters, [parameters]
+    params = list(parameters)
+    return params, params
+
+
+def _wrap_clip_norm(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def clip_grad_norm_(parameters: Any, max_norm: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _listeners or _compiling():
+            return original(parameters, max_norm, *args, **kwargs)
+        parameters, params = _clip_list(parameters)
+        _emit("before_clip", params)
+        total = original(parameters, max_norm, *args, **kwargs)
+        norm_type = kwargs.get("norm_type", args[0] if args else 2.0)
+        if float(norm_type) == 2.0:
+            _emit("after_clip", params, total, max_norm)
+        return total
+
+    return clip_grad_norm_
+
+
+def _wrap_clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def clip_grad_value_(parameters: Any, clip_value: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _listeners or _compiling():
+            return original(parameters, clip_value, *args, **kwargs)
+        parameters, params = _clip_list(parameters)
+        _emit("before_clip", params)
+        result = original(parameters, clip_value, *args, **kwargs)
+        _emit("after_clip", params, None, None)
+        return result
+
+    return clip_grad_value_

@@ -9,6 +9,7 @@ nothing is kept after the set is full.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-__all__ = ["LossCall", "ProbeBatch", "ProbeSet"]
+__all__ = ["LossCall", "ProbeBatch", "ProbeSet", "batch_size_of", "extract_loss"]
+
+# Keyword arguments a training loop passes that describe the whole accumulated step, not the
+# batch: replaying them would rescale the probe's loss (Hugging Face ``Trainer`` with gradient
+# accumulation passes the token count of all micro-batches).
+STEP_KWARGS = ("num_items_in_batch",)
+RETURNED = "returned by forward"  # LossCall.name of a loss the module returned
 
 
 def _copy(value: Any) -> Any:
@@ -67,7 +74,8 @@ class ProbeSet:
         self._open = None
         if len(self.batches) >= self.capacity:
             return
-        batch = ProbeBatch(module, _copy(args), _copy(kwargs), batch_size=batch_size)
+        kwargs = {k: v for k, v in kwargs.items() if k not in STEP_KWARGS}
+        batch = ProbeBatch(_replayable(module), _copy(args), _copy(kwargs), batch_size=batch_size)
         self.batches.append(batch)
         self._open = batch
 
@@ -85,6 +93,45 @@ class ProbeSet:
             name, tuple(args[0].shape), _copy(target), _copy(rest), _copy(options), inside_forward
         )
         self._open = None
+
+    def record_output_loss(self, module: nn.Module, output: Any) -> bool:
+        """The forward of the batch recorded last returned a loss that no intercepted loss
+        call produced (e.g. computed inside a ``torch.compile``d graph): probes replay the
+        module and read the loss from its output. True if the batch took it."""
+        batch = self._open
+        if batch is None or batch.module is not _replayable(module):
+            return False
+        try:
+            extract_loss(output)
+        except ValueError:
+            return False
+        batch.loss = LossCall(RETURNED, (), None, (), {}, inside_forward=True)
+        self._open = None
+        return True
+
+
+def _replayable(module: nn.Module) -> nn.Module:
+    """The module probes replay: a ``torch.compile``d model's original module (probes need
+    double backward and ``torch.func``, which compiled graphs do not support)."""
+    inner = getattr(module, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else module
+
+
+def extract_loss(output: Any) -> Tensor:
+    """The scalar loss inside a model's output (``loss``, ``(logits, loss)``, ``{"loss":…}``)."""
+    if isinstance(output, Tensor) and output.numel() == 1:
+        return output.reshape(())
+    candidates: list[Any] = []
+    if isinstance(output, Mapping):
+        candidates = [output.get("loss")]
+    elif isinstance(output, tuple | list):
+        candidates = list(output)
+    else:
+        candidates = [getattr(output, "loss", None)]
+    for value in candidates:
+        if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
+            return value.reshape(())
+    raise ValueError("the model output holds no scalar loss; pass loss_fn")
 
 
 def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int]:

@@ -1,0 +1,112 @@
+"""Which optimizer is the run's *primary*: the one whose steps are the run's steps.
+
+With one optimizer there is nothing to decide. With several (GANs, two-phase training,
+forward-forward layers trained in turn) the primary advances the run's step and writes the
+plain metrics (``loss``, ``lr``…); the others write ``loss@k``… labelled with their own step
+count. Rules, in order:
+
+- the first optimizer to step is the primary;
+- an optimizer that steps while the primary is gone, or that was created after the primary's
+  last step (a new training phase), takes over at once;
+- an optimizer that steps twice while the primary does not step takes over at its second
+  step; its previous step, still buffered, is relabelled as a step of the run.
+
+The role is decided on the training thread when the step is captured and travels with the
+row (:attr:`StepInfo.primary`); nothing on the writer thread changes afterwards.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gradlens.capture.decode import ChunkDecoder
+from gradlens.capture.recorder import StepRecorder
+
+__all__ = ["Roles", "Tracked"]
+
+
+@dataclass
+class Tracked:
+    """One optimizer (or the manual-update model set) and its capture."""
+
+    recorder: StepRecorder
+    decoder: ChunkDecoder
+    serial: int
+    primary: bool = False
+    steps: int = 0  # this optimizer's own steps
+    since_primary: int = 0  # its steps since the primary's last one
+    has_loss: bool = False  # the step being recorded consumed a loss
+    ids: frozenset[int] = frozenset()  # id() of its parameters
+
+    def owns(self, param: Any) -> bool:
+        return id(param) in self.ids
+
+
+class Roles:
+    """The optimizers being recorded and which of them is the primary."""
+
+    def __init__(self) -> None:
+        self.by_optimizer: weakref.WeakKeyDictionary[torch.optim.Optimizer, Tracked] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.all: list[Tracked] = []  # strong: flushed at close even if the optimizer is gone
+        self._primary: weakref.ref[torch.optim.Optimizer] | None = None
+        self._created: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._steps = 0  # optimizer steps taken, all optimizers together
+        self._primary_last = 0  # value of _steps after the primary's last step
+
+    @property
+    def primary(self) -> torch.optim.Optimizer | None:
+        return self._primary() if self._primary is not None else None
+
+    def created(self, optimizer: torch.optim.Optimizer) -> None:
+        """An optimizer was constructed now (optimizers made before recording count as 0)."""
+        self._created[optimizer] = self._steps
+
+    def add(self, optimizer: torch.optim.Optimizer, tracked: Tracked) -> None:
+        self.by_optimizer[optimizer] = tracked
+        self.all.append(tracked)
+
+    def owner_of(self, param: Any) -> Tracked | None:
+        return next((t for t in self.by_optimizer.values() if t.owns(param)), None)
+
+    def decide(self, optimizer: torch.optim.Optimizer, tracked: Tracked, run_step: int) -> int:
+        """Called when ``optimizer``'s step is captured; returns the run's new step count
+        (advanced by the relabelled rows when it takes over)."""
+        if tracked.primary:
+            return run_step
+        primary = self.primary
+        new_phase = self._created.get(optimizer, 0) >= self._primary_last > 0
+        if primary is None or tracked.since_primary >= 1 or new_phase:
+            return self._take_over(optimizer, tracked, run_step)
+        return run_step
+
+    def stepped(self, tracked: Tracked) -> None:
+        """After an optimizer step was recorded."""
+        tracked.steps += 1
+        self._steps += 1
+        if tracked.primary:
+            self._primary_last = self._steps
+            for other in self.by_optimizer.values():
+                other.since_primary = 0
+        else:
+            tracked.since_primary += 1
+
+    def _take_over(self, optimizer: torch.optim.Optimizer, tracked: Tracked, run_step: int) -> int:
+        old = self.primary
+        if old is not None and old in self.by_optimizer:
+            self.by_optimizer[old].primary = False
+        tracked.primary = True
+        self._primary = weakref.ref(optimizer)
+        if tracked.since_primary:  # its steps while the primary was idle belong to the run
+            for info in tracked.recorder.buffered()[-tracked.since_primary :]:
+                info.primary, info.step = True, run_step
+                run_step += 1
+        tracked.since_primary = 0
+        return run_step

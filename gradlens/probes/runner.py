@@ -1,0 +1,105 @@
+"""Running scheduled probes: on the recorded probe set, isolated from training, timed, and
+switched off (one line, an ``internal_error`` event) when one fails."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from gradlens.instrument.distributed import unwrap_data_parallel
+from gradlens.instrument.guard import Guard
+from gradlens.instrument.probe_set import ProbeSet
+from gradlens.objective import Batch, Objective, batches_from_probe_set
+from gradlens.probes.base import Probe, ProbeContext
+
+__all__ = ["ProbeRunner"]
+
+Write = Callable[[str, dict[str, Any]], None]
+UpdateFn = Callable[[], dict[str, Tensor] | None]
+
+
+class ProbeRunner:
+    """Runs probes on the batches of ``probe_set`` and hands their rows to ``write``."""
+
+    def __init__(
+        self,
+        probes: list[Probe],
+        probe_set: ProbeSet,
+        guard: Guard,
+        write: Write,
+        say: Callable[[str], None],
+        writes: bool = True,
+    ) -> None:
+        self.probes = probes
+        self.probe_set = probe_set
+        self.guard = guard
+        self.write = write
+        self.say = say
+        self.writes = writes  # multi-process: every rank measures, rank 0 writes
+
+    def due(self, step: int) -> list[Probe]:
+        return [p for p in self.probes if p.should_run(step)]
+
+    def at_end(self, last: int) -> list[Probe]:
+        """The ``at_end`` probes, unless the schedule just ran them at ``last``."""
+        return [p for p in self.probes if p.at_end and not p.should_run(last)]
+
+    def run(
+        self,
+        probes: list[Probe],
+        step: int,
+        lrs: list[float],
+        optimizer: Any,
+        update_fn: Callable[[Objective], UpdateFn | None],
+        world: int = 1,
+    ) -> None:
+        probes = [p for p in probes if self.guard.active(f"probe {p.name}")]
+        if not probes:
+            return
+        module, batches = self._batches()
+        if module is None:  # not an error: batches are recorded from the first step on
+            names = ", ".join(p.name for p in probes)
+            self.say(
+                f"probes ({names}) wait for a training batch whose loss gradlens saw "
+                "(an F.* loss, also inside forward, or a loss returned by forward)"
+            )
+            return
+        model = unwrap_data_parallel(module)
+        for probe in probes:
+            start = time.perf_counter()
+            objective = Objective(model, batches, probe.mode)
+            context = ProbeContext(step, objective, lrs, optimizer, update_fn(objective), world)
+            rows = self.guard.call(f"probe {probe.name}", _compute, probe, objective, context)
+            if rows is None or not self.writes:
+                continue
+            for table, columns in rows.items():
+                self.write(table, columns)
+            seconds = time.perf_counter() - start
+            self.write(
+                "scalars",
+                {
+                    "step": [step],
+                    "metric": [f"probe_seconds.{probe.name}"],
+                    "index": [0],
+                    "value": [seconds],
+                },
+            )
+
+    def _batches(self) -> tuple[nn.Module | None, list[Batch]]:
+        """The recorded batches of the first root module that has one with a loss (a model
+        split over several root modules is replayed through the right one)."""
+        recorded = [b for b in self.probe_set.batches if b.loss is not None]
+        if not recorded:
+            return None, []
+        module = recorded[0].module
+        mine = ProbeSet(self.probe_set.capacity)
+        mine.batches = [b for b in recorded if b.module is module]
+        return module, batches_from_probe_set(mine)
+
+
+def _compute(probe: Probe, objective: Objective, context: ProbeContext) -> dict[str, Any]:
+    with objective.isolated():
+        return probe.compute(context)
