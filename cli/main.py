@@ -1,24 +1,76 @@
-"""``gradlens``: a thin typer shell over the library. Parses, calls, prints."""
+"""``gradlens``: a thin typer shell over the library. Parses, calls, prints.
+
+Exit codes: what the command decides (0/1, or the script's for ``watch``); 2 for any usage or
+input error, always told in one line on stderr.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer._click.exceptions import ClickException
+from typer.core import TyperCommand
 
+from gradlens._version import __version__
+from gradlens.cli.probe_options import validate_probe_options
+from gradlens.cli.runs import default_runs_dir, resolve_run, runs_folder
 from gradlens.errors import GradlensError
+
+if TYPE_CHECKING:
+    from gradlens.report import Report
+    from gradlens.store import Run
+
+# click's ClickException (usage errors), reached through typer's public ``BadParameter``: typer
+# vendors click as a private module from 0.26 on and depends on click itself before that.
+_USAGE_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+# What reading a run may raise when one of its files is bad: that run is unreadable (exit 2).
+UNREADABLE = (GradlensError, ValueError, OSError, OverflowError)
+
+MAX_EVERY = 1_000_000
+
+
+class _Command(TyperCommand):
+    """Usage lines with words for arguments (``RUN``), as in the help, not ``{RUN}``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(param.metavar or (param.name or "").upper())
+        return pieces
+
 
 app = typer.Typer(
     help="Training diagnostics for PyTorch: record runs, report on them, browse them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"gradlens {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Training diagnostics for PyTorch: record runs, report on them, browse them."""
 
 
 class Preset(StrEnum):
@@ -34,22 +86,49 @@ class StatusMode(StrEnum):
     off = "off"
 
 
+RunsDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--runs-dir",
+        envvar="GRADLENS_DIR",
+        metavar="DIR",
+        show_default=False,
+        help="Folder of runs (default: $GRADLENS_DIR, else ./runs).",
+    ),
+]
+
+
 @app.command(
+    cls=_Command,
     context_settings={"allow_extra_args": True, "allow_interspersed_args": False},
 )
 def watch(
     ctx: typer.Context,
-    script: Annotated[Path, typer.Argument(help="Training script, run as __main__.")],
-    runs_dir: Annotated[
-        Path | None,
+    script: Annotated[
+        Path, typer.Argument(metavar="SCRIPT [ARGS]...", help="Training script, run as __main__.")
+    ],
+    runs_dir: RunsDirOption = None,
+    name: Annotated[
+        str | None,
         typer.Option(
-            "--runs-dir", envvar="GRADLENS_DIR", help="Parent folder of runs (default: ./runs)."
+            metavar="NAME", help="Run name (default: the script's name; NAME-2… if taken)."
         ),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Run name (default: the script name).")] = None,
-    every: Annotated[int, typer.Option(min=1, help="Steps between flushes to disk.")] = 50,
-    probes: Annotated[Preset, typer.Option(help="Probe cost preset.")] = Preset.cheap,
-    status: Annotated[StatusMode, typer.Option(help="Status line on stderr.")] = StatusMode.auto,
+    every: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            min=1,
+            max=MAX_EVERY,
+            help="Steps between flushes to disk.",
+        ),
+    ] = 50,
+    probes: Annotated[
+        Preset, typer.Option(metavar="cheap|standard|full", help="Probe cost preset.")
+    ] = Preset.cheap,
+    status: Annotated[
+        StatusMode, typer.Option(metavar="auto|live|plain|off", help="Status line on stderr.")
+    ] = StatusMode.auto,
     updates: Annotated[
         bool,
         typer.Option(
@@ -61,7 +140,9 @@ def watch(
         list[str] | None,
         typer.Option(
             "--probe",
-            help="Probe option NAME.OPTION=VALUE, e.g. hessian.every=100, hessian.k=10 "
+            metavar="NAME.OPTION=VALUE",
+            show_default=False,
+            help="Probe option, e.g. hessian.every=100, hessian.k=10 "
             "(repeatable; naming a probe enables it).",
         ),
     ] = None,
@@ -71,14 +152,9 @@ def watch(
     Options go before SCRIPT; everything after it is passed to the script.
     """
     from gradlens.instrument.watch import watch_script
-    from gradlens.probes import make_probes, parse_probe_options
 
-    try:
-        probe_options = parse_probe_options(probe or [])
-        make_probes(probes.value, probe_options)  # validate before the script starts
-    except ValueError as exc:
-        raise GradlensError(str(exc)) from None
-    code, _ = watch_script(
+    probe_options = validate_probe_options(probes.value, probe or [])
+    code, lens = watch_script(
         script,
         list(ctx.args),
         runs_dir=runs_dir,
@@ -89,7 +165,48 @@ def watch(
         track_updates=updates,
         probe_options=probe_options,
     )
+    if status is not StatusMode.off:
+        _next_steps(lens)
     raise typer.Exit(code)
+
+
+def _next_steps(lens: Any) -> None:
+    """The run's numbers (as ``report`` defines them) and the two commands to look at it."""
+    run_dir = getattr(lens, "run_dir", None)
+    dist = getattr(lens, "dist", None)
+    if run_dir is None or (dist is not None and not getattr(dist, "main", True)):
+        return
+    try:
+        from gradlens.report.format import loss_value
+        from gradlens.report.summary import DEFINITIONS, summarize
+        from gradlens.store import open_run
+
+        summary = summarize(open_run(run_dir), findings=False)
+        numbers = (
+            f"final loss {loss_value(summary.final_loss)} ({DEFINITIONS['final_loss']}); "
+            f"steps with a spike: {summary.loss_spike_steps} loss, "
+            f"{summary.grad_spike_steps} gradient; non-finite steps: {summary.nonfinite_steps}"
+        )
+        print(f"gradlens: {summary.name}: {numbers}", file=sys.stderr)
+    except Exception:  # the training's exit code stands whatever happens here
+        pass
+    run_dir = Path(run_dir)
+    print(
+        f"gradlens: look at it:  gradlens report {_shell(run_dir)}\n"
+        f"                       gradlens dashboard {_shell(run_dir.parent)}",
+        file=sys.stderr,
+    )
+
+
+def _shell(path: Path) -> str:
+    """``path`` relative to the working directory when inside it, quoted for a shell."""
+    import shlex
+
+    try:
+        path = path.resolve().relative_to(Path.cwd().resolve())
+    except (ValueError, OSError):
+        pass
+    return shlex.quote(str(path))
 
 
 class Format(StrEnum):
@@ -105,21 +222,52 @@ class FailOn(StrEnum):
     never = "never"
 
 
-FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+RunArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="RUN", help="A run folder, or a run's name in --runs-dir.", show_default=False
+    ),
+]
+FormatOption = Annotated[
+    Format,
+    typer.Option("--format", "-f", metavar="text|markdown|json|junit", help="Output format."),
+]
 OutputOption = Annotated[
-    Path | None, typer.Option("--output", "-o", help="Write the output to FILE instead of stdout.")
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        show_default=False,
+        help="Write the output to FILE (default: stdout).",
+    ),
 ]
 FailOnOption = Annotated[
     FailOn | None,
-    typer.Option(help="Exit 1 when a finding is at/above this level [config, else error]."),
+    typer.Option(
+        metavar="warning|error|never",
+        show_default=False,
+        help="Exit 1 when a finding is at/above this level (default: the config's, else error).",
+    ),
 ]
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="gradlens.toml or pyproject.toml (default: nearest one)."),
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        show_default=False,
+        help="gradlens.toml or pyproject.toml (default: the nearest one).",
+    ),
 ]
 ThresholdOption = Annotated[
     list[str] | None,
-    typer.Option("--threshold", "-t", help="Override a threshold: NAME=VALUE (repeatable)."),
+    typer.Option(
+        "--threshold",
+        "-t",
+        metavar="NAME=VALUE",
+        show_default=False,
+        help="Override a threshold (repeatable).",
+    ),
 ]
 SummaryOption = Annotated[
     bool,
@@ -130,9 +278,10 @@ SummaryOption = Annotated[
 ]
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: RunArgument,
+    runs_dir: RunsDirOption = None,
     fmt: FormatOption = Format.text,
     output: OutputOption = None,
     fail_on: FailOnOption = None,
@@ -143,22 +292,30 @@ def report(
     """Is this training healthy? Findings, layers and probe summaries; exit code for CI.
 
     Exit codes: 0 healthy (no finding at/above --fail-on), 1 findings at/above it,
-    2 usage or input error (missing run, unreadable table, bad config).
+    2 usage or input error (missing or unreadable run, bad option or config).
     """
     from gradlens.report import build_report, exit_code, load_config
-    from gradlens.store import open_run
 
     settings = load_config(
         config, fail_on=fail_on.value if fail_on else None, overrides=_overrides(threshold)
     )
-    result = build_report(open_run(run), settings)
+    opened = _open(run, runs_dir)
+    result = _read(run, lambda: build_report(opened, settings))
     _emit_report(result, fmt, output, step_summary)
     raise typer.Exit(exit_code(result))
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="RUN_A RUN_B [RUN]...",
+            help="Two or more runs (folders or names in --runs-dir); the first is the baseline.",
+            show_default=False,
+        ),
+    ],
+    runs_dir: RunsDirOption = None,
     fmt: FormatOption = Format.text,
     output: OutputOption = None,
     fail_on: FailOnOption = None,
@@ -169,17 +326,48 @@ def compare(
 
     The first run is the baseline. Exit code 1 when any run has findings at/above --fail-on.
     """
-    from gradlens.report import compare_runs, load_config, render_compare
-    from gradlens.store import open_run
+    from gradlens.report import compare_runs, render_compare
 
     if len(runs) < 2:
         raise GradlensError("compare needs at least two runs")
+    from gradlens.report import load_config
+
     settings = load_config(
         config, fail_on=fail_on.value if fail_on else None, overrides=_overrides(threshold)
     )
-    comparison = compare_runs([open_run(r) for r in runs], settings)
+    opened = [_open(r, runs_dir) for r in runs]
+    reports = [_read(arg, lambda r=r: _build(r, settings)) for arg, r in zip(runs, opened)]
+    comparison = _read(", ".join(runs), lambda: compare_runs(opened, settings, reports=reports))
     _emit(render_compare(comparison, fmt.value), output)
     raise typer.Exit(comparison.exit_code)
+
+
+def _build(run: Run, settings: Any) -> Report:
+    from gradlens.report import build_report
+
+    return build_report(run, settings)
+
+
+def _open(argument: str, runs_dir: Path | None) -> Run:
+    from gradlens.store import open_run
+
+    path = resolve_run(argument, runs_dir)
+    return _read(argument, lambda: open_run(path))
+
+
+def _read(argument: str, read: Any) -> Any:
+    """``read()``; a bad file in the run (meta.json, a table) becomes one line and exit 2."""
+    try:
+        return read()
+    except GradlensError:
+        raise
+    except UNREADABLE as exc:
+        raise GradlensError(f"run {argument}: unreadable ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, str]:
@@ -192,16 +380,11 @@ def _overrides(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _emit_report(result: object, fmt: Format, output: Path | None, step_summary: bool) -> None:
-    from gradlens.report import (
-        render_json,
-        render_junit,
-        render_markdown,
-        report_renderable,
-    )
+def _emit_report(result: Report, fmt: Format, output: Path | None, step_summary: bool) -> None:
+    from gradlens.report import render_json, render_junit, render_markdown, report_renderable
 
     rendered = {
-        Format.text: lambda r: report_renderable(r),
+        Format.text: report_renderable,
         Format.markdown: render_markdown,
         Format.json: render_json,
         Format.junit: render_junit,
@@ -209,8 +392,14 @@ def _emit_report(result: object, fmt: Format, output: Path | None, step_summary:
     _emit(rendered, output)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary and summary:
-        with open(summary, "a", encoding="utf-8") as handle:
-            handle.write(render_markdown(result))
+        try:
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(render_markdown(result))
+        except OSError as exc:
+            raise GradlensError(
+                f"cannot append to $GITHUB_STEP_SUMMARY ({summary}): {exc.strerror or exc} "
+                "(or pass --no-step-summary)"
+            ) from None
 
 
 def _emit(rendered: object, output: Path | None) -> None:
@@ -227,60 +416,97 @@ def _emit(rendered: object, output: Path | None) -> None:
             if isinstance(rendered, str):
                 handle.write(rendered)
             else:
-                Console(file=handle, width=120, color_system=None).print(rendered)
+                Console(file=handle, width=100, color_system=None).print(rendered)
     except OSError as exc:
         raise GradlensError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def dashboard(
     runs_dir: Annotated[
         Path | None,
-        typer.Argument(help="Folder holding runs (default: $GRADLENS_DIR or ./runs)."),
+        typer.Argument(
+            metavar="[DIR]",
+            show_default=False,
+            help="Folder of runs (default: $GRADLENS_DIR, else ./runs).",
+        ),
     ] = None,
     host: Annotated[
-        str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")
+        str, typer.Option(metavar="HOST", help="Interface to bind (127.0.0.1: this machine only).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8050,
+    port: Annotated[int, typer.Option(metavar="PORT", min=1, max=65535, help="Port.")] = 8050,
 ) -> None:
     """Browse runs in a web dashboard: runs, run, curvature, landscape, collapse, compare."""
+    folder = runs_folder(default_runs_dir(runs_dir))
+    check_bindable(host, port)
     from gradlens.dashboard.serve import serve
 
-    folder = runs_dir if runs_dir is not None else Path(os.environ.get("GRADLENS_DIR", "runs"))
-    serve(folder, host=host, port=port)
+    try:
+        serve(folder, host=host, port=port)
+    except SystemExit as exc:  # werkzeug exits 1 when it cannot bind after all
+        if exc.code not in (None, 0):
+            raise GradlensError(f"cannot serve on {host}:{port}") from None
 
 
-@app.command("ls")
+def check_bindable(host: str, port: int) -> None:
+    """A one-line ``GradlensError`` unless ``host`` resolves and ``port`` is free on it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise GradlensError(f"--host {host}: unknown host ({reason})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise GradlensError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} (choose another --port)"
+            ) from None
+
+
+@app.command("ls", cls=_Command)
 def list_runs(
     runs_dir: Annotated[
         Path | None,
-        typer.Argument(help="Folder holding runs (default: $GRADLENS_DIR or ./runs)."),
+        typer.Argument(
+            metavar="[DIR]",
+            show_default=False,
+            help="Folder of runs (default: $GRADLENS_DIR, else ./runs).",
+        ),
     ] = None,
 ) -> None:
-    """List the runs in RUNS_DIR: name, status, steps, start, duration."""
+    """List the runs in DIR: name, status, steps, final loss, findings, start, duration."""
     from rich.console import Console
+    from rich.text import Text
 
-    from gradlens.cli.render import runs_table
-    from gradlens.store import list_runs as find_runs
+    from gradlens.cli.render import list_entries, runs_table
 
-    runs_dir = runs_dir if runs_dir is not None else Path(os.environ.get("GRADLENS_DIR", "runs"))
-    runs = find_runs(runs_dir)
+    folder = runs_folder(default_runs_dir(runs_dir))
+    entries = list_entries(folder, UNREADABLE)
     console = Console()
-    if not runs:
-        console.print(f"no runs in {runs_dir}")
+    if not entries:
+        console.print(Text(f"no runs in {folder}"))
         return
-    console.print(runs_table(runs))
+    console.print(runs_table(entries))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:  # the help, and the exit code of a usage error (no command given)
+        app(args=["--help"], prog_name="gradlens", standalone_mode=False)
+        return 2
     try:
-        result = app(args=argv, prog_name="gradlens", standalone_mode=False)
-    except ClickException as exc:
-        print(f"gradlens: error: {exc.format_message()}", file=sys.stderr)
+        result = app(args=args, prog_name="gradlens", standalone_mode=False)
+    except _USAGE_ERRORS as exc:
+        message = exc.format_message().strip()  # type: ignore[attr-defined]
+        if message:
+            print(f"gradlens: error: {_one_line(message)}", file=sys.stderr)
         return 2
     except GradlensError as exc:
-        print(f"gradlens: error: {exc}", file=sys.stderr)
+        print(f"gradlens: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -288,12 +514,16 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("GRADLENS_DEBUG") == "1":
             raise
         print(
-            f"gradlens: internal error: {type(exc).__name__}: {exc} "
+            f"gradlens: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
             "(set GRADLENS_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )
         return 1
     return result if isinstance(result, int) else 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def run() -> None:

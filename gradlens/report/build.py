@@ -18,11 +18,13 @@ from gradlens.report.config import ReportConfig
 from gradlens.report.data import RunData
 from gradlens.report.findings import Finding, severity_rank
 from gradlens.report.rules import RULES
+from gradlens.report.summary import RunSummary, summary_of
 from gradlens.store import Run
 
 __all__ = ["PROBE_SECTIONS", "Report", "RuleResult", "Section", "build_report", "exit_code"]
 
 SPARK_POINTS = 60
+RANKED = 5  # tensors per ranking (largest, smallest)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Report:
     layers: dict[str, list[tuple[str, float]]]  # ranking name -> [(layer, value)]
     window: float  # the fraction of steps the layer rankings are taken over
     sections: list[Section]
+    summary: RunSummary  # the numbers watch, compare, ls and the dashboard show too
 
     @property
     def worst(self) -> str | None:
@@ -96,8 +99,9 @@ def build_report(run: Run, config: ReportConfig | None = None) -> Report:
             section = summarise(data)
             if section is not None:
                 sections.append(section)
+    summary = summary_of(run, data, findings)
     return Report(
-        run=_header(run, data),
+        run=_header(run, data, summary),
         fail_on=config.fail_on,
         findings=findings,
         rules=results,
@@ -105,27 +109,37 @@ def build_report(run: Run, config: ReportConfig | None = None) -> Report:
         layers=_layer_rankings(data, config.thresholds.window_fraction),
         window=config.thresholds.window_fraction,
         sections=sections,
+        summary=summary,
     )
 
 
-def _header(run: Run, data: RunData) -> dict[str, Any]:
+def _header(run: Run, data: RunData, summary: RunSummary) -> dict[str, Any]:
+    """What the report shows about the run; meta.json values of the wrong type are left out."""
     meta = run.meta
-    loss = data.loss
-    finite = loss[np.isfinite(loss)] if len(loss) else loss
+    versions = meta.get("versions")
+    layers = meta.get("layers")
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 0:
+        layers = len(data.layer_metric("grad_norm").columns)
     return {
-        "name": run.name,
-        "path": str(run.path),
-        "status": run.status,
-        "steps": run.steps,
-        "start_time": run.start_time,
-        "duration_s": run.duration,
-        "device": meta.get("device"),
-        "command": meta.get("command"),
-        "versions": meta.get("versions", {}),
-        "final_loss": float(loss.iloc[-1]) if len(loss) else None,  # NaN when it diverged
-        "best_loss": float(finite.min()) if len(finite) else None,
-        "layers": int(meta.get("layers") or len(data.layer_metric("grad_norm").columns)),
+        "name": summary.name,
+        "path": summary.path,
+        "status": summary.status,
+        "steps": summary.steps,
+        "start_time": summary.start_time,
+        "duration_s": summary.duration_s,
+        "device": _string(meta.get("device")),
+        "command": _string(meta.get("command")),
+        "versions": {str(k): str(v) for k, v in versions.items()}
+        if isinstance(versions, dict)
+        else {},
+        "final_loss": summary.final_loss,  # NaN when it ended diverged
+        "best_loss": summary.best_loss,
+        "layers": layers,
     }
+
+
+def _string(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _downsample(series: pd.Series, points: int = SPARK_POINTS) -> list[float]:
@@ -142,12 +156,24 @@ def _downsample(series: pd.Series, points: int = SPARK_POINTS) -> list[float]:
 
 
 def _layer_rankings(data: RunData, fraction: float) -> dict[str, list[tuple[str, float]]]:
+    """Per metric: the tensors with the largest and the smallest median over the last window
+    (disjoint lists: with few tensors, each gets half), and those whose median is non-finite
+    (kept out of the ranking rather than shown as a number)."""
     out: dict[str, list[tuple[str, float]]] = {}
     for metric in ("grad_norm", "update_ratio"):
         frame = data.layer_metric(metric)
         if frame.empty:
             continue
-        median = data.last_window(frame, fraction).median().dropna().sort_values()
-        out[f"{metric}_largest"] = [(str(k), float(v)) for k, v in median.iloc[::-1][:5].items()]
-        out[f"{metric}_smallest"] = [(str(k), float(v)) for k, v in median.iloc[:5].items()]
+        window = data.last_window(frame, fraction).astype(float)
+        window = window.where(np.isfinite(window), np.inf)  # NaN/Inf norms rank as non-finite
+        median = window.median().sort_values()
+        ranked = median[np.isfinite(median)]
+        broken = median[~np.isfinite(median)]
+        shown = min(RANKED, (len(ranked) + 1) // 2)
+        largest = ranked.iloc[::-1][:shown]
+        smallest = ranked.drop(largest.index).iloc[: min(RANKED, len(ranked) - shown)]
+        out[f"{metric}_largest"] = [(str(k), float(v)) for k, v in largest.items()]
+        out[f"{metric}_smallest"] = [(str(k), float(v)) for k, v in smallest.items()]
+        if len(broken):
+            out[f"{metric}_nonfinite"] = [(str(k), math.nan) for k in broken.index]
     return out

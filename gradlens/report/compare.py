@@ -15,9 +15,12 @@ from rich.text import Text
 from gradlens.report.build import Report, build_report, exit_code
 from gradlens.report.config import ReportConfig
 from gradlens.report.data import RunData
-from gradlens.report.format import number
+from gradlens.report.format import loss_value, number
 from gradlens.report.render_json import _clean
 from gradlens.report.render_junit import junit_suite
+from gradlens.report.render_markdown import _cell
+from gradlens.report.render_text import STATUS_STYLE, health_renderable
+from gradlens.report.summary import DEFINITIONS
 from gradlens.store import Run
 
 __all__ = ["Comparison", "compare_runs", "render_compare"]
@@ -36,14 +39,17 @@ class Comparison:
         return max(exit_code(r) for r in self.reports)
 
 
-def compare_runs(runs: list[Run], config: ReportConfig | None = None) -> Comparison:
-    """Compare ``runs`` against the first one."""
+def compare_runs(
+    runs: list[Run], config: ReportConfig | None = None, reports: list[Report] | None = None
+) -> Comparison:
+    """Compare ``runs`` against the first one (``reports``: theirs, when already built)."""
     if len(runs) < 2:
         raise ValueError("compare needs at least two runs")
     config = config or ReportConfig()
     data = [RunData(r) for r in runs]
-    reports = [build_report(r, config) for r in runs]
-    rows = [_row(d, rep) for d, rep in zip(data, reports, strict=True)]
+    if reports is None:
+        reports = [build_report(r, config) for r in runs]
+    rows = [_row(rep) for rep in reports]
     diffs = []
     base = data[0]
     for other in data[1:]:
@@ -51,24 +57,20 @@ def compare_runs(runs: list[Run], config: ReportConfig | None = None) -> Compari
     return Comparison(rows, diffs, reports)
 
 
-def _row(data: RunData, report: Report) -> dict[str, Any]:
-    loss = data.loss[np.isfinite(data.loss)]
-    tail = loss.iloc[-max(1, len(loss) // 20) :] if len(loss) else loss
-    kinds = data.events["kind"].value_counts() if not data.events.empty else {}
+def _row(report: Report) -> dict[str, Any]:
+    """One run's numbers, as ``report``, ``ls`` and ``watch`` define them (report.summary)."""
+    summary = report.summary
     return {
-        "run": data.run.name,
-        "status": data.run.status,
-        "steps": data.run.steps,
-        "final_loss": float(tail.mean()) if len(tail) else None,
-        "best_loss": float(loss.min()) if len(loss) else None,
-        "loss_spikes": int(kinds.get("loss_spike", 0)),
-        "grad_spikes": int(kinds.get("grad_spike", 0)) + int(kinds.get("layer_grad_spike", 0)),
-        "nonfinite_steps": int(
-            data.events[data.events["kind"].str.startswith("nonfinite")]["step"].nunique()
-        )
-        if not data.events.empty
-        else 0,
-        **{f"{k}s": v for k, v in report.counts().items()},
+        "run": summary.name,
+        "status": summary.status,
+        "steps": summary.steps,
+        "final_loss": summary.final_loss,
+        "best_loss": summary.best_loss,
+        "loss_spike_steps": summary.loss_spike_steps,
+        "grad_spike_steps": summary.grad_spike_steps,
+        "nonfinite_steps": summary.nonfinite_steps,
+        **{f"{k}s": v for k, v in (summary.counts or {}).items()},
+        "health": summary.health,
     }
 
 
@@ -82,11 +84,12 @@ def _layer_diffs(base: RunData, other: RunData) -> list[dict[str, Any]]:
         if not layers or steps.empty:
             continue
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = b.loc[steps, layers] / a.loc[steps, layers]
-        ratio = ratio.replace([np.inf, -np.inf], np.nan)
-        final = base.last_window(ratio, 0.2).median()
-        distance = np.log(ratio.abs()).abs()
-        for layer in np.log(final.abs()).abs().sort_values(ascending=False).index[:TOP_LAYERS]:
+            ratio = b.loc[steps, layers].astype(float) / a.loc[steps, layers].astype(float)
+            ratio = ratio.replace([np.inf, -np.inf], np.nan)
+            final = base.last_window(ratio, 0.2).median()
+            distance = np.log(ratio.abs()).abs()
+            order = np.log(final.abs()).abs().sort_values(ascending=False).index[:TOP_LAYERS]
+        for layer in order:
             column = distance[layer].dropna()
             worst = int(column.idxmax()) if len(column) else None
             out.append(
@@ -127,29 +130,7 @@ def render_compare(comparison: Comparison, fmt: str) -> str | RenderableType:
             root.append(junit_suite(report))
         ET.indent(root)
         return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
-    columns = [
-        "run",
-        "status",
-        "steps",
-        "final loss",
-        "best loss",
-        "spikes loss/grad",
-        "non-finite steps",
-        "errors/warnings",
-    ]
-    cell = [
-        [
-            r["run"],
-            r["status"],
-            str(r["steps"]),
-            _fmt(r["final_loss"]),
-            _fmt(r["best_loss"]),
-            f"{r['loss_spikes']}/{r['grad_spikes']}",
-            str(r["nonfinite_steps"]),
-            f"{r['errors']}/{r['warnings']}",
-        ]
-        for r in comparison.rows
-    ]
+    baseline = comparison.rows[0]["run"]
     diff_cols = ["run", "metric", "layer", "last 20%", "extreme", "at step"]
     diff_cells = [
         [
@@ -163,43 +144,88 @@ def render_compare(comparison: Comparison, fmt: str) -> str | RenderableType:
         for d in comparison.layer_diffs
     ]
     if fmt == "markdown":
-        lines = [
-            "## gradlens compare",
-            "",
-            "| " + " | ".join(columns) + " |",
-            "|" + "---|" * len(columns),
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in cell]
-        if diff_cells:
-            baseline = comparison.rows[0]["run"]
-            lines += [
-                "",
-                f"### Per-layer norm ratios to `{baseline}` at matched steps",
-                "",
-                "| " + " | ".join(diff_cols) + " |",
-                "|" + "---|" * len(diff_cols),
-            ]
-            lines += ["| " + " | ".join(row) + " |" for row in diff_cells]
-        return "\n".join(lines) + "\n"
-    runs = Table(title="Runs", title_justify="left")
-    for c in columns:
-        runs.add_column(c, justify="right" if c not in ("run", "status") else "left")
-    for row in cell:
-        runs.add_row(*row)
+        return _markdown(comparison, diff_cols, diff_cells)
+    runs = Table(title="Runs (the first is the baseline)", title_justify="left")
+    runs.add_column("")
+    for row in comparison.rows:
+        runs.add_column(Text(row["run"]), overflow="fold")
+    for label, cells in _run_lines(comparison):
+        runs.add_row(Text(label, "bold"), *cells)
     parts: list[RenderableType] = [runs]
     if diff_cells:
-        baseline = comparison.rows[0]["run"]
         diffs = Table(
-            title=f"Per-layer norm ratios to {baseline} at matched steps (median "
-            "over the last 20%, and the most extreme)",
+            title=Text(
+                f"Per-layer norm ratios to {baseline} at matched steps (median over the last "
+                "20%, and the most extreme)"
+            ),
             title_justify="left",
         )
         for c in diff_cols:
-            diffs.add_column(c)
-        for row in diff_cells:
-            diffs.add_row(*row)
+            diffs.add_column(c, overflow="fold")
+        for cells in diff_cells:
+            diffs.add_row(*(Text(cell) for cell in cells))
         parts += [Text(), diffs]
     return Group(*parts)
+
+
+def _run_lines(comparison: Comparison) -> list[tuple[str, list[Text]]]:
+    """The runs table, one line per number (runs are columns: it fits 80 columns)."""
+    rows, reports = comparison.rows, comparison.reports
+    return [
+        ("status", [Text(r["status"], STATUS_STYLE.get(r["status"], "")) for r in rows]),
+        ("steps", [Text(str(r["steps"])) for r in rows]),
+        (
+            f"final loss ({DEFINITIONS['final_loss']})",
+            [Text(loss_value(r["final_loss"])) for r in rows],
+        ),
+        (f"best loss ({DEFINITIONS['best_loss']})", [Text(_fmt(r["best_loss"])) for r in rows]),
+        (
+            "steps with a spike: loss, gradient",
+            [Text(f"{r['loss_spike_steps']}, {r['grad_spike_steps']}") for r in rows],
+        ),
+        ("non-finite steps", [Text(str(r["nonfinite_steps"])) for r in rows]),
+        ("findings", [health_renderable(rep.summary) for rep in reports]),
+    ]
+
+
+def _markdown(comparison: Comparison, diff_cols: list[str], diff_cells: list[list[str]]) -> str:
+    columns = [
+        "run",
+        "status",
+        "steps",
+        f"final loss ({DEFINITIONS['final_loss']})",
+        f"best loss ({DEFINITIONS['best_loss']})",
+        "steps with a spike: loss, gradient",
+        "non-finite steps",
+        "findings",
+    ]
+    cells = [
+        [
+            _cell(r["run"]),
+            r["status"],
+            str(r["steps"]),
+            loss_value(r["final_loss"]),
+            _fmt(r["best_loss"]),
+            f"{r['loss_spike_steps']}, {r['grad_spike_steps']}",
+            str(r["nonfinite_steps"]),
+            r["health"],
+        ]
+        for r in comparison.rows
+    ]
+    lines = ["## gradlens compare", "", "| " + " | ".join(columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    if diff_cells:
+        baseline = comparison.rows[0]["run"]
+        lines += [
+            "",
+            f"### Per-layer norm ratios to {_cell(baseline)} at matched steps",
+            "",
+            "| " + " | ".join(diff_cols) + " |",
+            "|" + "---|" * len(diff_cols),
+        ]
+        lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in diff_cells]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: Any) -> str:

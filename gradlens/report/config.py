@@ -12,6 +12,7 @@ Precedence: CLI options > ``--config FILE`` > ``gradlens.toml`` > ``pyproject.to
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -55,8 +56,31 @@ class Thresholds:
     softmax_collapse_min_steps: int = 5  # steps at or above the fraction
     nc_regression_ratio: float = 1.5  # final CDNV / best CDNV
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_threshold(f.name, getattr(self, f.name))
+
     def replace(self, **changes: Any) -> Thresholds:
         return dataclasses.replace(self, **_coerce(changes, self))
+
+
+# May be 0: counts, gaps, and the fractions where 0 means "any".
+_ZERO_ALLOWED = {"amp_skip_max_fraction", "plateau_fraction"}
+
+
+def _check_threshold(name: str, value: float) -> None:
+    """Finite; integers >= 0; other numbers > 0 (or >= 0); fractions at most 1."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"threshold {name!r} must be >= 0, got {value}")
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"threshold {name!r} must be a finite number, got {value}")
+    low_ok = name in _ZERO_ALLOWED
+    if value < 0 or (value == 0 and not low_ok):
+        raise ConfigError(f"threshold {name!r} must be {'>=' if low_ok else '>'} 0, got {value:g}")
+    if name.endswith("_fraction") and value > 1:
+        raise ConfigError(f"threshold {name!r} is a fraction (at most 1), got {value:g}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +103,7 @@ def find_config_file(start: Path) -> Path | None:
         if own.is_file():
             return own
         project = folder / "pyproject.toml"
-        if project.is_file() and "gradlens" in _read_toml(project).get("tool", {}):
+        if project.is_file() and "gradlens" in _table(_read_toml(project), "tool", project):
             return project
     return None
 
@@ -97,21 +121,42 @@ def load_config(
         if not source.is_file():
             raise ConfigError(f"config file not found: {source}")
         data = _read_toml(source)
-        section = (
-            data.get("tool", {}).get("gradlens", {}) if source.name == "pyproject.toml" else data
-        )
-    report = section.get("report", {})
+        if source.name == "pyproject.toml":
+            section = _table(_table(data, "tool", source), "gradlens", source, "tool.")
+        else:
+            section = data
+    prefix = "tool.gradlens." if source is not None and source.name == "pyproject.toml" else ""
+    report = _table(section, "report", source, prefix)
     unknown = set(report) - {"fail_on"}
     if unknown:
-        raise ConfigError(f"{source}: unknown [report] keys: {', '.join(sorted(unknown))}")
-    thresholds = Thresholds().replace(**section.get("thresholds", {}))
+        raise ConfigError(f"{source}: unknown [{prefix}report] keys: {', '.join(sorted(unknown))}")
+    fail_level = report.get("fail_on", "error")
+    if not isinstance(fail_level, str):
+        raise ConfigError(
+            f"{source}: [{prefix}report] fail_on must be a string, got {fail_level!r}"
+        )
+    values = _table(section, "thresholds", source, prefix)
+    try:
+        thresholds = Thresholds().replace(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if overrides:
         thresholds = thresholds.replace(**overrides)
     return ReportConfig(
-        fail_on=fail_on or report.get("fail_on", "error"),
+        fail_on=fail_on or fail_level,
         thresholds=thresholds,
         source=str(source) if source else None,
     )
+
+
+def _table(data: dict[str, Any], key: str, source: Path | None, prefix: str = "") -> dict[str, Any]:
+    """``data[key]`` when it is a TOML table (``{}`` when absent), else a ``ConfigError``."""
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{source}: [{prefix}{key}] must be a table, got {type(value).__name__} {value!r}"
+        )
+    return value
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

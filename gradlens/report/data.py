@@ -65,7 +65,9 @@ class RunData:
         order = list(dict.fromkeys(df["layer"]))
         out = {}
         for metric, part in df.groupby("metric", sort=False):
-            wide = part.pivot_table(index="step", columns="layer", values="value", aggfunc="last")
+            # pivot, not pivot_table: a NaN norm is a recorded value, not a missing one
+            last = part.drop_duplicates(["step", "layer"], keep="last")
+            wide = last.pivot(index="step", columns="layer", values="value").sort_index()
             out[str(metric)] = wide[[c for c in order if c in wide.columns]]
         return out
 

@@ -45,8 +45,8 @@ def loss_value(value: float | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """``75.2`` → ``1m15s``; None → ``-``."""
-    if seconds is None:
+    """``75.2`` → ``1m15s``; None, NaN or Inf → ``-``."""
+    if seconds is None or not math.isfinite(seconds):
         return "-"
     total = round(seconds)
     hours, rest = divmod(total, 3600)
@@ -57,6 +57,10 @@ def duration(seconds: float | None) -> str:
 
 
 def timestamp(value: float | None) -> str:
+    """Local time of a Unix timestamp; ``-`` for None or one no clock can show."""
     if value is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    except (OverflowError, OSError, ValueError):
+        return "-"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gradlens.report.build import Report, exit_code
 from gradlens.report.format import duration, loss_value, number, sparkline
+from gradlens.report.summary import DEFINITIONS, health_text
 
 __all__ = ["MAX_BYTES", "render_markdown"]
 
@@ -14,12 +15,24 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _verdict(report: Report) -> str:
+    """❌ when the report fails its level, ⚠️ for warnings/errors below it, else ✅."""
+    health = health_text(report.counts())
+    if exit_code(report):
+        return f"❌ {health} (fail-on {report.fail_on})"
+    return f"⚠️ {health}" if report.worst in ("warning", "error") else f"✅ {health}"
+
+
+def _code(text: str) -> str:
+    """Inline code that survives backticks in the text."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
 def render_markdown(report: Report) -> str:
     run = report.run
-    counts = report.counts()
-    verdict = "❌ unhealthy" if exit_code(report) else "✅ healthy"
+    summary = report.summary
     lines = [
-        f"## gradlens report: `{run['name']}` — {verdict}",
+        f"## gradlens report: {_cell(_code(run['name']))} — {_verdict(report)}",
         "",
         f"**status** {run['status']} · **steps** {run['steps']} · "
         f"**duration** {duration(run['duration_s'])} · **device** {run.get('device') or '-'} · "
@@ -27,15 +40,16 @@ def render_markdown(report: Report) -> str:
         "",
     ]
     if report.loss:
-        lines += [
-            f"loss `{sparkline(report.loss)}` final {loss_value(run['final_loss'])}, "
-            f"best {number(run['best_loss'])}",
-            "",
-        ]
-    lines.append(
-        f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info"
-    )
-    lines.append("")
+        lines += [f"loss `{sparkline(report.loss)}`", ""]
+    lines += [
+        f"**final loss** {loss_value(summary.final_loss)} ({DEFINITIONS['final_loss']}) · "
+        f"**best** {number(summary.best_loss)} ({DEFINITIONS['best_loss']}) · "
+        f"**steps with a spike** {summary.loss_spike_steps} loss, "
+        f"{summary.grad_spike_steps} gradient · **non-finite steps** {summary.nonfinite_steps}",
+        "",
+        f"**findings** {health_text(report.counts())}",
+        "",
+    ]
     if report.findings:
         lines += ["| severity | rule | steps | layer | evidence |", "|---|---|---|---|---|"]
         for f in report.findings:

@@ -39,8 +39,14 @@ def hessian_section(data: RunData) -> Section | None:
     worst = float(res["value"].max()) if len(res) else math.nan
     sharp = df[df["metric"] == "sharpness"].groupby("step")["value"].last()
     eos = df[df["metric"] == "eos_ratio"].groupby("step")["value"].last()
+    first = int(df["step"].min())
     rows = [
-        ("probes", f"{df['step'].nunique()} (steps {int(df['step'].min())}–{step})"),
+        (
+            "probes",
+            f"{df['step'].nunique()} (steps {first}–{step})"
+            if first != step
+            else f"1 (step {step})",
+        ),
         (f"top eigenvalues at step {step}", eigs or "-"),
         ("largest residual ‖Hv−λv‖", number(worst)),
         (
@@ -50,10 +56,10 @@ def hessian_section(data: RunData) -> Section | None:
         ),
         ("trace", f"{number(_value(last, 'trace'))} ± {number(_value(last, 'trace_stderr'))}"),
         (
-            "sharpness: first → max → last",
+            "sharpness: first → max → last" if len(sharp) > 1 else "sharpness",
             f"{number(sharp.iloc[0])} → {number(sharp.max())} → {number(sharp.iloc[-1])}"
-            if len(sharp)
-            else "-",
+            if len(sharp) > 1
+            else (number(sharp.iloc[0]) if len(sharp) else "-"),
         ),
         ("λmax·lr/2 (edge of stability at 1)", f"max {number(eos.max())}" if len(eos) else "-"),
         ("HVPs per probe", number(_value(last, "hvps"))),
@@ -69,8 +75,11 @@ def _series(df: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def _trend(series: pd.Series, fmt: str = "{:.4g}") -> str:
+    """``first → last (steps a–b)``; one value prints as ``value (step a)``."""
     if series.empty:
         return "-"
+    if len(series) == 1:
+        return f"{fmt.format(series.iloc[0])} (step {int(series.index[0])})"
     return (
         f"{fmt.format(series.iloc[0])} → {fmt.format(series.iloc[-1])} "
         f"(steps {int(series.index[0])}–{int(series.index[-1])})"
@@ -95,7 +104,8 @@ def collapse_section(data: RunData) -> Section | None:
         for metric, label in labels.items()
         if (df["metric"] == metric).any()
     ]
-    return Section("Neural collapse (first → last probe)", rows)
+    probes = df["step"].nunique()
+    return Section("Neural collapse" + (" (first → last probe)" if probes > 1 else ""), rows)
 
 
 def softmax_section(data: RunData) -> Section | None:

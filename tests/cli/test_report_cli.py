@@ -67,7 +67,7 @@ def test_step_summary_is_appended(tmp_path):
         gradlens_cli("report", str(SAMPLES / "mlp"), env=env)
     text = summary.read_text()
     assert text.startswith("# earlier step\n")
-    assert text.count("## gradlens report: `mlp` — ✅ healthy") == 2
+    assert text.count("## gradlens report: `mlp` — ✅ no findings") == 2
     gradlens_cli("report", str(SAMPLES / "mlp"), "--no-step-summary", env=env)
     assert summary.read_text() == text
 
@@ -94,7 +94,7 @@ def test_config_file_in_working_directory(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["report", "no/such/run"], "not a gradlens run"),
+        (["report", "no/such/run"], "no/such/run: no such run folder"),
         (["report", str(SAMPLES / "mlp"), "-t", "bogus=1"], "unknown threshold 'bogus'"),
         (["report", str(SAMPLES / "mlp"), "-t", "novalue"], "NAME=VALUE"),
         (["report", str(SAMPLES / "mlp"), "--format", "pdf"], "pdf"),
@@ -133,7 +133,7 @@ def test_compare_side_by_side():
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert [r["run"] for r in data["runs"]] == ["mlp", "mlp-spiky"]
-    assert data["runs"][0]["loss_spikes"] == 0 and data["runs"][1]["loss_spikes"] > 0
+    assert data["runs"][0]["loss_spike_steps"] == 0 and data["runs"][1]["loss_spike_steps"] > 0
     worst = max(data["layer_differences"], key=lambda d: abs(d["max_ratio"] or 0))
     assert worst["max_step"] == 151 and worst["max_ratio"] > 5
     text = gradlens_cli("compare", str(SAMPLES / "mlp"), str(SAMPLES / "mlp-diverged"))

@@ -58,17 +58,19 @@ def test_text_report_shows_header_findings_layers_and_verdict(runs_dir):
     assert "loss_spikes" in out and "120" in out and "30.0×" in out
     assert "update_ratio" in out and "layer1.weight" in out
     assert "Layers (median over the last 20% of steps)" in out
-    assert "healthy at fail-on error: 0 error(s), 2 warning(s), 0 info → exit 0" in out
+    assert "passed at fail-on error: no errors, 2 warnings → exit 0" in out
+    assert "healthy" not in out  # warnings are not "healthy"
 
 
 def test_text_verdict_at_warning_level(runs_dir):
     report = build_report(open_run(_spiky_run(runs_dir)), ReportConfig(fail_on="warning"))
-    assert "UNHEALTHY: 0 error(s), 2 warning(s), 0 info (fail-on warning) → exit 1" in _text(report)
+    assert "UNHEALTHY: no errors, 2 warnings (fail-on warning) → exit 1" in _text(report)
 
 
 def test_markdown_has_verdict_and_findings_table(runs_dir):
     md = render_markdown(build_report(open_run(_spiky_run(runs_dir))))
-    assert md.startswith("## gradlens report: `spiky` — ✅ healthy")
+    assert md.startswith("## gradlens report: `spiky` — ⚠️ no errors, 2 warnings\n")
+    assert "healthy" not in md
     assert "| severity | rule | steps | layer | evidence |" in md
     assert "| warning | loss_spikes | 120 | - |" in md
 
