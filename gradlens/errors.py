@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "GradlensError", "RunNotFoundError", "TableError"]
+__all__ = [
+    "ConfigError",
+    "GradlensError",
+    "RunNotFoundError",
+    "RunUnreadableError",
+    "TableError",
+]
 
 
 class GradlensError(Exception):
@@ -11,6 +17,14 @@ class GradlensError(Exception):
 
 class RunNotFoundError(GradlensError):
     """The path is not a gradlens run (no ``meta.json``)."""
+
+
+class RunUnreadableError(RunNotFoundError, ValueError):
+    """The run's ``meta.json`` is there but unreadable or invalid; the message says why.
+
+    A ``RunNotFoundError`` (and a ``ValueError``) too, so callers written before it existed
+    still catch it.
+    """
 
 
 class TableError(GradlensError):

@@ -4,6 +4,11 @@ Like ``python train.py args…``: ``sys.argv`` and ``sys.path[0]`` are the scrip
 script runs through ``runpy.run_path`` so that spawn-started DataLoader workers re-import it
 by path as ``__mp_main__``. The script's exit code becomes ours; an exception still flushes
 and marks the run ``failed``; Ctrl-C and SIGTERM flush and mark it ``interrupted``.
+
+Closing the run is atomic with respect to Ctrl-C and SIGTERM (``signals.HeldSignals``): one
+that arrives while gradlens flushes waits until the rows and ``meta.json`` are written, then
+the run is marked ``interrupted`` with the signal's exit code (130, 143) unless the script had
+already failed; a second Ctrl-C says how to abandon, a third abandons.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from gradlens.errors import GradlensError
+from gradlens.instrument.signals import HeldSignals, exit_code_for
 from gradlens.lens import Lens
-from gradlens.store.meta import run_name_for
+from gradlens.store.meta import run_name_for, update_meta
 
 __all__ = ["watch_script"]
 
@@ -44,51 +50,97 @@ def watch_script(script: str | Path, args: list[str], **lens_options: Any) -> tu
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     sys.argv[:] = argv
     sys.path.insert(0, str(path.resolve().parent))
-    term = _SigTerm()
-    previous_term = term.install()
+    ending = _Ending()
+    previous = ending.install()
     code, status, error = 0, "finished", None
+    ended: BaseException | None = None
     try:
         runpy.run_path(str(path), run_name="__main__")
-    except SystemExit as exc:
-        code = _exit_code(exc.code)
-        status = "finished" if code == 0 else "failed"
-        error = None if code == 0 else f"SystemExit({exc.code!r})"
-    except KeyboardInterrupt:
-        code, status, error = 130, "interrupted", "KeyboardInterrupt"
-    except _Terminated:
-        code, status, error = 143, "interrupted", "SIGTERM"
-    except BaseException as exc:
-        _print_script_traceback(exc, path)
-        code, status, error = 1, "failed", f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:  # every ending is the script's, told below
+        ending.raising = False
+        ended = exc
+    ending.raising = False  # from here on a signal is noted, then held, never raised
+    presses = ending.noted.count(signal.SIGINT) + isinstance(ended, KeyboardInterrupt)
+    held = HeldSignals(presses=presses, redeliver=False)
+    try:
+        with held:
+            if ended is not None:
+                code, status, error = _outcome(ended, path)
+            _close(lens, status, code, error, held, ending.noted)
+        first = next(iter([*ending.noted, *held.received]), None)
+        if first is not None and code == 0:
+            code = exit_code_for(first)
+    except KeyboardInterrupt:  # the third Ctrl-C: abandon the close
+        print("gradlens: abandoned; the run keeps what was written", file=sys.stderr)
+        code = 130
     finally:
-        term.raising = False  # a SIGTERM now (torchrun stopping the other ranks) must not
-        lens.close(status, exit_code=code, error=error)  # cut the flush short
-        signal.signal(signal.SIGTERM, previous_term)
+        ending.restore(previous)
         sys.argv[:] = saved_argv
         if saved_path0 is not None and sys.path and sys.path[0] == str(path.resolve().parent):
             sys.path.pop(0)
-    if term.deferred and code == 0:
-        code = 143
     return code, lens
 
 
-class _SigTerm:
-    """SIGTERM handler: unwinds the script while it runs, is only noted while gradlens closes."""
+def _close(
+    lens: Lens, status: str, code: int, error: str | None, held: HeldSignals, noted: list[int]
+) -> None:
+    """Close the run; a signal that came meanwhile makes a successful run ``interrupted``."""
+    lens.close(status, exit_code=code, error=error)
+    first = next(iter([*noted, *held.received]), None)
+    if first is None or code != 0 or lens.run_dir is None or not lens.dist.main:
+        return
+    name = "KeyboardInterrupt" if first == signal.SIGINT else signal.Signals(first).name
+    update_meta(lens.run_dir, status="interrupted", exit_code=exit_code_for(first), error=name)
+
+
+def _outcome(exc: BaseException, script: Path) -> tuple[int, str, str | None]:
+    """Exit code, status and error for a script that ended by raising ``exc``."""
+    if isinstance(exc, SystemExit):
+        code = _exit_code(exc.code)
+        return (
+            code,
+            "finished" if code == 0 else "failed",
+            (None if code == 0 else f"SystemExit({exc.code!r})"),
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted", "KeyboardInterrupt"
+    if isinstance(exc, _Terminated):
+        return 143, "interrupted", "SIGTERM"
+    _print_script_traceback(exc, script)
+    return 1, "failed", f"{type(exc).__name__}: {exc}"
+
+
+class _Ending:
+    """SIGINT/SIGTERM handler: unwinds the script while it runs, only notes a signal after.
+
+    (``HeldSignals`` takes over for the close; this covers the few instructions between.)
+    """
 
     def __init__(self) -> None:
         self.raising = True
-        self.deferred = False
+        self.noted: list[int] = []
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.raising:
+        if not self.raising:
+            self.noted.append(signum)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
             raise _Terminated()
-        self.deferred = True
 
-    def install(self) -> Any:
-        try:
-            return signal.signal(signal.SIGTERM, self)
-        except ValueError:  # not the main thread
-            return signal.getsignal(signal.SIGTERM)
+    def install(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, self)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+    @staticmethod
+    def restore(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _exit_code(code: object) -> int:

@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gradlens.errors import TableError
-from gradlens.store.segments import readable_files
+from gradlens.store.schema import SCHEMAS
+from gradlens.store.segments import is_journal, read_journal, readable_files
 
 __all__ = [
     "FileInfo",
@@ -117,6 +118,10 @@ def distinct(files: Sequence[Path], column: str) -> list[Any]:
     seen: dict[Any, None] = {}
     for path in files:
         try:
+            if is_journal(path):
+                for value in pc.unique(_journal(path).column(column)).to_pylist():
+                    seen.setdefault(value, None)
+                continue
             info = file_info(path)
             for index, group in enumerate(info.groups):
                 lo, hi = group.bounds.get(column, (None, None))
@@ -136,8 +141,16 @@ def distinct(files: Sequence[Path], column: str) -> list[Any]:
 # -- helpers -------------------------------------------------------------------------------------
 
 
+def _journal(path: Path) -> pa.Table:
+    """A journal's complete rows (journals are small: the rows of one fold interval)."""
+    return read_journal(path, SCHEMAS.get(path.parent.name))
+
+
 @functools.lru_cache(maxsize=4096)
 def _file_info(path: str, mtime_ns: int, size: int) -> FileInfo:
+    if is_journal(Path(path)):  # one group, no statistics: never pruned, always read
+        table = _journal(Path(path))
+        return FileInfo(table.schema, [GroupInfo(table.num_rows, {})] if table.num_rows else [])
     meta = pq.ParquetFile(path).metadata
     schema = meta.schema.to_arrow_schema()
     groups = []
@@ -169,6 +182,8 @@ def _read_file(
     conditions: dict[str, frozenset[Any]],
     steps: tuple[int, int] | None,
 ) -> list[pa.Table]:
+    if is_journal(path):
+        return _read_journal_file(path, columns, conditions, steps)
     info = file_info(path)
     names = set(info.schema.names)
     for column in [*columns, *conditions]:
@@ -209,6 +224,30 @@ def _read_file(
                 arrays.append(part.column(column))
         parts.append(pa.table(arrays, names=columns))
     return parts
+
+
+def _read_journal_file(
+    path: Path,
+    columns: list[str],
+    conditions: dict[str, frozenset[Any]],
+    steps: tuple[int, int] | None,
+) -> list[pa.Table]:
+    table = _journal(path)
+    if not table.num_rows:
+        return []
+    for column in [*columns, *conditions]:
+        if column not in table.column_names:
+            raise KeyError(f"no column {column!r}")
+    mask = _mask(table, list(conditions), conditions, steps)
+    if mask is not None:
+        table = table.filter(mask)
+    if not table.num_rows:
+        return []
+    arrays = []
+    for column in columns:  # strings dictionary-coded, like the Parquet reads
+        values = table.column(column)
+        arrays.append(pc.dictionary_encode(values) if pa.types.is_string(values.type) else values)
+    return [pa.table(arrays, names=columns)]
 
 
 def _settled(

@@ -7,14 +7,17 @@ process is gone was never finalized: readers report it as ``crashed``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gradlens.errors import ConfigError
+from gradlens.errors import ConfigError, RunUnreadableError
+from gradlens.store.failures import remove_quietly, storage_error, warn_storage
 
 __all__ = [
     "STATUSES",
@@ -25,6 +28,7 @@ __all__ = [
     "run_name_for",
     "update_meta",
     "valid_run_name",
+    "validate_meta",
     "write_meta",
 ]
 
@@ -49,8 +53,12 @@ def run_name_for(text: str) -> str:
 
 
 def create_run_dir(runs_dir: Path, name: str) -> Path:
-    """Create a fresh folder for run ``name`` under ``runs_dir`` (``name-2``… if taken)."""
+    """Create a fresh folder for run ``name`` under ``runs_dir`` (``name-2``… if taken).
+
+    The path returned is absolute: the script may ``os.chdir`` while the run is written.
+    """
     valid_run_name(name)
+    runs_dir = Path(runs_dir).absolute()
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
         for n in range(1, 10_000):
@@ -66,26 +74,153 @@ def create_run_dir(runs_dir: Path, name: str) -> Path:
 
 
 def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
-    """Write ``meta.json`` atomically."""
-    tmp = run_dir / ".meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, run_dir / "meta.json")
+    """Write ``meta.json`` atomically; on failure the temporary file is removed and the
+    ``OSError`` raised."""
+    tmp = Path(run_dir) / ".meta.json.tmp"
+    try:
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+        os.replace(tmp, Path(run_dir) / "meta.json")
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
-    """Read ``meta.json``; raises ``FileNotFoundError`` or ``ValueError``."""
-    data = json.loads((run_dir / "meta.json").read_text())
-    if not isinstance(data, dict):
-        raise ValueError("meta.json does not hold an object")
+    """Read and validate ``meta.json``.
+
+    Raises:
+        FileNotFoundError: there is no ``meta.json``.
+        RunUnreadableError: it cannot be read, is not JSON, or a field has the wrong type
+            (the message says which, in one line).
+    """
+    path = Path(run_dir) / "meta.json"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunUnreadableError(f"{path}: unreadable ({_reason(exc)})") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise RunUnreadableError(f"{path}: not valid JSON ({_reason(exc)})") from None
+    problem = validate_meta(data)
+    if problem is not None:
+        raise RunUnreadableError(f"{path}: {problem}")
     return data
 
 
 def update_meta(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into ``meta.json`` and return the result."""
-    meta = read_meta(run_dir)
+    """Merge ``fields`` into ``meta.json`` and return the result.
+
+    Never raises for a storage failure or an unreadable file: it warns once (one line) and
+    returns what it would have written. The first storage failure this process met for the
+    run is recorded as ``storage_error``.
+    """
+    try:
+        meta = read_meta(run_dir)
+    except (OSError, RunUnreadableError) as exc:
+        warn_storage(run_dir, "cannot read meta.json", exc)
+        return dict(fields)
     meta.update(fields)
-    write_meta(run_dir, meta)
+    failure = storage_error(run_dir)
+    if failure is not None and "storage_error" not in fields:
+        meta["storage_error"] = failure
+    try:
+        write_meta(run_dir, meta)
+    except OSError as exc:
+        warn_storage(run_dir, "cannot write meta.json", exc)
     return meta
+
+
+# -- validation: the one schema of meta.json ----------------------------------------------------
+
+_EARLIEST, _LATEST = 0.0, 4_102_444_800.0  # 1970 .. 2100, in seconds since the epoch
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+def _count(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return None if ok else "a whole number >= 0"
+
+
+def _code(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+
+
+def _time(value: Any) -> str | None:
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and _EARLIEST <= value <= _LATEST
+    )
+    return None if ok else "seconds since the epoch (a finite number, years 1970-2100)"
+
+
+def _status(value: Any) -> str | None:
+    return None if value in STATUSES else f"one of {', '.join(STATUSES)}"
+
+
+def _texts(value: Any) -> str | None:
+    ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return None if ok else "a list of strings"
+
+
+def _mapping(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "an object"
+
+
+# field -> (check, may be null)
+META_FIELDS: dict[str, tuple[Callable[[Any], str | None], bool]] = {
+    "name": (_text, False),
+    "command": (_text, True),
+    "argv": (_texts, True),
+    "cwd": (_text, True),
+    "status": (_status, False),
+    "start_time": (_time, True),
+    "end_time": (_time, True),
+    "pid": (_count, True),
+    "pid_start": (_count, True),
+    "host": (_text, True),
+    "versions": (_mapping, True),
+    "git_sha": (_text, True),
+    "config": (_mapping, True),
+    "exit_code": (_code, True),
+    "error": (_text, True),
+    "steps": (_count, True),
+    "device": (_text, True),
+    "layers": (_count, True),
+    "world_size": (_count, True),
+    "storage_error": (_text, True),
+}
+
+
+def validate_meta(data: Any) -> str | None:
+    """Why ``data`` is not a valid ``meta.json`` (one line), or None if it is.
+
+    Fields may be missing; a field that is there must have its type (``META_FIELDS``).
+    Fields gradlens does not know are kept as they are.
+    """
+    if not isinstance(data, dict):
+        return "does not hold a JSON object"
+    for field, (check, nullable) in META_FIELDS.items():
+        if field not in data or (nullable and data[field] is None):
+            continue
+        expected = check(data[field])
+        if expected is not None:
+            shown = repr(data[field])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            return f"{field} must be {expected}, got {shown}"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def resolved_status(meta: dict[str, Any], run_dir: Path) -> str:

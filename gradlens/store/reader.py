@@ -1,13 +1,13 @@
 """Reading runs back: ``open_run(path).table("layers")`` → pandas DataFrame.
 
-Readers see every complete segment written so far, so a run still being written (or one
-that was killed) reads back with everything that was flushed.
+Readers see every complete segment written so far, journals included (up to their last
+complete batch), so a run still being written (or one that was killed) reads back with
+everything that was flushed.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import operator
 import time
 from collections.abc import Sequence
@@ -19,10 +19,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from gradlens.errors import RunNotFoundError, TableError
+from gradlens.errors import RunNotFoundError, RunUnreadableError, TableError
 from gradlens.store.meta import read_meta, resolved_status
 from gradlens.store.schema import SCHEMAS
-from gradlens.store.segments import readable_files
+from gradlens.store.segments import is_journal, read_journal, readable_files
 
 __all__ = ["Run", "list_runs", "open_run"]
 
@@ -39,9 +39,12 @@ class Run:
         >>> run.table("layers", filters=[("metric", "==", "grad_norm")]).head()
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], unreadable: str | None = None) -> None:
+        """``unreadable``: why the run cannot be read (then ``meta`` is empty); such runs come
+        only from ``list_runs``, which lists a bad run instead of failing for the folder."""
         self.path = path
         self.meta = meta
+        self.unreadable = unreadable
 
     @property
     def name(self) -> str:
@@ -49,7 +52,9 @@ class Run:
 
     @cached_property
     def status(self) -> str:
-        """running, finished, failed, interrupted, or crashed (never finalized)."""
+        """running, finished, failed, interrupted, crashed (never finalized) or unreadable."""
+        if self.unreadable is not None:
+            return "unreadable"
         return resolved_status(self.meta, self.path)
 
     def tables(self) -> list[str]:
@@ -99,6 +104,8 @@ class Run:
     @cached_property
     def steps(self) -> int:
         """Optimizer steps recorded (from meta when finalized, else from the data)."""
+        if self.unreadable is not None:
+            return 0
         if isinstance(self.meta.get("steps"), int) and self.status != "running":
             return int(self.meta["steps"])
         if not self.has_table("scalars"):
@@ -118,7 +125,7 @@ class Run:
             return None
         end = _seconds(self.meta.get("end_time"))
         if end is None:
-            files = [p for p in self.path.rglob("*.parquet")]
+            files = _files_of(self.path)
             end = max((p.stat().st_mtime for p in files), default=start)
             if self.status == "running":
                 end = time.time()
@@ -129,39 +136,82 @@ class Run:
 
 
 def open_run(path: str | Path) -> Run:
-    """Open the run at ``path``; raises ``RunNotFoundError`` if it is not a gradlens run."""
+    """Open the run at ``path``.
+
+    Raises:
+        RunNotFoundError: ``path`` is not a gradlens run (no ``meta.json``).
+        RunUnreadableError: its ``meta.json`` is unreadable or invalid (a ``RunNotFoundError``
+            too); the message says why in one line.
+    """
     run_dir = Path(path)
     if not (run_dir / "meta.json").is_file():
         raise RunNotFoundError(f"{path}: not a gradlens run (no meta.json)")
     try:
         meta = read_meta(run_dir)
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise RunNotFoundError(f"{path}: unreadable meta.json ({exc})") from None
+    except FileNotFoundError:
+        raise RunNotFoundError(f"{path}: not a gradlens run (no meta.json)") from None
     return Run(run_dir, meta)
 
 
 def list_runs(runs_dir: str | Path) -> list[Run]:
-    """Every run directly under ``runs_dir``, oldest first."""
+    """Every run directly under ``runs_dir``, oldest first.
+
+    A run whose ``meta.json`` is unreadable is listed too (first), with ``run.unreadable``
+    saying why and status ``unreadable``: one bad run never hides the others.
+    """
     root = Path(runs_dir)
     if not root.is_dir():
         raise RunNotFoundError(f"{runs_dir}: no such directory")
     runs = []
     for child in root.iterdir():
-        if (child / "meta.json").is_file():
-            try:
-                runs.append(open_run(child))
-            except RunNotFoundError:
+        try:
+            if not (child / "meta.json").is_file():
                 continue
+            runs.append(open_run(child))
+        except RunUnreadableError as exc:
+            runs.append(Run(child, {}, unreadable=_short(str(exc), child)))
+        except (RunNotFoundError, OSError):  # vanished or not listable: not a run
+            continue
     return sorted(runs, key=lambda r: (r.start_time or 0.0, r.name))
+
+
+def _short(message: str, run_dir: Path) -> str:
+    """The reason without the path (the run's folder shows it already)."""
+    prefix = f"{run_dir / 'meta.json'}: "
+    return "meta.json " + message[len(prefix) :] if message.startswith(prefix) else message
 
 
 def _read(
     files: list[Path], columns: Sequence[str] | None, filters: Sequence[Filter] | None
 ) -> pa.Table:
-    schema = pa.unify_schemas([ds.dataset(f, format="parquet").schema for f in files])
-    dataset = ds.dataset([str(f) for f in files], format="parquet", schema=schema)
     expr = _expression(filters) if filters else None
-    return dataset.to_table(columns=list(columns) if columns else None, filter=expr)
+    wanted = list(columns) if columns else None
+    parquet = [f for f in files if not is_journal(f)]
+    parts = []
+    if parquet:
+        schema = pa.unify_schemas([ds.dataset(f, format="parquet").schema for f in parquet])
+        dataset = ds.dataset([str(f) for f in parquet], format="parquet", schema=schema)
+        parts.append(dataset.to_table(columns=wanted, filter=expr))
+    for path in files:
+        if is_journal(path):
+            table = read_journal(path, SCHEMAS.get(path.parent.name))
+            if not table.num_rows:
+                continue
+            if expr is not None:
+                table = table.filter(expr)
+            parts.append(table.select(wanted) if wanted is not None else table)
+    if not parts:  # only empty journals
+        schema = SCHEMAS.get(files[0].parent.name) or pa.schema([])
+        empty = schema.empty_table()
+        return empty.select(wanted) if wanted is not None else empty
+    if len(parts) == 1:
+        return parts[0]
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _files_of(run_dir: Path) -> list[Path]:
+    """Every table file of a run (Parquet and journals)."""
+    return [p for p in run_dir.rglob("*") if p.suffix in (".parquet", ".arrows")]
 
 
 def _seconds(value: Any) -> float | None:

@@ -1,10 +1,14 @@
-"""Background writer: turns queued rows into Parquet segment files off the training thread.
+"""Background writer: turns queued rows into table files off the training thread.
 
 The training thread only enqueues. Jobs are callables run on the writer thread (so decoding
-and spike detection happen there too) that return rows per table. Rows are written as one
-segment per table as soon as they arrive, but at most once per ``min_interval`` seconds (a
-fast loop flushing every few milliseconds would otherwise write thousands of tiny files and
-hold the GIL the training thread needs). ``close()`` drains, writes the tail and compacts.
+and spike detection happen there too) that return rows per table. Rows are appended to the
+table's journal (``segments``: an Arrow IPC stream) as soon as they arrive, so a SIGKILL loses
+only what was not yet handed to the writer. At most once per ``min_interval`` seconds (or when
+it reaches ``FOLD_BYTES``) a journal is folded into one Parquet segment, and in a long run
+segments are merged in the background, ``MERGE_FANOUT`` at a time, so a table holds
+O(``MERGE_FANOUT`` · log(segments)) files at any moment. ``close()`` drains, folds and compacts
+each table into one file. A storage failure (full or read-only disk) is one warning line
+(``failures``) and never an exception out of the writer.
 """
 
 from __future__ import annotations
@@ -25,22 +29,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gradlens.store.schema import to_arrow
+from gradlens.instrument.signals import HeldSignals
+from gradlens.store.failures import remove_quietly, warn_storage
+from gradlens.store.schema import SCHEMAS, to_arrow
 from gradlens.store.segments import (
+    Segment,
     compact_name,
-    readable_files,
-    segment_number,
-    segment_writer,
+    journal_name,
+    merge_name,
+    parse,
+    read_journal,
+    segments,
     write_segment,
 )
 
 __all__ = [
     "COMPACT_KEYS",
+    "FOLD_BYTES",
+    "MERGE_FANOUT",
     "ROW_GROUP_MAX",
     "ROW_GROUP_MIN",
     "Rows",
     "RunWriter",
     "compact_table",
+    "merge_segments",
     "sorted_for_reads",
     "write_grouped",
 ]
@@ -50,6 +62,8 @@ Rows = Mapping[str, Mapping[str, Any]]
 Job = Callable[[], Rows]
 
 _STOP = object()
+FOLD_BYTES = 32 << 20  # a journal this big is folded into Parquet at once
+MERGE_FANOUT = 8  # segments of one size merged together in the background
 
 
 class RunWriter:
@@ -65,16 +79,19 @@ class RunWriter:
         self,
         run_dir: Path,
         strict: bool | None = None,
-        min_interval: float = 1.0,
+        min_interval: float = 30.0,
         tag: str = "",
     ) -> None:
-        """``tag`` (e.g. ``"r1"``) names this writer's files when several processes write."""
-        self.run_dir = Path(run_dir)
+        """``min_interval``: seconds between two Parquet segments of a table (rows are on disk
+        in the journal before that). ``tag`` (e.g. ``"r1"``) names this writer's files when
+        several processes write."""
+        self.run_dir = Path(run_dir).absolute()  # the script may os.chdir()
         self.min_interval = min_interval
         self.tag = tag
         self.strict = os.environ.get("GRADLENS_STRICT") == "1" if strict is None else strict
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._next_segment: dict[str, int] = {}
+        self._journals: dict[str, _Journal] = {}
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="gradlens-writer", daemon=True)
@@ -90,36 +107,44 @@ class RunWriter:
         self.submit(lambda: {table: columns})
 
     def sync(self, timeout: float | None = None) -> None:
-        """Block until everything queued so far is on disk."""
+        """Block until everything queued so far is on disk (in the journals)."""
         done = threading.Event()
         self._queue.put(done)
         done.wait(timeout)
 
     def close(self, compact: bool = True) -> None:
-        """Drain the queue, write the last segments and (optionally) compact each table."""
+        """Drain the queue, fold the journals and (optionally) compact each table.
+
+        Ctrl-C and SIGTERM are held meanwhile (``HeldSignals``: a third Ctrl-C abandons), so
+        an interrupted join does not leave queued rows to die with the daemon thread. Storage
+        failures are warned about, never raised.
+        """
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join()
-        if compact:
-            for folder in sorted(p for p in self.run_dir.iterdir() if p.is_dir()):
-                self._guard(functools.partial(compact_table, folder, self.tag))
-        if self._error is not None and self.strict:
+        with HeldSignals():
+            self._queue.put(_STOP)
+            self._thread.join()
+            if compact:
+                for folder in self._folders():
+                    self._guard(functools.partial(compact_table, folder, self.tag), folder.name)
+        if self._error is not None and self.strict and not isinstance(self._error, OSError):
             raise self._error
+
+    def _folders(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.run_dir.iterdir() if p.is_dir())
+        except OSError as exc:
+            warn_storage(self.run_dir, "cannot list the run folder", exc)
+            return []
 
     # -- writer thread -------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        pending: dict[str, list[pa.Table]] = {}
-        last_write = 0.0
         stop = False
         while not stop:
-            timeout = None
-            if pending:  # rows wait at most min_interval before they are written
-                timeout = max(0.0, last_write + self.min_interval - time.monotonic())
             try:
-                items = [self._queue.get(timeout=timeout)]
+                items = [self._queue.get(timeout=self._until_fold())]
             except queue.Empty:
                 items = []
             while True:  # drain whatever else is waiting
@@ -128,45 +153,186 @@ class RunWriter:
                 except queue.Empty:
                     break
             waiters: list[threading.Event] = []
+            rows: dict[str, list[pa.Table]] = {}
             for item in items:
                 if item is _STOP:
                     stop = True
                 elif isinstance(item, threading.Event):
                     waiters.append(item)
                 else:
-                    self._guard(functools.partial(self._run_job, item, pending))
-            due = time.monotonic() - last_write >= self.min_interval
-            if pending and (due or waiters or stop):
-                for table, parts in pending.items():
-                    self._guard(functools.partial(self._write, table, parts))
-                pending = {}
-                last_write = time.monotonic()
+                    self._guard(functools.partial(self._run_job, item, rows))
+            for table, parts in rows.items():
+                self._guard(functools.partial(self._append, table, parts), table)
+            now = time.monotonic()
+            for table, journal in list(self._journals.items()):
+                if stop or journal.due(now, self.min_interval):
+                    self._guard(functools.partial(self._fold, table), table)
+                    if not stop:
+                        self._guard(functools.partial(self._merge, table), table)
             for waiter in waiters:
                 waiter.set()
 
+    def _until_fold(self) -> float | None:
+        if not self._journals:
+            return None
+        due = min(j.opened for j in self._journals.values()) + self.min_interval
+        return max(0.0, due - time.monotonic())
+
     @staticmethod
-    def _run_job(job: Job, pending: dict[str, list[pa.Table]]) -> None:
+    def _run_job(job: Job, rows: dict[str, list[pa.Table]]) -> None:
         for table, columns in job().items():
             arrow = to_arrow(table, columns)
             if arrow.num_rows:
-                pending.setdefault(table, []).append(arrow)
+                rows.setdefault(table, []).append(arrow)
 
-    def _write(self, table: str, parts: list[pa.Table]) -> None:
-        folder = self.run_dir / table
-        if table not in self._next_segment:
-            self._next_segment[table] = readable_files(folder, self.tag)[1] + 1
-        number = self._next_segment[table]
-        write_segment(pa.concat_tables(parts), folder, number, self.tag)
-        self._next_segment[table] = number + 1
+    def _append(self, table: str, parts: list[pa.Table]) -> None:
+        journal = self._journals.get(table)
+        if journal is None:
+            folder = self.run_dir / table
+            if table not in self._next_segment:
+                self._next_segment[table] = segments(folder, self.tag)[1] + 1
+            number = self._next_segment[table]
+            folder.mkdir(parents=True, exist_ok=True)
+            journal = _Journal(folder / journal_name(number, self.tag), number, SCHEMAS[table])
+            self._next_segment[table] = number + 1
+            self._journals[table] = journal
+        try:
+            journal.append(pa.concat_tables(parts))
+        except BaseException:
+            # A journal cut by a failed write is read up to its last complete batch; later
+            # rows go to a new one.
+            del self._journals[table]
+            journal.close()
+            raise
 
-    def _guard(self, action: Callable[[], object]) -> None:
+    def _fold(self, table: str) -> None:
+        """Turn the table's journal into Parquet segment of the same number, then drop it."""
+        journal = self._journals.pop(table)
+        journal.close()
+        rows = read_journal(journal.path, SCHEMAS[table])
+        if rows.num_rows:
+            write_segment(rows, journal.path.parent, journal.number, self.tag)
+        journal.path.unlink()
+
+    def _merge(self, table: str) -> None:
+        """Merge the newest ``MERGE_FANOUT`` files of one size (background compaction)."""
+        kept, _ = segments(self.run_dir / table, self.tag)
+        while kept and kept[-1].kind == "journal":
+            kept.pop()
+        run: list[Segment] = []
+        for segment in reversed(kept):
+            if segment.kind == "journal" or (run and _level(segment) != _level(run[0])):
+                break
+            run.append(segment)
+        if len(run) >= MERGE_FANOUT:
+            merge_segments(run[MERGE_FANOUT - 1 :: -1])
+
+    def _guard(self, action: Callable[[], object], table: str | None = None) -> None:
         """Run ``action``; a failure is reported once and never stops training."""
         try:
             action()
+        except OSError as exc:  # full or read-only disk: one line for the whole run
+            if self._error is None:
+                self._error = exc
+            where = f"writing table {table!r}" if table else "writing"
+            warn_storage(self.run_dir, where, exc)
         except Exception as exc:  # gradlens must not take the training down with it
             if self._error is None:
                 self._error = exc
                 print(f"gradlens: writer error: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+class _Journal:
+    """The open journal of one table: an Arrow IPC stream, appended at every flush.
+
+    ``pa.OSFile`` does not buffer: once ``append`` returns, the rows are in the operating
+    system and survive the process being killed.
+    """
+
+    def __init__(self, path: Path, number: int, schema: pa.Schema) -> None:
+        self.path, self.number = path, number
+        self.opened = time.monotonic()
+        self.bytes = 0
+        self._file = pa.OSFile(str(path), "wb")
+        try:
+            self._stream = pa.ipc.new_stream(self._file, schema)
+        except BaseException:
+            self._file.close()
+            raise
+        self._open = True
+
+    def append(self, table: pa.Table) -> None:
+        self._stream.write_table(table)
+        self.bytes = self._file.tell()
+
+    def due(self, now: float, interval: float) -> bool:
+        return now - self.opened >= interval or self.bytes >= FOLD_BYTES
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            self._stream.close()  # the end-of-stream marker
+        except (OSError, pa.ArrowException):
+            pass
+        finally:
+            self._file.close()
+
+
+def _level(segment: Segment) -> int:
+    """log_FANOUT of the number of segments a file covers: 0 for a part, 1 for a merge of 8…"""
+    width, level = segment.hi - segment.lo + 1, 0
+    while width >= MERGE_FANOUT:
+        width //= MERGE_FANOUT
+        level += 1
+    return level
+
+
+def merge_segments(files: Sequence[Segment]) -> Path:
+    """Merge consecutive Parquet files of one writer into ``merge-LO-HI``, then delete them.
+
+    Streams row groups (memory: one row group), keeps the rows' order, and is crash-safe like
+    compaction: the merged file appears atomically and covers exactly the inputs' range.
+    """
+    first, last = files[0], files[-1]
+    folder = first.path.parent
+    path = folder / merge_name(first.lo, last.hi, first.tag)
+    schema = pa.unify_schemas([pq.read_schema(s.path) for s in files])
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as out:
+            pending: list[pa.RecordBatch] = []
+            size = 0
+            for segment in files:
+                for batch in pq.ParquetFile(segment.path).iter_batches(batch_size=ROW_GROUP_MAX):
+                    pending.append(batch)
+                    size += batch.num_rows
+                    if size >= ROW_GROUP_MAX:
+                        out.write_table(pa.Table.from_batches(pending).cast(schema))
+                        pending, size = [], 0
+            if pending:
+                out.write_table(pa.Table.from_batches(pending).cast(schema))
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    merged = parse(path)
+    assert merged is not None
+    _remove_covered(folder, merged)
+    return path
+
+
+def _remove_covered(folder: Path, cover: Segment) -> None:
+    """Delete the files (and stale temp files) of ``cover``'s writer that ``cover`` holds."""
+    for path in folder.iterdir():
+        name = path.name
+        stale = name.startswith(".") and name.endswith(".tmp")
+        segment = parse(path.with_name(name[1:-4]) if stale else path)
+        if segment is None or segment.path.name == cover.path.name:
+            continue
+        if cover.covers(segment):
+            remove_quietly(path)
 
 
 # Compacted files are laid out for readers that want one metric (and one layer) at a time,
@@ -186,19 +352,20 @@ ROW_GROUP_MIN = 1 << 13  # runs shorter than this are packed together into one g
 
 
 def compact_table(folder: Path, writer: str = "") -> None:
-    """Merge a table's files into one compact file sorted for reads, then delete the parts.
+    """Merge a table's files into one compact file sorted for reads, then delete the rest.
 
     Crash-safe at every point: the compact file appears atomically and covers exactly the
-    segments numbered up to its own number (see ``segments.readable_files``). The layout is
-    described at ``COMPACT_KEYS``; reading the file back with ``Run.table`` still gives rows
-    sorted by step.
+    segments numbered up to its own number (see ``segments``). The layout is described at
+    ``COMPACT_KEYS``; reading the file back with ``Run.table`` still gives rows sorted by step.
     """
-    files, highest = readable_files(folder, writer)
-    if len(files) <= 1:
+    kept, highest = segments(folder, writer)
+    if not kept:
         return
-    schema = pq.read_schema(files[0])
-    strings = [f.name for f in schema if pa.types.is_string(f.type)]
-    tables = [pq.read_table(f, read_dictionary=strings) for f in files]  # strings stay coded
+    name = compact_name(highest, writer)
+    if len(kept) == 1 and kept[0].kind == "compact" and kept[0].hi == highest:
+        _remove_covered(folder, kept[0])
+        return
+    tables = [_read_coded(s.path) for s in kept]  # strings stay dictionary-coded
     merged = pa.concat_tables(tables, promote_options="default")
     target = pa.schema(
         [
@@ -207,13 +374,23 @@ def compact_table(folder: Path, writer: str = "") -> None:
         ]
     )
     merged, groups = sorted_for_reads(merged, COMPACT_KEYS.get(folder.name, ()))
-    name = compact_name(highest, writer)
     write_grouped(merged, groups, folder / name, target)
-    for path in folder.iterdir():  # the parts, and leftovers of an interrupted compaction
-        number = segment_number(path)
-        mine = segment_writer(path) == writer and number is not None and number <= highest
-        if mine and path.name != name:
-            path.unlink(missing_ok=True)
+    compacted = parse(folder / name)
+    assert compacted is not None
+    _remove_covered(folder, compacted)
+
+
+def _read_coded(path: Path) -> pa.Table:
+    """One table file with its string columns dictionary-coded."""
+    if path.name.startswith("journal-"):
+        table = read_journal(path)
+        for i, field in enumerate(table.schema):
+            if pa.types.is_string(field.type):
+                table = table.set_column(i, field.name, pc.dictionary_encode(table.column(i)))
+        return table
+    schema = pq.read_schema(path)
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    return pq.read_table(path, read_dictionary=strings)
 
 
 def sorted_for_reads(table: pa.Table, keys: Sequence[str]) -> tuple[pa.Table, list[int]]:
@@ -252,13 +429,17 @@ def write_grouped(
     tmp = path.with_name(f".{path.name}.tmp")
     strings = [f.name for f in schema if pa.types.is_string(f.type)]
     encodings = {"step": "DELTA_BINARY_PACKED"} if "step" in schema.names else None
-    with pq.ParquetWriter(
-        tmp, schema, compression="zstd", use_dictionary=strings, column_encoding=encodings
-    ) as out:
-        for start, end in itertools.pairwise([*starts, table.num_rows]):
-            part = table.slice(start, end - start).cast(schema)
-            out.write_table(part, row_group_size=ROW_GROUP_MAX)
-    os.replace(tmp, path)
+    try:
+        with pq.ParquetWriter(
+            tmp, schema, compression="zstd", use_dictionary=strings, column_encoding=encodings
+        ) as out:
+            for start, end in itertools.pairwise([*starts, table.num_rows]):
+                part = table.slice(start, end - start).cast(schema)
+                out.write_table(part, row_group_size=ROW_GROUP_MAX)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def _sort_codes(column: pa.ChunkedArray, by_name: bool) -> pa.Array:

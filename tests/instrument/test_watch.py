@@ -156,7 +156,9 @@ def test_sigterm_during_close_lets_the_flush_finish(runs_dir):
     assert result.returncode == 143, result.stderr
     assert "Traceback" not in result.stderr
     run = gradlens.open_run(runs_dir / "term_during_close")
-    assert run.status == "finished" and run.steps == 30  # the training itself did finish
+    # The flush finished, and meta tells how the process ended (not finished / 0).
+    assert run.status == "interrupted" and run.meta["exit_code"] == 143
+    assert run.meta["error"] == "SIGTERM" and run.steps == 30
     assert sorted(run.table("scalars").step.unique()) == list(range(30))
 
 
