@@ -39,8 +39,26 @@ class RunCatalog:
         return [r for r in list_runs(self.root) if self._inside(r.path)]
 
     def names(self) -> list[str]:
-        """Folder names of the runs, oldest first."""
-        return [r.path.name for r in self.runs()]
+        """Folder names of the readable runs, oldest first."""
+        return [r.path.name for r in self.runs() if not _broken(r)]
+
+    def unreadable(self) -> dict[str, str]:
+        """Folders with a ``meta.json`` that cannot be opened as runs: name → reason.
+
+        A broken run is listed with its reason instead of vanishing from the dashboard.
+        """
+        listed = self.runs()
+        out = {r.path.name: str(r.unreadable) for r in listed if _broken(r)}
+        for path in sorted(self.root.iterdir()):
+            if path.name in {r.path.name for r in listed}:
+                continue
+            if not (path / "meta.json").is_file() or not self._inside(path):
+                continue
+            try:
+                open_run(path)
+            except Exception as exc:
+                out[path.name] = str(exc).replace(str(path), path.name)
+        return out
 
     def open(self, name: object) -> Run:
         """The run in folder ``name``; ``UnknownRunError`` for anything else."""
@@ -54,6 +72,11 @@ class RunCatalog:
 
     def _inside(self, path: Path) -> bool:
         return path.resolve().parent == self.root
+
+
+def _broken(run: Run) -> bool:
+    """True for a run the store lists but cannot read (``Run.unreadable`` says why)."""
+    return getattr(run, "unreadable", None) is not None
 
 
 def _plain_name(name: object) -> TypeGuard[str]:

@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-from urllib.parse import quote
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote, urlencode
 
 from dash import dcc, html
 
-from gradlens.dashboard.figures import Axes
+from gradlens.dashboard.figures import Axes, empty_figure
+from gradlens.dashboard.findings import ReportState
 from gradlens.report import Report
+from gradlens.store import Run
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "PROBE_PAGES",
     "axes_from",
+    "config_details",
     "controls",
     "counts_text",
+    "csv_link",
     "findings_table",
     "graph",
+    "guarded",
+    "health",
     "message",
     "nav",
+    "read_state",
     "run_href",
+    "state_search",
+    "status_badges",
     "table",
+    "unreadable_text",
 ]
 
 # page -> (title, the tables it draws)
@@ -54,10 +69,27 @@ def nav(name: str | None = None, active: str = "runs") -> html.Nav:
     return html.Nav(items, className="nav")
 
 
-def controls(log_y: bool = False) -> html.Div:
-    """Smoothing slider, x-axis choice and log-y toggle (ids: smoothing, xaxis, logy)."""
-    return html.Div(
-        [
+def controls(
+    log_y: bool = False,
+    smoothing: bool = True,
+    state: Mapping[str, str] | None = None,
+    extra: Sequence[Any] = (),
+) -> html.Div:
+    """Chart controls (ids: smoothing, xaxis, logy); initial values from the URL ``state``.
+
+    ``smoothing=False`` leaves the slider out (pages whose curves are sparse probes: a
+    control is shown only where it acts). ``logy`` also offers "ignore outliers", which
+    clips each y axis to the 1st–99th percentile of what it draws.
+    """
+    state = state or {}
+    weight = _float(state.get("smoothing"), 0.6)
+    xaxis = state.get("x") if state.get("x") in ("step", "time", "wall") else "step"
+    flags = ["log"] if state.get("logy", "1" if log_y else "0") == "1" else []
+    if state.get("outliers") == "1":
+        flags.append("outliers")
+    items: list[Any] = []
+    if smoothing:
+        items += [
             html.Label("smoothing", htmlFor="smoothing"),
             html.Div(
                 dcc.Slider(
@@ -65,43 +97,72 @@ def controls(log_y: bool = False) -> html.Div:
                     min=0,
                     max=0.99,
                     step=0.01,
-                    value=0.6,
+                    value=min(max(weight, 0.0), 0.99),
                     marks={0: "0", 0.6: "0.6", 0.99: "0.99"},
                     tooltip={"placement": "bottom"},
                 ),
                 className="slider",
             ),
-            html.Label("x axis"),
-            dcc.RadioItems(
-                id="xaxis",
-                options=[
-                    {"label": "step", "value": "step"},
-                    {"label": "relative", "value": "time"},
-                    {"label": "wall", "value": "wall"},
-                ],
-                value="step",
-                inline=True,
-            ),
-            dcc.Checklist(
-                id="logy",
-                options=[{"label": "log y", "value": "log"}],
-                value=["log"] if log_y else [],
-            ),
-        ],
-        className="controls",
-    )
+        ]
+    else:
+        items.append(dcc.Store(id="smoothing", data=0.0))
+    items += [
+        html.Label("x axis"),
+        dcc.RadioItems(
+            id="xaxis",
+            options=[
+                {"label": "step", "value": "step"},
+                {"label": "relative", "value": "time"},
+                {"label": "wall", "value": "wall"},
+            ],
+            value=xaxis,
+            inline=True,
+        ),
+        dcc.Checklist(
+            id="logy",
+            options=[
+                {"label": "log y", "value": "log"},
+                {"label": "ignore outliers", "value": "outliers"},
+            ],
+            value=flags,
+            inline=True,
+        ),
+        *extra,
+    ]
+    return html.Div(items, className="controls")
+
+
+def read_state(search: str | None) -> dict[str, str]:
+    """The view state in a URL query (``?layer=…&x=time``): last value of each key."""
+    query = parse_qs((search or "").lstrip("?"), keep_blank_values=False)
+    return {k: v[-1] for k, v in query.items() if v}
+
+
+def state_search(state: Mapping[str, object]) -> str:
+    """``state`` as a URL query (empty values left out), the inverse of ``read_state``."""
+    items = {k: str(v) for k, v in state.items() if v not in (None, "", [])}
+    return "?" + urlencode(items) if items else ""
+
+
+def _float(text: object, default: float) -> float:
+    try:
+        value = float(str(text))
+    except (TypeError, ValueError):
+        return default
+    return value if math.isfinite(value) else default
 
 
 def axes_from(
     smoothing: float | None, xaxis: str | None, logy: Sequence[str] | None, start: float | None
 ) -> Axes:
     """The ``Axes`` the controls describe (tolerant of missing values from the browser)."""
-    weight = min(max(float(smoothing or 0.0), 0.0), 0.99)
+    weight = min(max(_float(smoothing or 0.0, 0.0), 0.0), 0.99)
     return Axes(
         smoothing=weight,
         xaxis=xaxis if xaxis in ("step", "time", "wall") else "step",
         log_y="log" in (logy or []),
         start_time=start,
+        ignore_outliers="outliers" in (logy or []),
     )
 
 
@@ -133,23 +194,144 @@ def counts_text(counts: dict[str, int]) -> str:
     return ", ".join(parts) or "none"
 
 
-def findings_table(report: Report) -> html.Div:
-    """The report's findings: severity, rule, steps, layer, message and evidence."""
+def unreadable_text(exc: BaseException) -> str:
+    """``unreadable: <reason>`` with paths shortened to the run's folder and table."""
+    text = str(exc)
+    for word in text.split():
+        if "/" in word and word.count("/") > 2:
+            text = text.replace(
+                word, "/".join(word.rstrip(":").split("/")[-3:]) + ":" * word.endswith(":")
+            )
+    return text if text.startswith("unreadable") else f"unreadable: {text}"
+
+
+def guarded(blanks: int, extra: tuple[Any, ...] = ()) -> Callable[[F], F]:
+    """A callback body that answers ``blanks`` empty figures (plus ``extra``) saying why,
+    instead of raising, when a run's files cannot be read: one bad file affects only its run.
+    """
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def body(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                blank = empty_figure(unreadable_text(exc))
+                out = (blank,) * blanks + extra
+                return out if len(out) > 1 else out[0]
+
+        return body  # type: ignore[return-value]
+
+    return wrap
+
+
+def health(state: ReportState | None) -> tuple[str, str]:
+    """(label, css class) for a run's health: the worst finding of its report."""
+    if state is None or state.report is None:
+        if state is not None and state.error:
+            return "unreadable", "error"
+        return ("checking…", "pending") if state is not None and state.pending else ("-", "")
+    counts = state.report.counts()
+    if counts["error"]:
+        return f"✕ unhealthy: {counts['error']} error{'s' if counts['error'] > 1 else ''}", "error"
+    if counts["warning"]:
+        n = counts["warning"]
+        return f"⚠ {n} warning{'s' if n > 1 else ''}", "warning"
+    return "✓ healthy", "healthy"
+
+
+def status_badges(run: Run, state: ReportState | None, prefix: str = "run") -> list[Any]:
+    """The run's status and, next to it, its health (ids ``{prefix}-status``/``-health``)."""
+    label, cls = health(state)
+    return [
+        html.Span(run.status, id=f"{prefix}-status", className=f"status {run.status}"),
+        html.Span(label, id=f"{prefix}-health", className=f"health {cls}"),
+    ]
+
+
+def csv_link(name: str, table: str, metric: str, **where: object) -> html.A:
+    """A link that downloads one series of run ``name`` as CSV (served by ``app``)."""
+    query = {"table": table, "metric": metric, **{k: v for k, v in where.items() if v is not None}}
+    href = f"/csv/{quote(name, safe='')}?" + urlencode(query)
+    label = metric if "layer" not in where else f"{metric} of {where['layer']}"
+    return html.A(f"⤓ {label}", href=href, className="csv", download=f"{name}-{metric}.csv")
+
+
+def config_details(meta: Mapping[str, Any]) -> html.Details:
+    """argv, versions, git sha, device and the recorded config (hyperparameters) of a run."""
+    rows: list[list[Any]] = []
+    argv = meta.get("argv")
+    if isinstance(argv, list):
+        rows.append(["argv", html.Code(" ".join(str(a) for a in argv))])
+    versions = meta.get("versions")
+    if isinstance(versions, dict):
+        rows.append(["versions", ", ".join(f"{k} {v}" for k, v in versions.items())])
+    for key in ("git_sha", "device", "host", "cwd"):
+        if meta.get(key):
+            rows.append([key, str(meta[key])])
+    for key, value in flatten(meta.get("config")).items():
+        rows.append([key, str(value)])
+    for key in ("optimizer", "hyperparameters", "hparams"):
+        for sub, value in flatten(meta.get(key), key).items():
+            rows.append([sub, str(value)])
+    return html.Details(
+        [html.Summary("config"), table(["key", "value"], rows, "config-rows")],
+        className="config",
+    )
+
+
+def flatten(value: object, prefix: str = "") -> dict[str, object]:
+    """A nested dict as ``{"a.b": value}`` (non-dicts give ``{}``)."""
+    if not isinstance(value, Mapping):
+        return {}
+    out: dict[str, object] = {}
+    for key, item in value.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(item, Mapping):
+            out.update(flatten(item, name))
+        else:
+            out[name] = item
+    return out
+
+
+def finding_rows(report: Report) -> list[dict[str, Any]]:
+    """What a click on a finding needs: its steps and layer."""
+    return [{"start": f.step_start, "end": f.step_end, "layer": f.layer} for f in report.findings]
+
+
+def findings_table(report: Report, links: bool = False) -> html.Div:
+    """The report's findings: severity, rule, steps, layer, message and evidence.
+
+    With ``links``, a finding's steps zoom every chart of the page to them (and open its
+    layer), and its layer opens the layer's curves (ids ``finding-steps``/``finding-layer``).
+    """
     if not report.findings:
         return message("no findings: every rule passed", "info")
-    rows = [
-        [
-            html.Span(f.severity, className=f"sev {f.severity}"),
-            f.rule,
-            f.steps,
-            f.layer or "",
-            html.Div([html.B(f.message), html.Div(f.evidence, className="evidence")]),
-        ]
-        for f in report.findings
-    ]
+    rows = []
+    for i, f in enumerate(report.findings):
+        steps: Any = f.steps
+        layer: Any = f.layer or ""
+        if links and f.step_start is not None:
+            steps = html.Button(f.steps, id={"type": "finding-steps", "index": i}, className="link")
+        if links and f.layer:
+            layer = html.Button(f.layer, id={"type": "finding-layer", "index": i}, className="link")
+        rows.append(
+            [
+                html.Span(f.severity, className=f"sev {f.severity}"),
+                f.rule,
+                steps,
+                layer,
+                html.Div([html.B(f.message), html.Div(f.evidence, className="evidence")]),
+            ]
+        )
     return html.Div(
         [
             html.Div(counts_text(report.counts()), className="summary"),
             table(["severity", "rule", "steps", "layer", "finding"], rows, "findings-rows"),
         ]
     )
+
+
+def started(start: float | None) -> str:
+    """A run's start as local ``YYYY-MM-DD HH:MM`` (``-`` when unknown)."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(start)) if start else "-"

@@ -117,6 +117,31 @@ class LayerMatrix:
         values, starts = bucket_max(self.values, buckets)
         return pd.DataFrame(values, index=self.layers, columns=self.steps[starts])
 
+    def last_steps(self, buckets: int = 500) -> np.ndarray:
+        """The last step of each of ``heatmap(buckets)``'s buckets."""
+        _, starts = bucket_max(self.values[:1], buckets)
+        ends = np.append(starts[1:], len(self.steps)) - 1
+        return self.steps[ends] if len(self.steps) else np.empty(0, np.int64)
+
+    def relative(self, beta: float = 0.95) -> LayerMatrix:
+        """Each value over its layer's baseline: the EMA of the layer's earlier values.
+
+        The baseline is the spike detector's (``gradlens.capture.spikes``): a bias-corrected
+        exponential moving average with decay ``beta`` of the finite values before the step, so
+        a spike of 34× its layer's usual norm reads 34 here whatever the layer's scale.
+        Steps before a layer's first finite value, and non-positive baselines, are NaN.
+        """
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"beta must be in (0, 1), got {beta}")
+        frame = pd.DataFrame(self.values.T.astype(np.float64))
+        frame = frame.where(np.isfinite(frame))
+        base = frame.ewm(alpha=1.0 - beta, adjust=True, ignore_na=True).mean().shift(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(base > 0, self.values.T / base.to_numpy(), np.nan)
+        return LayerMatrix(
+            f"{self.metric}/baseline", self.layers, self.steps, ratio.T.astype(np.float32)
+        )
+
     def row(self, layer: str) -> pd.DataFrame:
         """One layer's curve: columns step, value."""
         i = self.layers.index(layer)
@@ -239,6 +264,22 @@ class RunData:
     def layer_matrix(self, metric: str) -> LayerMatrix:
         """A per-layer metric as a dense matrix (read once per file change)."""
         return self.cache.get(self.key("layers", "matrix", metric), self._matrix_reader(metric))
+
+    def relative_matrix(self, metric: str) -> LayerMatrix:
+        """``layer_matrix(metric)`` over each layer's EMA baseline (the run's spike ``beta``)."""
+        beta = self.spike_beta()
+        return self.cache.get(
+            self.key("layers", "relative", metric, beta),
+            lambda: self.layer_matrix(metric).relative(beta),
+        )
+
+    def spike_beta(self) -> float:
+        """The EMA decay of the run's spike detector (meta config), 0.95 by default."""
+        config = self.run.meta.get("config")
+        spikes = config.get("spikes") if isinstance(config, dict) else None
+        beta = spikes.get("beta") if isinstance(spikes, dict) else None
+        ok = isinstance(beta, int | float) and 0.0 < float(beta) < 1.0
+        return float(beta) if ok else 0.95
 
     def prefetch_layer_matrices(self, metrics: Sequence[str]) -> None:
         """Build these matrices in the background, so switching to them later is instant."""

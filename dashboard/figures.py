@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from html import escape as _html_escape
 
 import numpy as np
 import pandas as pd
@@ -30,9 +31,13 @@ __all__ = [
     "compare_figure",
     "curve_with_events",
     "empty_figure",
+    "escape",
+    "fit_constant_axes",
     "heatmap_figure",
+    "is_dense",
     "layer_figure",
     "lines_figure",
+    "x_values",
 ]
 
 PALETTE = (
@@ -58,7 +63,8 @@ class Axes:
 
     ``xaxis`` is ``step``, ``time`` (seconds since start) or ``wall`` (needs ``start_time``,
     a Unix time, or a ``start_time`` column in the frame, e.g. one per compared run);
-    ``smoothing`` is TensorBoard's weight in [0, 1).
+    ``smoothing`` is TensorBoard's weight in [0, 1) (dense per-step series only);
+    ``ignore_outliers`` clips the y axis to the 1st–99th percentile of the drawn lines.
     """
 
     smoothing: float = 0.0
@@ -66,9 +72,19 @@ class Axes:
     log_y: bool = False
     start_time: float | None = None
     max_points: int = 2000
+    ignore_outliers: bool = False
 
 
 DEFAULT_AXES = Axes()
+
+
+def escape(text: object) -> str:
+    """``text`` with plotly's markup (``<b>``, ``<a href>``, ``<br>``) shown literally.
+
+    Plotly renders a subset of HTML in names, titles and hover labels; layer and run names
+    come from user code and folders, so they are escaped wherever plotly draws them.
+    """
+    return _html_escape(str(text), quote=False)
 
 
 def empty_figure(message: str) -> go.Figure:
@@ -116,7 +132,7 @@ def curve_with_events(
     kinds = events["kind"] if not events.empty else pd.Series(dtype=str)
     spikes = events[kinds.isin(list(spike_kinds))] if not events.empty else events
     if not spikes.empty:
-        spikes = _attach_time(spikes[["step", "value"]], frame)
+        spikes = _attach_time(_event_points(spikes), frame)
         fig.add_trace(_markers(spikes, "spike", "triangle-up", SPIKE, axes))
     bad = _nonfinite_points(frame, events[kinds.isin(list(nonfinite_kinds))])
     if not bad.empty:
@@ -125,40 +141,77 @@ def curve_with_events(
     return fig
 
 
-def heatmap_figure(cells: pd.DataFrame, metric: str) -> go.Figure:
-    """Layers × step buckets with a log colour scale (log10 of the bucket's max).
+def heatmap_figure(
+    cells: pd.DataFrame,
+    metric: str,
+    last_steps: Sequence[int] | np.ndarray | None = None,
+    relative: pd.DataFrame | None = None,
+    x: Sequence[object] | np.ndarray | None = None,
+    x_title: str = "step",
+) -> go.Figure:
+    """Layers × step buckets, coloured by log10 of the bucket's max (or of its max ratio).
 
-    ``cells`` has layers as index and the first step of each bucket as columns. Values that
-    are not positive have no logarithm and are left blank.
+    ``cells`` has layers as index and the first step of each bucket as columns;
+    ``last_steps`` the last step of each bucket (default: one step per bucket). With
+    ``relative`` (same shape: each value over the layer's own EMA baseline) the colour is that
+    ratio on a diverging scale centred on 1, so the layer a spike finding names is the bright
+    row even when its raw norm is small. ``x`` places the buckets on another axis (time); by
+    default a bucket sits at the centre of its steps, so it lines up with the curves above.
+    Hover shows the bucket's value (and ratio) and its exact step range.
     """
     if cells.empty:
         return empty_figure(f"no per-layer {metric} data")
     raw = cells.to_numpy(dtype=np.float64)
+    first = np.asarray([int(c) for c in cells.columns], dtype=np.float64)
+    last = first.copy() if last_steps is None else np.asarray(last_steps, dtype=np.float64)
+    colour = raw if relative is None else relative.to_numpy(dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        logz = np.where(raw > 0, np.log10(raw), np.nan)
+        logz = np.where(colour > 0, np.log10(colour), np.nan)
     logz = np.where(np.isfinite(logz), logz, np.nan).round(3)
     finite = logz[np.isfinite(logz)]
-    colorbar: dict[str, object] = {"title": {"text": metric}}
-    if finite.size:
-        decades = np.arange(np.floor(finite.min()), np.ceil(finite.max()) + 1)
-        colorbar.update(tickvals=decades.tolist(), ticktext=[f"1e{int(d)}" for d in decades])
+    stack = [raw, np.broadcast_to(first, raw.shape), np.broadcast_to(last, raw.shape)]
+    template = "%{y}<br>steps %{customdata[1]}–%{customdata[2]}<br>max %{customdata[0]:.4g}"
+    trace: dict[str, object] = {}
+    if relative is None:
+        colorbar: dict[str, object] = {"title": {"text": escape(metric)}}
+        if finite.size:
+            decades = np.arange(np.floor(finite.min()), np.ceil(finite.max()) + 1)
+            colorbar.update(tickvals=decades.tolist(), ticktext=[f"1e{int(d)}" for d in decades])
+        trace.update(colorscale="Viridis")
+        title = f"per-layer {metric} (max per step bucket, log colour) — click a layer"
+    else:
+        top = float(min(2.0, max(1.0, np.abs(finite).max()))) if finite.size else 1.0
+        ticks = np.arange(-np.floor(top), np.floor(top) + 1)
+        colorbar = {
+            "title": {"text": "× baseline"},
+            "tickvals": ticks.tolist(),
+            "ticktext": [f"×{10.0**t:g}" for t in ticks],
+        }
+        trace.update(colorscale="RdBu_r", zmid=0.0, zmin=-top, zmax=top)
+        stack.append(colour)
+        template += "<br>%{customdata[3]:.3g} × its baseline"
+        title = f"per-layer {metric} relative to the layer's own EMA baseline — click a layer"
+    centres = (first + last) / 2.0
+    names = [escape(i) for i in cells.index]
+    colorbar.update(thickness=12, x=1.01, xpad=4, len=1.0)
     fig = go.Figure(
         go.Heatmap(
             z=logz,
-            x=[int(c) for c in cells.columns],
-            y=[str(i) for i in cells.index],
-            colorscale="Viridis",
+            x=centres if x is None else x,
+            y=names,
             colorbar=colorbar,
             hoverongaps=False,
-            hovertemplate="%{y}<br>step ≥ %{x}<br>log10 max = %{z}<extra></extra>",
+            customdata=np.stack(stack, axis=-1).astype(np.float32),
+            hovertemplate=template + "<extra></extra>",
+            **trace,
         )
     )
     height = int(min(900, max(300, 16 * len(cells.index) + 120)))
     fig.update_layout(
-        title=f"per-layer {metric} (max per step bucket, log colour) — click a layer",
+        title=title,
         height=height,
         margin=dict(l=10, r=10, t=40, b=40),
-        xaxis_title="step",
+        xaxis_title=x_title,
         uirevision=metric,
     )
     fig.update_yaxes(autorange="reversed", automargin=True)
@@ -188,19 +241,19 @@ def layer_figure(
         if metric == "grad_norm" and events is not None and not events.empty:
             mine = events[(events["kind"] == "layer_grad_spike") & (events["layer"] == layer)]
             if not mine.empty:
-                spikes = _attach_time(mine[["step", "value"]], part)
+                spikes = _attach_time(_event_points(mine), part)
                 fig.add_trace(_markers(spikes, "spike", "triangle-up", SPIKE, axes), row=row, col=1)
         if axes.log_y:
             fig.update_yaxes(type="log", row=row, col=1)
     fig.update_layout(
-        title=f"layer {layer}",
+        title=f"layer {escape(layer)}",
         height=220 * len(metrics) + 60,
         margin=dict(l=10, r=10, t=60, b=40),
         showlegend=False,
         uirevision=f"{layer}/{axes.xaxis}",
     )
     fig.update_xaxes(title_text=X_TITLES.get(axes.xaxis, "step"), row=len(metrics), col=1)
-    return fig
+    return fit_constant_axes(fig)
 
 
 def compare_figure(frame: pd.DataFrame, metric: str, axes: Axes = DEFAULT_AXES) -> go.Figure:
@@ -219,7 +272,8 @@ def _groups(frame: pd.DataFrame, name: str) -> list[tuple[object, pd.DataFrame]]
     return list(frame.groupby("series", sort=False))
 
 
-def _x(frame: pd.DataFrame, axes: Axes) -> np.ndarray:
+def x_values(frame: pd.DataFrame, axes: Axes) -> np.ndarray:
+    """The x coordinates of ``frame``'s rows on ``axes``: steps, seconds or local times."""
     if axes.xaxis in ("time", "wall") and "time" in frame:
         seconds = frame["time"].to_numpy(dtype=np.float64)
         if axes.xaxis == "time":
@@ -232,16 +286,27 @@ def _x(frame: pd.DataFrame, axes: Axes) -> np.ndarray:
     return frame["step"].to_numpy()
 
 
+def is_dense(steps: np.ndarray) -> bool:
+    """True for a per-step series (most gaps one step); probe series every N steps are not."""
+    steps = np.asarray(steps)
+    if steps.size < 3:
+        return False
+    return float(np.median(np.diff(np.sort(steps)))) <= 1.0
+
+
 def _line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[go.Scatter]:
     part = part.sort_values("step", kind="stable", ignore_index=True)
     y = part["value"].to_numpy(dtype=np.float64)
-    shown = np.where(np.isfinite(y), y, np.nan)  # plotly cannot draw ±inf
+    steps = part["step"].to_numpy()
+    raw_shown = np.where(np.isfinite(y), y, np.nan)  # plotly cannot draw ±inf
     traces = []
-    if axes.smoothing > 0:
-        idx = minmax_indices(shown, axes.max_points)
+    smooth = axes.smoothing > 0 and is_dense(steps)  # a few probe points are never averaged
+    shown = raw_shown
+    if smooth:
+        idx = minmax_indices(raw_shown, axes.max_points)
         raw = go.Scatter(
-            x=_x(part.iloc[idx], axes),
-            y=shown[idx],
+            x=x_values(part.iloc[idx], axes),
+            y=raw_shown[idx],
             mode="lines",
             name=f"{name} (raw)",
             opacity=0.25,
@@ -250,16 +315,29 @@ def _line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[
             hoverinfo="skip",
         )
         traces.append(raw)
-        smooth = ema(y, axes.smoothing)
-        shown = np.where(np.isfinite(smooth), smooth, np.nan)
+        smoothed = ema(y, axes.smoothing)
+        shown = np.where(np.isfinite(smoothed), smoothed, np.nan)
     idx = minmax_indices(shown, axes.max_points)
+    label = escape(name)
+    if smooth:
+        template = (
+            f"{label}<br>step %{{customdata[1]}}<br>value %{{customdata[0]:.5g}}"
+            "<br>smoothed %{y:.5g}<extra></extra>"
+        )
+    else:
+        template = (
+            f"{label}<br>step %{{customdata[1]}}<br>value %{{customdata[0]:.5g}}<extra></extra>"
+        )
+    sparse = len(idx) <= 60 or not is_dense(steps)
     line = go.Scatter(
-        x=_x(part.iloc[idx], axes),
+        x=x_values(part.iloc[idx], axes),
         y=shown[idx],
-        mode="lines" if len(idx) > 60 else "lines+markers",
-        name=name,
+        mode="lines+markers" if sparse else "lines",
+        name=label,
         line=dict(color=color, width=1.6),
-        marker=dict(size=4),
+        marker=dict(size=5),
+        customdata=np.column_stack([y[idx], steps[idx]]),
+        hovertemplate=template,
     )
     traces.append(line)
     return traces
@@ -268,15 +346,37 @@ def _line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[
 def _markers(points: pd.DataFrame, name: str, symbol: str, color: str, axes: Axes) -> go.Scatter:
     if len(points) > axes.max_points:  # e.g. a run that stayed NaN for 100k steps
         points = points.iloc[np.linspace(0, len(points) - 1, axes.max_points).astype(int)]
+    n = len(points)
+
+    def column(key: str) -> np.ndarray:
+        if key in points:
+            return points[key].to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.full(n, np.nan)
+
+    detail = points["layer"].fillna("").astype(str) if "layer" in points else pd.Series([""] * n)
+    text = [f"<br>layer {escape(layer)}" if layer else "" for layer in detail]
+    template = f"{name} at step %{{customdata[0]}}%{{text}}"
+    if "ratio" in points and points["ratio"].notna().any():
+        template += "<br>%{customdata[1]:.3g} × baseline %{customdata[2]:.4g}"
+    template += "<br>value %{customdata[3]:.5g}<extra></extra>"
     return go.Scatter(
-        x=_x(points, axes),
+        x=x_values(points, axes),
         y=points["value"].to_numpy(dtype=np.float64),
         mode="markers",
         name=name,
         marker=dict(symbol=symbol, size=10, color=color, line=dict(width=1, color="white")),
-        hovertemplate=f"{name} at step %{{customdata}}<extra></extra>",
-        customdata=points["step"].to_numpy(),
+        hovertemplate=template,
+        text=text,
+        customdata=np.column_stack(
+            [points["step"].to_numpy(), column("ratio"), column("baseline"), column("raw")]
+        ),
     )
+
+
+def _event_points(events: pd.DataFrame) -> pd.DataFrame:
+    """Spike events as marker points: step, value (where drawn), raw, ratio, baseline, layer."""
+    cols = [c for c in ("step", "value", "ratio", "baseline", "layer") if c in events]
+    return events[cols].assign(raw=events["value"])
 
 
 def _attach_time(points: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
@@ -301,8 +401,76 @@ def _nonfinite_points(frame: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame
     at = np.array(sorted(steps))
     pos = np.clip(np.searchsorted(ordered["step"].to_numpy(), at, side="right") - 1, 0, None)
     pos = np.minimum(pos, len(ordered) - 1)
-    points = pd.DataFrame({"step": at, "value": anchor.to_numpy()[pos]})
+    raw = pd.Series(values, index=ordered["step"].to_numpy())
+    raw = raw[~raw.index.duplicated(keep="last")].reindex(at).to_numpy(dtype=np.float64)
+    points = pd.DataFrame({"step": at, "value": anchor.to_numpy()[pos], "raw": raw})
     return _attach_time(points, ordered)
+
+
+def clip_outliers(fig: go.Figure, low: float = 1.0, high: float = 99.0) -> go.Figure:
+    """Set each y axis to the ``low``–``high`` percentile of its lines (markers excluded)."""
+    for key, y in _axis_values(fig, lines_only=True).items():
+        if y.size < 10:
+            continue
+        log = fig.layout[key].type == "log"
+        if log:
+            y = np.log10(y[y > 0])
+            if y.size < 10:
+                continue
+        lo, hi = np.percentile(y, [low, high])
+        pad = 0.05 * (hi - lo) if hi > lo else max(abs(lo) * 0.1, 1e-12)
+        fig.layout[key].update(range=[lo - pad, hi + pad], autorange=False)
+    return fig
+
+
+def _axis_values(fig: go.Figure, lines_only: bool = False) -> dict[str, np.ndarray]:
+    """Finite y values drawn on each y axis (layout key → values)."""
+    values: dict[str, list[np.ndarray]] = {}
+    for trace in fig.data:
+        y = getattr(trace, "y", None)
+        if y is None or getattr(trace, "type", "scatter") not in ("scatter", "scattergl"):
+            continue
+        if lines_only and (trace.mode == "markers" or trace.hoverinfo == "skip"):
+            continue
+        key = "yaxis" + str(trace.yaxis or "y")[1:]
+        values.setdefault(key, []).append(np.asarray(y, dtype=np.float64))
+    out = {}
+    for key, parts in values.items():
+        y = np.concatenate(parts)
+        out[key] = y[np.isfinite(y)]
+    return out
+
+
+def fit_constant_axes(fig: go.Figure) -> go.Figure:
+    """Give every y axis whose drawn values are all equal a range around that value.
+
+    Plotly draws a constant series on a −1…+1 axis with the line at 0, so a learning rate of
+    0.01 would read as 0; the axis is centred on the value instead and says it is constant.
+    """
+    for key, y in _axis_values(fig).items():
+        if y.size == 0 or y.min() != y.max():
+            continue
+        v = float(y[0])
+        log = fig.layout[key].type == "log"
+        if log and v > 0:
+            lo, hi = np.log10(v) - 0.5, np.log10(v) + 0.5
+        elif v != 0:
+            lo, hi = v - 0.5 * abs(v), v + 0.5 * abs(v)
+        else:
+            lo, hi = -0.5, 0.5
+        fig.layout[key].update(range=[lo, hi], autorange=False)
+        ref = "y" + key[5:]
+        fig.add_annotation(
+            text=f"constant {v:.6g}",
+            xref=("x" + key[5:]) + " domain",
+            yref=ref + " domain",
+            x=0.01,
+            y=0.97,
+            showarrow=False,
+            font=dict(size=11, color="#555"),
+            xanchor="left",
+        )
+    return fig
 
 
 def _style(fig: go.Figure, title: str, axes: Axes, showlegend: bool) -> None:
@@ -316,3 +484,6 @@ def _style(fig: go.Figure, title: str, axes: Axes, showlegend: bool) -> None:
         yaxis_type="log" if axes.log_y else "linear",
         uirevision=f"{title}/{axes.xaxis}/{axes.log_y}",
     )
+    if axes.ignore_outliers:
+        clip_outliers(fig)
+    fit_constant_axes(fig)

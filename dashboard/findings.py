@@ -47,8 +47,11 @@ class FindingsService:
 
         ``wait`` seconds are spent waiting for a fresh report before answering.
         """
-        key = _version(run)
-        allowed = start or self.small(run)
+        try:
+            key = _version(run)
+            allowed = start or self.small(run)
+        except Exception as exc:
+            return ReportState(None, False, f"unreadable: {exc}")
         with self._lock:
             done = self._done.get(run.path)
             fresh = done is not None and done[0] == key

@@ -14,7 +14,9 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 8050, debug: bool
     """Serve the runs under ``runs_dir`` at http://HOST:PORT until interrupted.
 
     Binds the loopback interface by default: the dashboard has no authentication, so serve
-    on another interface only on a network you trust.
+    on another interface only on a network you trust. Requests are answered only for loopback
+    ``Host`` names and ``host`` itself (any name when ``host`` is a wildcard such as 0.0.0.0),
+    which defeats DNS rebinding from a web page.
 
     Raises:
         GradlensError: ``runs_dir`` is not a directory, or the port is not a valid number.
@@ -26,7 +28,7 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 8050, debug: bool
         raise GradlensError(f"port {port}: must be between 1 and 65535")
     from gradlens.dashboard.app import create_app  # dash is imported only when serving
 
-    app = create_app(root)
+    app = create_app(root, allowed_hosts=[host])
     print(f"gradlens dashboard: {root.resolve()} at http://{host}:{port}/", file=sys.stderr)
     try:
         app.run(host=host, port=int(port), debug=debug)

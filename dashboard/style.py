@@ -27,6 +27,23 @@ body { font-family: system-ui, sans-serif; margin: 0 1.5rem 2rem; color: #222; }
 .status.failed, .status.crashed, .sev.error { background: #fde0e0; }
 .status.interrupted, .sev.warning { background: #fff0cc; }
 .evidence { color: #555; font-size: .9em; }
+.health { padding: 0 .4rem; border-radius: 3px; background: #eee; }
+.health.healthy { background: #e3f6e3; } .health.warning { background: #fff0cc; }
+.health.error { background: #fde0e0; font-weight: 600; } .health.pending { color: #777; }
+button.link { background: none; border: none; padding: 0; color: #1f77b4; cursor: pointer;
+       text-decoration: underline; font: inherit; text-align: left; }
+.csv-links { display: flex; gap: 1rem; font-size: .85em; color: #666; margin: .2rem 0 .8rem; }
+.csv-links a { color: #1f77b4; }
+details.findings > summary, details.config > summary { cursor: pointer; font-weight: 600; }
+details.findings { margin: .4rem 0; }
+.unreadable { color: #a00; }
+.runs-filter { display: flex; gap: 1rem; align-items: center; margin: .4rem 0; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr));
+       gap: .6rem; }
+.sidebar-layout { display: grid; grid-template-columns: 260px 1fr; gap: 1rem; }
+.sidebar { border-right: 1px solid #eee; padding-right: .8rem; }
+.swatch { display: inline-block; width: .8em; height: .8em; border-radius: 2px;
+       margin-right: .3em; vertical-align: middle; }
 """
 
 INDEX_STRING = (

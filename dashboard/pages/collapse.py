@@ -8,7 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
-from gradlens.dashboard.components import axes_from, controls, graph, message, nav
+from gradlens.dashboard.components import axes_from, controls, graph, guarded, message, nav
 from gradlens.dashboard.context import AppContext
 from gradlens.dashboard.figures import empty_figure
 from gradlens.dashboard.figures_probes import collapse_figure, softmax_figure
@@ -18,7 +18,7 @@ from gradlens.store import Run
 __all__ = ["curves", "layout", "register"]
 
 
-def layout(ctx: AppContext, run: Run) -> html.Div:
+def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
     """The page for ``run``: a notice per missing table."""
     name = run.path.name
     data = ctx.data(name)
@@ -49,6 +49,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         return curves(ctx, name, smoothing, xaxis, logy)
 
 
+@guarded(2)
 def curves(
     ctx: AppContext, name: str, smoothing: float, xaxis: str, logy: Sequence[str] | None
 ) -> tuple[go.Figure, go.Figure]:

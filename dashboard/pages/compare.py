@@ -10,10 +10,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dcc, html
 
-from gradlens.dashboard.components import axes_from, controls, graph, message, nav
+from gradlens.dashboard.components import axes_from, controls, graph, message, nav, unreadable_text
 from gradlens.dashboard.context import AppContext
 from gradlens.dashboard.data import RunData
-from gradlens.dashboard.figures import compare_figure, empty_figure
+from gradlens.dashboard.figures import compare_figure, empty_figure, escape
 from gradlens.errors import GradlensError
 
 __all__ = ["METRIC_TABLES", "figure", "layout", "metric_options", "register", "selected_runs"]
@@ -143,18 +143,24 @@ def figure(
             return empty_figure("choose a layer")
         where["layer"] = layer
     parts = []
+    failed = []
     for run_name in names:
         try:
             data = ctx.data(run_name)
-        except GradlensError:
-            continue
-        if data.has(table) and name in data.metrics(table):
-            parts.append(_series(data, table, name, where).assign(series=run_name))
+            if data.has(table) and name in data.metrics(table):
+                parts.append(_series(data, table, name, where).assign(series=run_name))
+        except Exception as exc:
+            failed.append(f"{run_name}: {unreadable_text(exc)}")
     title = name if table != "layers" else f"{name} of {layer}"
     if not parts:
         return empty_figure(f"no {title} in the chosen runs")
     axes = axes_from(smoothing, xaxis, logy, None)
-    return compare_figure(pd.concat(parts, ignore_index=True), title, axes)
+    fig = compare_figure(pd.concat(parts, ignore_index=True), title, axes)
+    for i, text in enumerate(failed):
+        fig.add_annotation(
+            text=escape(text), xref="paper", yref="paper", x=0, y=1 - 0.08 * i, showarrow=False
+        )
+    return fig
 
 
 def _series(data: RunData, table: str, metric: str, where: dict[str, Any]) -> pd.DataFrame:

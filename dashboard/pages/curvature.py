@@ -8,7 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
-from gradlens.dashboard.components import axes_from, controls, graph, message, nav
+from gradlens.dashboard.components import axes_from, controls, graph, guarded, message, nav
 from gradlens.dashboard.context import AppContext
 from gradlens.dashboard.figures import empty_figure
 from gradlens.dashboard.figures_probes import (
@@ -23,7 +23,7 @@ from gradlens.store import Run
 __all__ = ["curves", "density", "layout", "register"]
 
 
-def layout(ctx: AppContext, run: Run) -> html.Div:
+def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
     """The page for ``run``: a notice instead of graphs when it has no Hessian data."""
     name = run.path.name
     data = ctx.data(name)
@@ -79,6 +79,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         return density(ctx, name, step)
 
 
+@guarded(3)
 def curves(
     ctx: AppContext, name: str, smoothing: float, xaxis: str, logy: Sequence[str] | None
 ) -> tuple[go.Figure, go.Figure, go.Figure]:
@@ -101,6 +102,7 @@ def curves(
     )
 
 
+@guarded(1)
 def density(ctx: AppContext, name: str, step: int | None) -> go.Figure:
     """The spectral density at ``step``."""
     try:

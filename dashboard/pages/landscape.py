@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
-from gradlens.dashboard.components import graph, message, nav, table
+from gradlens.dashboard.components import graph, guarded, message, nav, table
 from gradlens.dashboard.context import AppContext
 from gradlens.dashboard.figures import empty_figure
 from gradlens.dashboard.figures_probes import (
@@ -23,7 +23,7 @@ from gradlens.store import Run
 __all__ = ["layout", "register", "slices"]
 
 
-def layout(ctx: AppContext, run: Run) -> html.Div:
+def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
     """The page for ``run``: a notice instead of graphs when it has no landscape data."""
     name = run.path.name
     data = ctx.data(name)
@@ -81,6 +81,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         return slices(ctx, name, step, metric or "loss", plane)
 
 
+@guarded(3, (None,))
 def slices(
     ctx: AppContext, name: str, step: int | None, metric: str, plane: str | None = None
 ) -> tuple[go.Figure, go.Figure, go.Figure, Any]:

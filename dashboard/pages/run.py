@@ -1,33 +1,64 @@
-"""The run page: loss, gradient norm and learning rate; the layer heatmap; the findings.
+"""The run page: header and findings, then loss, gradient norm, learning rate, the layer heatmap.
 
-Callback bodies are plain functions of (context, inputs), so they are tested without a browser.
+Every chart on the page shares one x range (zoom, pan and a hover crosshair are linked in the
+browser, see ``linked.py``) and the same margins, so a step sits at the same pixel column in
+every chart. A finding's steps zoom every chart to them and open its layer. The view (layer,
+metric, colouring, smoothing, axes, zoom) is kept in the URL. Callback bodies are plain
+functions of (context, inputs), so they are tested without a browser.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
-from dash import Dash, Input, Output, dcc, html, no_update
+from dash import ALL, Dash, Input, Output, State, dcc, html, no_update
+from dash import ctx as dash_ctx
 
-from gradlens.dashboard.components import axes_from, controls, findings_table, graph, message, nav
+from gradlens.dashboard.components import (
+    axes_from,
+    config_details,
+    controls,
+    csv_link,
+    finding_rows,
+    findings_table,
+    graph,
+    message,
+    nav,
+    read_state,
+    state_search,
+    status_badges,
+    unreadable_text,
+)
 from gradlens.dashboard.context import AppContext
+from gradlens.dashboard.data import LAYER_CURVES, RunData
 from gradlens.dashboard.figures import (
+    X_TITLES,
+    Axes,
     curve_with_events,
     empty_figure,
+    escape,
     heatmap_figure,
     layer_figure,
     lines_figure,
+    x_values,
 )
-from gradlens.errors import GradlensError
+from gradlens.dashboard.linked import register_linked_x
 from gradlens.store import Run
 
 __all__ = [
+    "CHARTS",
     "HEATMAP_BUCKETS",
     "clicked_layer",
     "curves",
+    "default_colour",
+    "finding_target",
     "findings",
+    "header",
     "heatmap",
     "layer_curves",
     "layout",
@@ -37,68 +68,151 @@ __all__ = [
 
 HEATMAP_BUCKETS = 500
 HEATMAP_METRICS = ("grad_norm", "update_ratio", "param_norm", "update_norm", "nonfinite")
+CHARTS = ("loss-graph", "gradnorm-graph", "lr-graph", "heatmap-graph", "layer-graph")
+CURVES = ("loss-graph", "gradnorm-graph", "lr-graph", "layer-graph")
+# fixed margins on every chart: the plot areas line up, step for step
+MARGIN = dict(l=200, r=110, t=40, b=40, autoexpand=False)
+SHADE = {"error": "rgba(214, 39, 40, 0.13)", "warning": "rgba(255, 165, 0, 0.15)"}
 
 
-def layout(ctx: AppContext, run: Run) -> html.Div:
-    """The page for ``run`` (already validated by the catalog)."""
+def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
+    """The page for ``run`` (already validated by the catalog); view state from ``search``."""
     name = run.path.name
     data = ctx.data(name)
+    state = read_state(search)
     metrics = data.metrics("layers") if data.has("layers") else []
     heat = [m for m in HEATMAP_METRICS if m in metrics] + [
         m for m in metrics if m not in HEATMAP_METRICS
     ]
     layers = data.layers() if data.has("layers") else []
-    meta = run.meta
-    header = html.Div(
-        [
-            html.H2(name),
-            html.Div(
-                [
-                    html.Span(run.status, id="run-status", className=f"status {run.status}"),
-                    html.Span(f"{run.steps:,} steps", id="run-steps"),
-                    html.Span(f"device {meta.get('device', '?')}"),
-                    html.Code(str(meta.get("command", ""))),
-                ],
-                className="facts",
-            ),
-        ]
-    )
+    metric = state.get("metric") if state.get("metric") in heat else (heat[0] if heat else None)
+    colour = state.get("colour")
+    if colour not in ("value", "relative"):
+        colour = default_colour(data)
+    layer = state.get("layer") if state.get("layer") in layers else None
+    xrange = _range_from(state.get("range"))
+    hidden = {} if layers else {"display": "none"}
     layer_section: list[Any] = [html.H3("Layers")]
-    if layers:
-        layer_section += [
-            dcc.Dropdown(id="heatmap-metric", options=heat, value=heat[0], clearable=False),
-            graph("heatmap-graph"),
-            dcc.Dropdown(
-                id="layer-select",
-                options=layers,
-                value=None,
-                placeholder="click a heatmap row, or pick a layer",
-            ),
-            graph("layer-graph"),
-        ]
-    else:
+    if not layers:
         layer_section.append(message("no per-layer data in this run"))
+    layer_section.append(
+        html.Div(
+            [
+                html.Div(
+                    [
+                        dcc.Dropdown(
+                            id="heatmap-metric", options=heat, value=metric, clearable=False
+                        ),
+                        dcc.RadioItems(
+                            id="heatmap-colour",
+                            options=[
+                                {"label": "value (log)", "value": "value"},
+                                {"label": "× layer's own baseline", "value": "relative"},
+                            ],
+                            value=colour,
+                            inline=True,
+                        ),
+                    ],
+                    className="pickers",
+                ),
+                graph("heatmap-graph"),
+                dcc.Dropdown(
+                    id="layer-select",
+                    options=[{"label": n, "value": n} for n in layers],
+                    value=layer,
+                    placeholder="click a heatmap row or a finding's layer, or pick a layer",
+                ),
+                graph("layer-graph"),
+                html.Div(id="layer-csv", className="csv-links"),
+            ],
+            style=hidden,
+        )
+    )
     return html.Div(
         [
             nav(name, "run"),
             dcc.Store(id="run-name", data=name),
-            header,
-            controls(),
-            html.Div([graph("loss-graph"), graph("gradnorm-graph"), graph("lr-graph")]),
-            *layer_section,
-            html.H3("Findings"),
-            html.Div(id="findings"),
+            dcc.Location(id="run-url", refresh=False),  # the view, written to the query
+            dcc.Store(id="run-xrange", data=xrange),
+            dcc.Store(id="run-xsync"),
+            dcc.Store(id="findings-data", data=[]),
+            html.Div(header(ctx, name), id="run-header"),
+            html.Details(
+                [html.Summary("Findings", id="findings-summary"), html.Div(id="findings")],
+                open=True,
+                className="findings",
+            ),
             html.Button(
                 "Build the report",
                 id="findings-build",
                 n_clicks=0,
                 style={} if not ctx.findings.small(run) else {"display": "none"},
             ),
+            controls(
+                state=state,
+                extra=[
+                    dcc.Checklist(
+                        id="shade-findings",
+                        options=[{"label": "shade findings", "value": "on"}],
+                        value=[] if state.get("shade") == "0" else ["on"],
+                        inline=True,
+                    )
+                ],
+            ),
+            graph("loss-graph"),
+            graph("gradnorm-graph"),
+            graph("lr-graph"),
+            html.Div(
+                [
+                    html.Span("download as CSV:"),
+                    csv_link(name, "scalars", "loss", index=0),
+                    csv_link(name, "scalars", "grad_norm", index=0),
+                    csv_link(name, "scalars", "lr"),
+                ],
+                className="csv-links",
+            ),
+            *layer_section,
         ]
     )
 
 
+def header(ctx: AppContext, name: str) -> Any:
+    """Name, status and health, steps, device, command and config (re-read every refresh)."""
+    try:
+        run = ctx.run(name)
+    except Exception as exc:
+        return message(unreadable_text(exc), "error")
+    meta = run.meta
+    state = ctx.findings.state(run, start=False)
+    return [
+        html.H2(name),
+        html.Div(
+            [
+                *status_badges(run, state),
+                html.Span(f"{run.steps:,} steps", id="run-steps"),
+                html.Span(f"device {meta.get('device', '?')}"),
+                html.Code(str(meta.get("command", ""))),
+            ],
+            className="facts",
+        ),
+        config_details(meta),
+    ]
+
+
+def default_colour(data: RunData) -> str:
+    """``relative`` when the run has spike events (then the spiking layer is the bright row)."""
+    try:
+        events = data.events()
+    except Exception:
+        return "value"
+    if events.empty or "kind" not in events:
+        return "value"
+    return "relative" if events["kind"].astype(str).str.endswith("_spike").any() else "value"
+
+
 def register(app: Dash, ctx: AppContext) -> None:
+    register_linked_x(app, "run", CHARTS, hover=CURVES)
+
     @app.callback(
         Output("loss-graph", "figure"),
         Output("gradnorm-graph", "figure"),
@@ -107,52 +221,97 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("smoothing", "value"),
         Input("xaxis", "value"),
         Input("logy", "value"),
+        Input("shade-findings", "value"),
         Input("refresh", "n_intervals"),
+        State("run-xrange", "data"),
     )
-    def _curves(name: str, smoothing: float, xaxis: str, logy: list[str], _: Any) -> Any:
-        return curves(ctx, name, smoothing, xaxis, logy)
+    def _curves(
+        name: str, smoothing: float, xaxis: str, logy: list[str], shade: Any, _: Any, xr: Any
+    ) -> Any:
+        return curves(ctx, name, smoothing, xaxis, logy, xr, shade=bool(shade))
+
+    @app.callback(
+        Output("run-xrange", "data", allow_duplicate=True),
+        Input("xaxis", "value"),
+        prevent_initial_call=True,
+    )
+    def _reset_zoom(_: str) -> Any:
+        return None  # a range in steps means nothing on a time axis
 
     @app.callback(
         Output("heatmap-graph", "figure"),
         Input("run-name", "data"),
         Input("heatmap-metric", "value"),
-        Input("heatmap-graph", "relayoutData"),
+        Input("heatmap-colour", "value"),
+        Input("xaxis", "value"),
+        Input("run-xrange", "data"),
         Input("refresh", "n_intervals"),
     )
-    def _heatmap(name: str, metric: str, relayout: Mapping[str, Any] | None, _: Any) -> Any:
-        return heatmap(ctx, name, metric, relayout)
+    def _heatmap(name: str, metric: str, colour: str, xaxis: str, xr: Any, _: Any) -> Any:
+        return heatmap(ctx, name, metric, xr, colour=colour, xaxis=xaxis)
 
     @app.callback(
         Output("layer-select", "value"),
+        Output("run-xrange", "data", allow_duplicate=True),
         Input("heatmap-graph", "clickData"),
-        Input("run-name", "data"),
+        Input({"type": "finding-steps", "index": ALL}, "n_clicks"),
+        Input({"type": "finding-layer", "index": ALL}, "n_clicks"),
+        State("run-name", "data"),
+        State("findings-data", "data"),
+        State("xaxis", "value"),
         prevent_initial_call=True,
     )
-    def _click(click: Mapping[str, Any] | None, name: str) -> Any:
-        return clicked_layer(ctx, name, click)
+    def _pick(click: Any, steps: Any, layers: Any, name: str, rows: Any, xaxis: str) -> Any:
+        trigger = dash_ctx.triggered_id
+        if trigger == "heatmap-graph":
+            return clicked_layer(ctx, name, click) or no_update, no_update
+        if not isinstance(trigger, Mapping) or not dash_ctx.triggered[0].get("value"):
+            return no_update, no_update
+        layer, xr = finding_target(ctx, name, rows or [], int(trigger["index"]), xaxis)
+        if trigger.get("type") == "finding-layer":
+            return layer or no_update, no_update
+        return layer or no_update, xr if xr is not None else no_update
 
     @app.callback(
         Output("layer-graph", "figure"),
+        Output("layer-csv", "children"),
         Input("run-name", "data"),
         Input("layer-select", "value"),
         Input("smoothing", "value"),
         Input("xaxis", "value"),
         Input("logy", "value"),
         Input("refresh", "n_intervals"),
+        State("run-xrange", "data"),
     )
     def _layer(
-        name: str, layer: str | None, smoothing: float, xaxis: str, logy: list[str], _: Any
+        name: str,
+        layer: str | None,
+        smoothing: float,
+        xaxis: str,
+        logy: list[str],
+        _: Any,
+        xr: Any,
     ) -> Any:
-        return layer_curves(ctx, name, layer, smoothing, xaxis, logy)
+        fig = layer_curves(ctx, name, layer, smoothing, xaxis, logy, xr)
+        links = (
+            [html.Span("download as CSV:")]
+            + [csv_link(name, "layers", m, layer=layer) for m in LAYER_CURVES]
+            if layer
+            else []
+        )
+        return fig, links
 
     @app.callback(
         Output("findings", "children"),
+        Output("findings-data", "data"),
+        Output("run-header", "children"),
         Input("run-name", "data"),
         Input("findings-build", "n_clicks"),
         Input("refresh", "n_intervals"),
     )
     def _findings(name: str, clicks: int | None, _: Any) -> Any:
-        return findings(ctx, name, build=bool(clicks))
+        children, rows = findings(ctx, name, build=bool(clicks))
+        return children, rows, header(ctx, name)
 
     @app.callback(
         Output("refresh", "disabled", allow_duplicate=True),
@@ -163,49 +322,148 @@ def register(app: Dash, ctx: AppContext) -> None:
         # poll until the report is in (the timer then stops itself); a page load is no click
         return False if clicks else no_update
 
+    @app.callback(
+        Output("run-url", "search"),
+        Input("layer-select", "value"),
+        Input("heatmap-metric", "value"),
+        Input("heatmap-colour", "value"),
+        Input("smoothing", "value"),
+        Input("xaxis", "value"),
+        Input("logy", "value"),
+        Input("shade-findings", "value"),
+        Input("run-xrange", "data"),
+        prevent_initial_call=True,
+    )
+    def _url(
+        layer: Any,
+        metric: Any,
+        colour: Any,
+        smoothing: Any,
+        xaxis: Any,
+        logy: Any,
+        shade: Any,
+        xr: Any,
+    ) -> str:
+        return view_search(layer, metric, colour, smoothing, xaxis, logy, shade, xr)
+
+
+def view_search(
+    layer: Any,
+    metric: Any,
+    colour: Any,
+    smoothing: Any,
+    xaxis: Any,
+    logy: Any,
+    shade: Any,
+    xr: Any,
+) -> str:
+    """The run page's view as a URL query (read back by ``layout``)."""
+    flags = logy or []
+    return state_search(
+        {
+            "layer": layer,
+            "metric": metric,
+            "colour": colour,
+            "smoothing": smoothing,
+            "x": xaxis if xaxis != "step" else None,
+            "logy": "1" if "log" in flags else None,
+            "outliers": "1" if "outliers" in flags else None,
+            "shade": None if shade else "0",
+            "range": ",".join(str(v) for v in xr)
+            if isinstance(xr, list) and len(xr) == 2
+            else None,
+        }
+    )
+
 
 def curves(
-    ctx: AppContext, name: str, smoothing: float, xaxis: str, logy: Sequence[str] | None
+    ctx: AppContext,
+    name: str,
+    smoothing: float,
+    xaxis: str,
+    logy: Sequence[str] | None,
+    xrange: Sequence[Any] | None = None,
+    shade: bool = True,
 ) -> tuple[go.Figure, go.Figure, go.Figure]:
-    """Loss (spike and non-finite markers), global gradient norm, learning rate."""
+    """Loss (spike and non-finite markers), global gradient norm, learning rate.
+
+    All three (and the heatmap) share the run's x extent, ``xrange`` when zoomed, and the
+    page's margins; findings are shaded over their steps when ``shade``.
+    """
     try:
         data = ctx.data(name)
-    except GradlensError as exc:
-        blank = empty_figure(str(exc))
+        axes = axes_from(smoothing, xaxis, logy, data.run.start_time)
+        events = data.events()
+        loss = curve_with_events(
+            data.scalar("loss"), events, "loss", ["loss_spike"], ["nonfinite_loss"], axes
+        )
+        grad = curve_with_events(
+            data.scalar("grad_norm"),
+            events,
+            "gradient norm (global L2)",
+            ["grad_spike"],
+            ["nonfinite_grad"],
+            axes,
+        )
+        flat = axes_from(0.0, xaxis, logy, data.run.start_time)  # a schedule is not smoothed
+        lr = lines_figure(data.groups("lr"), "learning rate", flat)
+        extent = x_extent(data, axes)
+        shades = _shades(ctx, data, axes) if shade else []
+    except Exception as exc:
+        blank = empty_figure(unreadable_text(exc))
         return blank, blank, blank
-    axes = axes_from(smoothing, xaxis, logy, data.run.start_time)
-    events = data.events()
-    loss = curve_with_events(
-        data.scalar("loss"), events, "loss", ["loss_spike"], ["nonfinite_loss"], axes
-    )
-    grad = curve_with_events(
-        data.scalar("grad_norm"),
-        events,
-        "gradient norm (global L2)",
-        ["grad_spike"],
-        ["nonfinite_grad"],
-        axes,
-    )
-    flat = axes_from(0.0, xaxis, logy, data.run.start_time)  # a schedule is not smoothed
-    lr = lines_figure(data.groups("lr"), "learning rate", flat)
+    for fig in (loss, grad, lr):
+        align(fig, extent, xrange)
+        for x0, x1, colour in shades:
+            fig.add_vrect(x0=x0, x1=x1, fillcolor=colour, line_width=0, layer="below")
     return loss, grad, lr
 
 
 def heatmap(
-    ctx: AppContext, name: str, metric: str | None, relayout: Mapping[str, Any] | None
+    ctx: AppContext,
+    name: str,
+    metric: str | None,
+    xrange: Sequence[Any] | Mapping[str, Any] | None,
+    colour: str = "value",
+    xaxis: str = "step",
 ) -> go.Figure:
-    """Layers × step buckets of ``metric``; re-bucketed to the zoomed step range."""
+    """Layers × step buckets of ``metric``, re-bucketed to the zoomed range ``xrange``.
+
+    ``colour`` is ``value`` (log of the bucket's max) or ``relative`` (max over the layer's
+    own EMA baseline). ``xrange`` is in the units of ``xaxis`` (or a plotly relayout event).
+    """
     try:
         data = ctx.data(name)
-    except GradlensError as exc:
-        return empty_figure(str(exc))
-    if not metric or not data.has("layers"):
-        return empty_figure("no per-layer data in this run")
-    lo, hi = x_range(relayout)
-    cells = data.layer_matrix(metric).window(lo, hi).heatmap(HEATMAP_BUCKETS)
-    others = [m for m in HEATMAP_METRICS if m != metric and m in data.metrics("layers")]
-    data.prefetch_layer_matrices(others[:3])  # the metrics a user switches to next
-    return heatmap_figure(cells, metric)
+        if not metric or not data.has("layers"):
+            return empty_figure("no per-layer data in this run")
+        axes = axes_from(0.0, xaxis, [], data.run.start_time)
+        if isinstance(xrange, Mapping):
+            xrange = list(x_range(xrange)) if x_range(xrange)[0] is not None else None
+        lo, hi = _to_steps(data, axes, xrange)
+        matrix = data.layer_matrix(metric).window(lo, hi)
+        cells = matrix.heatmap(HEATMAP_BUCKETS)
+        last = matrix.last_steps(HEATMAP_BUCKETS)
+        relative = None
+        if colour == "relative":
+            ratio = data.relative_matrix(metric).window(lo, hi)
+            relative = ratio.heatmap(HEATMAP_BUCKETS)
+        x = None
+        if axes.xaxis != "step" and not cells.empty:
+            centres = (np.asarray(cells.columns, dtype=np.float64) + last) / 2.0
+            x = x_values(data.with_time(pd.DataFrame({"step": centres})), axes)
+        fig = heatmap_figure(cells, metric, last, relative, x, x_title=_x_title(axes))
+        others = [m for m in HEATMAP_METRICS if m != metric and m in data.metrics("layers")]
+        data.prefetch_layer_matrices(others[:3])  # the metrics a user switches to next
+        extent = x_extent(data, axes)
+    except Exception as exc:
+        return empty_figure(unreadable_text(exc))
+    if not cells.empty:
+        align(fig, extent, xrange)
+        layers = [escape(n) for n in cells.index]
+        fig.update_yaxes(
+            automargin=False, tickvals=layers, ticktext=[_short(n) for n in cells.index]
+        )
+    return fig
 
 
 def clicked_layer(ctx: AppContext, name: str, click: Mapping[str, Any] | None) -> str | None:
@@ -213,11 +471,13 @@ def clicked_layer(ctx: AppContext, name: str, click: Mapping[str, Any] | None) -
     points = (click or {}).get("points") or []
     if not points:
         return None
-    layer = points[0].get("y")
+    shown = points[0].get("y")
     try:
-        return layer if layer in ctx.data(name).layers() else None
-    except GradlensError:
+        layers = ctx.data(name).layers()
+    except Exception:
         return None
+    by_label = {escape(n): n for n in layers}  # the heatmap shows names escaped
+    return by_label.get(shown) if isinstance(shown, str) else None
 
 
 def layer_curves(
@@ -227,44 +487,74 @@ def layer_curves(
     smoothing: float,
     xaxis: str,
     logy: Sequence[str] | None,
+    xrange: Sequence[Any] | None = None,
 ) -> go.Figure:
     """One layer's gradient norm, update/parameter ratio and parameter norm."""
     if not layer:
-        return empty_figure("click a heatmap row (or pick a layer) to see its curves")
+        return empty_figure("click a heatmap row (or a finding's layer) to see its curves")
     try:
         data = ctx.data(name)
-    except GradlensError as exc:
-        return empty_figure(str(exc))
-    if layer not in data.layers():
-        return empty_figure(f"no layer {layer!r} in this run")
-    axes = axes_from(smoothing, xaxis, logy, data.run.start_time)
-    return layer_figure(data.layer_curves(layer), layer, data.events(), axes)
+        if layer not in data.layers():
+            return empty_figure(f"no layer {escape(layer)!r} in this run")
+        axes = axes_from(smoothing, xaxis, logy, data.run.start_time)
+        fig = layer_figure(data.layer_curves(layer), layer, data.events(), axes)
+        extent = x_extent(data, axes)
+    except Exception as exc:
+        return empty_figure(unreadable_text(exc))
+    return align(fig, extent, xrange)
 
 
-def findings(ctx: AppContext, name: str, build: bool = False) -> Any:
-    """The findings table of the run's report (built in the background).
+def findings(ctx: AppContext, name: str, build: bool = False) -> tuple[Any, list[dict]]:
+    """The findings of the run's report (built in the background) and their targets.
 
     The report reads whole tables into memory, so on a run above the service's row limit it
     is built only when asked (``build``, the page's button).
     """
     try:
         run = ctx.run(name)
-    except GradlensError as exc:
-        return message(str(exc), "error")
+    except Exception as exc:
+        return message(unreadable_text(exc), "error"), []
     state = ctx.findings.state(run, start=build, wait=0.25)
     if state.report is not None:
-        table = findings_table(state.report)
-        return [message("updating…"), table] if state.pending else table
+        table = findings_table(state.report, links=True)
+        rows = finding_rows(state.report)
+        return ([message("updating…"), table] if state.pending else table), rows
     if state.error:
-        return message(f"the report failed: {state.error}", "error")
+        return message(f"the report failed: {state.error}", "error"), []
     if state.pending:
-        return message("computing the report… (this page refreshes by itself)")
-    return message(
-        f"not built automatically: this run has more than {ctx.findings.auto_rows:,} rows and "
-        "the report reads them all into memory (gradlens report does the same); "
-        "use the button to build it here",
-        "warning",
+        return message("computing the report… (this page refreshes by itself)"), []
+    return (
+        message(
+            f"not built automatically: this run has more than {ctx.findings.auto_rows:,} rows "
+            "and the report reads them all into memory (gradlens report does the same); "
+            "use the button to build it here",
+            "warning",
+        ),
+        [],
     )
+
+
+def finding_target(
+    ctx: AppContext, name: str, rows: Sequence[Mapping[str, Any]], index: int, xaxis: str
+) -> tuple[str | None, list[Any] | None]:
+    """A clicked finding's layer (if the run has it) and x range (its steps, padded)."""
+    if not 0 <= index < len(rows):
+        return None, None
+    row = rows[index]
+    try:
+        data = ctx.data(name)
+        layers = data.layers() if data.has("layers") else []
+    except Exception:
+        return None, None
+    layer = row.get("layer") if row.get("layer") in layers else None
+    start, end = row.get("start"), row.get("end")
+    if not isinstance(start, int):
+        return layer, None
+    end = end if isinstance(end, int) else start
+    pad = max(5, (end - start) // 4)
+    axes = axes_from(0.0, xaxis, [], data.run.start_time)
+    lo, hi = _step_to_x(data, axes, [start - pad, end + pad])
+    return layer, [lo, hi]
 
 
 def x_range(relayout: Mapping[str, Any] | None) -> tuple[float | None, float | None]:
@@ -278,3 +568,110 @@ def x_range(relayout: Mapping[str, Any] | None) -> tuple[float | None, float | N
         return float(lo), float(hi)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None, None
+
+
+# -- shared x axis ---------------------------------------------------------------------------
+
+
+def align(fig: go.Figure, extent: list[Any] | None, xrange: Sequence[Any] | None) -> go.Figure:
+    """The page's margins, the run's x extent (or the zoom) and a crosshair on ``fig``."""
+    if not fig.data:
+        return fig
+    fig.update_layout(margin=MARGIN, hovermode="closest")
+    shown = list(xrange) if isinstance(xrange, list | tuple) and len(xrange) == 2 else extent
+    if shown is not None:
+        fig.update_xaxes(range=shown, autorange=False)
+    fig.update_xaxes(
+        showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1, spikedash="dot"
+    )
+    fig.update_layout(
+        title_x=0.01,
+        title_xref="container",
+        legend=dict(orientation="h", x=1.0, y=1.02, yanchor="bottom", xanchor="right"),
+    )
+    return fig
+
+
+def x_extent(data: RunData, axes: Axes) -> list[Any] | None:
+    """The run's step range (half a step either side) in the units of ``axes``."""
+    steps = []
+    for metric in ("loss", "grad_norm"):
+        frame = data.scalar(metric) if data.has("scalars") else pd.DataFrame()
+        if not frame.empty:
+            steps += [int(frame["step"].min()), int(frame["step"].max())]
+    if not steps and data.has("layers"):
+        matrix_steps = data.layer_matrix(data.metrics("layers")[0]).steps
+        if len(matrix_steps):
+            steps = [int(matrix_steps[0]), int(matrix_steps[-1])]
+    if not steps:
+        return None
+    return _step_to_x(data, axes, [min(steps) - 0.5, max(steps) + 0.5])
+
+
+def _step_to_x(data: RunData, axes: Axes, steps: Sequence[float]) -> list[Any]:
+    if axes.xaxis == "step":
+        return [float(s) for s in steps]
+    frame = data.with_time(pd.DataFrame({"step": np.asarray(steps, dtype=np.float64)}))
+    if frame["time"].isna().any():
+        return [float(s) for s in steps]
+    x = x_values(frame, axes)
+    if axes.xaxis == "wall":
+        return [str(pd.Timestamp(v)).replace("T", " ") for v in x]
+    return [float(v) for v in x]
+
+
+def _to_steps(
+    data: RunData, axes: Axes, xrange: Sequence[Any] | None
+) -> tuple[float | None, float | None]:
+    """An x range in the units of ``axes`` as steps (inverting the run's clock)."""
+    if not isinstance(xrange, list | tuple) or len(xrange) != 2:
+        return None, None
+    try:
+        if axes.xaxis == "step":
+            return float(xrange[0]), float(xrange[1])
+        clock = data.series("scalars", "time", index=0) if data.has("scalars") else None
+        if clock is None or clock.empty:
+            return None, None
+        if axes.xaxis == "wall":  # local clock time, as x_values draws it
+            start = data.run.start_time or 0.0
+            local = datetime.now().astimezone().tzinfo
+            seconds = [pd.Timestamp(v).tz_localize(local).timestamp() - start for v in xrange]
+        else:
+            seconds = [float(v) for v in xrange]
+        steps = np.interp(seconds, clock["value"], clock["step"])
+        return float(steps[0]) - 1, float(steps[1]) + 1
+    except (TypeError, ValueError):
+        return None, None
+
+
+def _shades(ctx: AppContext, data: RunData, axes: Axes) -> list[tuple[Any, Any, str]]:
+    state = ctx.findings.state(data.run, start=False)
+    if state.report is None:
+        return []
+    out = []
+    for f in state.report.findings:
+        if f.severity in SHADE and f.step_start is not None:
+            end = f.step_end if f.step_end is not None else f.step_start
+            x0, x1 = _step_to_x(data, axes, [f.step_start - 0.5, end + 0.5])
+            out.append((x0, x1, SHADE[f.severity]))
+    return out
+
+
+def _x_title(axes: Axes) -> str:
+    return X_TITLES.get(axes.xaxis, "step")
+
+
+def _short(name: str, width: int = 30) -> str:
+    shown = name if len(name) <= width else "…" + name[-(width - 1) :]
+    return escape(shown)
+
+
+def _range_from(text: str | None) -> list[float] | None:
+    parts = (text or "").split(",")
+    if len(parts) != 2:
+        return None
+    try:
+        lo, hi = float(parts[0]), float(parts[1])
+    except ValueError:
+        return None
+    return [lo, hi] if np.isfinite(lo) and np.isfinite(hi) and lo < hi else None

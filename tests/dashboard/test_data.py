@@ -131,3 +131,22 @@ def test_read_columns_filters_like_the_store(dash_runs):
         want.sort_values(["step", "layer"])["value"].reset_index(drop=True),
     )
     assert read_columns(files, ["value"], {"metric": "nope"}).num_rows == 0
+
+
+def test_relative_matrix_is_each_layer_over_its_own_ema_baseline():
+    from gradlens.dashboard.data import LayerMatrix
+    from gradlens.dashboard.smoothing import ema
+
+    rng = np.random.default_rng(0)
+    values = np.vstack([0.01 * np.exp(0.05 * rng.standard_normal(200)), np.full(200, 5.0)])
+    values[0, 150] *= 34.0  # a small layer spiking: tiny in raw terms, 34x its own baseline
+    matrix = LayerMatrix("grad_norm", ["small", "big"], np.arange(200), values.astype(np.float32))
+    ratio = matrix.relative(0.95).values
+    baseline = ema(values[0, :150], 0.95)[-1]  # TensorBoard's debiased EMA is the same average
+    assert ratio[0, 150] == pytest.approx(values[0, 150] / baseline, rel=1e-4)
+    assert ratio[0, 150] > 25 and np.nanmax(ratio[1]) == pytest.approx(1.0)
+    assert np.isnan(ratio[:, 0]).all()  # nothing before the first value
+    assert np.nanargmax(matrix.relative().heatmap(50).to_numpy().max(axis=1)) == 0
+    assert matrix.last_steps(50).tolist() == list(range(3, 200, 4))
+    with pytest.raises(ValueError):
+        matrix.relative(1.0)

@@ -96,7 +96,7 @@ def test_heatmap_uses_log_colour():
     cells = pd.DataFrame(
         [[1e-3, 1e-2, 0.0], [1.0, 10.0, 100.0]], index=["a", "b"], columns=[0, 10, 20]
     )
-    fig = heatmap_figure(cells, "grad_norm")
+    fig = heatmap_figure(cells, "grad_norm", last_steps=[9, 19, 20])
     (heat,) = fig.data
     z = np.array(heat.z, dtype=float)
     np.testing.assert_allclose(z[1], [0, 1, 2])
@@ -105,6 +105,16 @@ def test_heatmap_uses_log_colour():
     assert list(heat.colorbar.tickvals) == [-3, -2, -1, 0, 1, 2]
     assert heat.colorbar.ticktext[0] == "1e-3"
     assert list(heat.y) == ["a", "b"] and fig.layout.yaxis.autorange == "reversed"
+    # a bucket sits at the centre of its steps; hover has the value and the exact step range
+    assert list(heat.x) == [4.5, 14.5, 20.0]
+    custom = np.asarray(heat.customdata)
+    assert custom[1, 2].tolist() == [100.0, 20.0, 20.0] and custom[0, 0, :3].tolist() == [
+        pytest.approx(1e-3),
+        0.0,
+        9.0,
+    ]
+    assert "customdata[1]}–%{customdata[2]" in heat.hovertemplate
+    assert "log10" not in heat.hovertemplate
 
 
 def test_layer_figure_rows_and_layer_spikes():
@@ -122,7 +132,8 @@ def test_layer_figure_rows_and_layer_spikes():
         ]
     )
     fig = layer_figure(curves, "w", events, Axes(log_y=True))
-    assert [a.text for a in fig.layout.annotations] == ["grad_norm", "update_ratio", "param_norm"]
+    titles = [a.text for a in fig.layout.annotations][:3]
+    assert titles == ["grad_norm", "update_ratio", "param_norm"]
     spikes = [t for t in fig.data if t.name == "spike"]
     assert len(spikes) == 1 and list(spikes[0].x) == [40]
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis3.type == "log"
@@ -132,3 +143,66 @@ def test_empty_inputs_say_why():
     assert "no loss data" in lines_figure(pd.DataFrame(), "loss").layout.annotations[0].text
     assert empty_figure("nothing").layout.annotations[0].text == "nothing"
     assert "no per-layer" in heatmap_figure(pd.DataFrame(), "x").layout.annotations[0].text
+
+
+def test_relative_heatmap_colours_the_ratio_centred_on_one():
+    cells = pd.DataFrame([[1e-3, 3.4e-2], [5.0, 5.0]], index=["small", "big"], columns=[0, 1])
+    ratio = pd.DataFrame([[1.0, 34.0], [1.0, 1.0]], index=cells.index, columns=cells.columns)
+    (heat,) = heatmap_figure(cells, "grad_norm", relative=ratio).data
+    z = np.asarray(heat.z, dtype=float)
+    assert z[0, 1] == pytest.approx(np.log10(34.0), abs=1e-3) and z[1, 1] == 0.0
+    assert heat.zmid == 0 and heat.zmin == -heat.zmax
+    assert np.asarray(heat.customdata)[0, 1, 3] == pytest.approx(34.0)
+    assert "×10" in heat.colorbar.ticktext
+
+
+def test_sparse_series_are_not_smoothed_and_hover_shows_the_raw_value():
+    # grokking's top eigenvalue: four probes, the last one large
+    frame = pd.DataFrame({"step": [499, 999, 1499, 1999], "value": [0.005, 0.0, 0.0, 59.239]})
+    (line,) = lines_figure(frame, "top_eigenvalue", Axes(smoothing=0.6)).data
+    assert list(line.y) == [0.005, 0.0, 0.0, 59.239]
+    assert line.mode == "lines+markers"
+    dense = _curve(500, spike_at=None)
+    _, smooth = lines_figure(dense, "loss", Axes(smoothing=0.6)).data
+    custom = np.asarray(smooth.customdata)
+    assert custom[:, 1].tolist() == list(smooth.x)  # step of each drawn point
+    np.testing.assert_allclose(custom[:, 0], dense["value"].to_numpy()[custom[:, 1].astype(int)])
+    assert "smoothed" in smooth.hovertemplate and "customdata[0]" in smooth.hovertemplate
+
+
+@pytest.mark.parametrize(
+    ("value", "log"), [(0.01, False), (0.01, True), (0.0, False), (-3.0, False)]
+)
+def test_a_constant_series_gets_an_axis_around_its_value(value, log):
+    frame = pd.DataFrame({"step": np.arange(50), "value": np.full(50, value)})
+    fig = lines_figure(frame, "learning rate", Axes(log_y=log))
+    lo, hi = fig.layout.yaxis.range
+    shown = np.log10(value) if log else value
+    assert lo < shown < hi and hi - lo <= max(1.0, 1.01 * abs(shown))
+    assert any(f"constant {value:.6g}" == a.text for a in fig.layout.annotations)
+    varied = lines_figure(frame.assign(value=np.arange(50.0)), "x")
+    assert varied.layout.yaxis.range is None
+
+
+def test_names_with_plotly_markup_are_escaped():
+    name = "<b>evil</b><a href='x'>"
+    frame = pd.DataFrame({"step": np.arange(5), "value": 1.0 + np.arange(5), "series": name})
+    (line,) = lines_figure(frame, "loss").data
+    assert "<b>" not in line.name and "&lt;b&gt;" in line.name
+    assert "<b>" not in line.hovertemplate
+    cells = pd.DataFrame([[1.0]], index=[name], columns=[0])
+    (heat,) = heatmap_figure(cells, "grad_norm").data
+    assert list(heat.y) == ["&lt;b&gt;evil&lt;/b&gt;&lt;a href='x'&gt;"]
+    curves = pd.DataFrame({"step": [0, 1], "metric": "grad_norm", "value": [1.0, 2.0]})
+    assert "<b>" not in layer_figure(curves, name).layout.title.text
+
+
+def test_spike_markers_hover_ratio_baseline_and_layer():
+    frame = _curve(300, spike_at=151)
+    events = _events(
+        [{"step": 151, "kind": "loss_spike", "value": 40.0, "ratio": 20.0, "baseline": 2.0}]
+    )
+    fig = curve_with_events(frame, events, "loss", ["loss_spike"], [])
+    spike = next(t for t in fig.data if t.name == "spike")
+    assert np.asarray(spike.customdata)[0].tolist() == [151.0, 20.0, 2.0, 40.0]
+    assert "× baseline" in spike.hovertemplate

@@ -64,3 +64,44 @@ def test_http_paths_never_serve_files(nested):
         response = client.get(path)
         assert b"root:x:" not in response.data
     assert client.get("/assets/../../../../etc/passwd").status_code in (400, 404)
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed", "ok"),
+    [
+        ("127.0.0.1:8050", None, True),
+        ("localhost:8050", None, True),
+        ("[::1]:8050", None, True),
+        ("LOCALHOST", None, True),
+        ("evil.example:8050", None, False),  # DNS rebinding: a page's name resolving to us
+        ("127.0.0.1.evil.example", None, False),
+        ("box.lan:8050", ["box.lan"], True),
+        ("evil.example", ["box.lan"], False),
+        ("anything.example", ["0.0.0.0"], True),
+    ],
+)
+def test_only_loopback_host_headers_unless_serving_elsewhere(nested, host, allowed, ok):
+    client = create_app(nested, allowed_hosts=allowed).server.test_client()
+    response = client.get("/", headers={"Host": host})
+    assert (response.status_code == 200) is ok
+    if not ok:
+        assert response.status_code == 403
+        assert client.post("/_dash-update-component", headers={"Host": host}).status_code == 403
+
+
+def test_csv_download_of_a_series(nested):
+    client = create_app(nested).server.test_client()
+    response = client.get("/csv/inside?table=scalars&metric=loss&index=0")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    lines = response.data.decode().splitlines()
+    assert lines[0] == "step,value,time" and len(lines) == 21
+    layer = client.get("/csv/inside?table=layers&metric=grad_norm&layer=body.0.weight")
+    assert layer.status_code == 200 and len(layer.data.decode().splitlines()) == 21
+    for bad in (
+        "/csv/link?table=scalars&metric=loss",  # a symlink out of the directory
+        "/csv/inside?table=meta&metric=loss",
+        "/csv/inside?table=scalars&metric=nope",
+    ):
+        assert client.get(bad).status_code == 404, bad
+    outside = client.get("/csv/..%2Foutside?table=scalars&metric=loss")  # Dash's index page
+    assert outside.mimetype != "text/csv" and b"step,value" not in outside.data
