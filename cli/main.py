@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from gradlens._version import __version__
 from gradlens.cli.probe_options import validate_probe_options
@@ -36,7 +36,11 @@ MAX_EVERY = 1_000_000
 
 
 class _Command(TyperCommand):
-    """Usage lines with words for arguments (``RUN``), as in the help, not ``{RUN}``."""
+    """Help in words: ``RUN`` in the usage line (not ``{RUN}``), no ``<path>``/``<bool>`` type
+    column for arguments and flags (their metavar or the flag itself says it)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _wordy(super().get_params(ctx))
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -46,7 +50,27 @@ class _Command(TyperCommand):
         return pieces
 
 
+class _Group(TyperGroup):
+    """The top level: no ``<bool>`` next to ``--version`` and ``--help``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _wordy(super().get_params(ctx))
+
+
+def _wordy(params: list[Any]) -> list[Any]:
+    for param in params:
+        wordy = param.param_type_name == "argument" or getattr(param, "is_flag", False)
+        if wordy and hasattr(param, "display_type_rich"):  # typer >= 0.26's type column
+            param.display_type_rich = _no_type
+    return params
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Training diagnostics for PyTorch: record runs, report on them, browse them.",
     no_args_is_help=True,
     add_completion=False,

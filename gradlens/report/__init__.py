@@ -10,19 +10,23 @@ from gradlens.report.render_junit import render_junit
 from gradlens.report.render_markdown import render_markdown
 from gradlens.report.render_text import render_text, report_renderable
 from gradlens.report.rules import RULES
+from gradlens.report.summary import DEFINITIONS, RunSummary, health_text, summarize
 
 __all__ = [
+    "DEFINITIONS",
     "PROBE_SECTIONS",
     "RULES",
     "Comparison",
     "Finding",
     "Report",
     "ReportConfig",
+    "RunSummary",
     "Section",
     "Thresholds",
     "build_report",
     "compare_runs",
     "exit_code",
+    "health_text",
     "load_config",
     "render_compare",
     "render_json",
@@ -31,4 +35,5 @@ __all__ = [
     "render_text",
     "report_dict",
     "report_renderable",
+    "summarize",
 ]

@@ -132,7 +132,7 @@ def render_compare(comparison: Comparison, fmt: str) -> str | RenderableType:
         return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
     baseline = comparison.rows[0]["run"]
     diff_cols = ["run", "metric", "layer", "last 20%", "extreme", "at step"]
-    diff_cells = [
+    diff_cells: list[list[str]] = [
         [
             d["run"],
             d["metric"],
@@ -149,8 +149,8 @@ def render_compare(comparison: Comparison, fmt: str) -> str | RenderableType:
     runs.add_column("")
     for row in comparison.rows:
         runs.add_column(Text(row["run"]), overflow="fold")
-    for label, cells in _run_lines(comparison):
-        runs.add_row(Text(label, "bold"), *cells)
+    for label, texts in _run_lines(comparison):
+        runs.add_row(Text(label, "bold"), *texts)
     parts: list[RenderableType] = [runs]
     if diff_cells:
         diffs = Table(
