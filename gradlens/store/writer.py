@@ -152,25 +152,33 @@ class RunWriter:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            waiters: list[threading.Event] = []
-            rows: dict[str, list[pa.Table]] = {}
-            for item in items:
-                if item is _STOP:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    self._guard(functools.partial(self._run_job, item, rows))
-            for table, parts in rows.items():
-                self._guard(functools.partial(self._append, table, parts), table)
-            now = time.monotonic()
-            for table, journal in list(self._journals.items()):
-                if stop or journal.due(now, self.min_interval):
-                    self._guard(functools.partial(self._fold, table), table)
-                    if not stop:
-                        self._guard(functools.partial(self._merge, table), table)
-            for waiter in waiters:
-                waiter.set()
+            stop = self._handle(items)
+            del items  # hold no rows while waiting for the next ones
+
+    def _handle(self, items: list[Any]) -> bool:
+        """Write the rows of ``items`` to the journals, fold the due ones; True at the end."""
+        stop = False
+        waiters: list[threading.Event] = []
+        rows: dict[str, list[pa.Table]] = {}
+        for item in items:
+            if item is _STOP:
+                stop = True
+            elif isinstance(item, threading.Event):
+                waiters.append(item)
+            else:
+                self._guard(functools.partial(self._run_job, item, rows))
+        for table, parts in rows.items():
+            self._guard(functools.partial(self._append, table, parts), table)
+        rows.clear()
+        now = time.monotonic()
+        for table, journal in list(self._journals.items()):
+            if stop or journal.due(now, self.min_interval):
+                self._guard(functools.partial(self._fold, table), table)
+                if not stop:
+                    self._guard(functools.partial(self._merge, table), table)
+        for waiter in waiters:
+            waiter.set()
+        return stop
 
     def _until_fold(self) -> float | None:
         if not self._journals:
@@ -215,16 +223,19 @@ class RunWriter:
         journal.path.unlink()
 
     def _merge(self, table: str) -> None:
-        """Merge the newest ``MERGE_FANOUT`` files of one size (background compaction)."""
-        kept, _ = segments(self.run_dir / table, self.tag)
-        while kept and kept[-1].kind == "journal":
-            kept.pop()
-        run: list[Segment] = []
-        for segment in reversed(kept):
-            if segment.kind == "journal" or (run and _level(segment) != _level(run[0])):
-                break
-            run.append(segment)
-        if len(run) >= MERGE_FANOUT:
+        """Merge the newest ``MERGE_FANOUT`` files of one size, as long as there are that many
+        (background compaction: a table keeps O(FANOUT · log(segments)) files)."""
+        while True:
+            kept, _ = segments(self.run_dir / table, self.tag)
+            while kept and kept[-1].kind == "journal":
+                kept.pop()
+            run: list[Segment] = []
+            for segment in reversed(kept):
+                if segment.kind == "journal" or (run and _level(segment) != _level(run[0])):
+                    break
+                run.append(segment)
+            if len(run) < MERGE_FANOUT:
+                return
             merge_segments(run[MERGE_FANOUT - 1 :: -1])
 
     def _guard(self, action: Callable[[], object], table: str | None = None) -> None:
