@@ -104,8 +104,6 @@ def controls(
                 className="slider",
             ),
         ]
-    else:
-        items.append(dcc.Store(id="smoothing", data=0.0))
     items += [
         html.Label("x axis"),
         dcc.RadioItems(

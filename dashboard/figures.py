@@ -36,6 +36,7 @@ __all__ = [
     "heatmap_figure",
     "is_dense",
     "layer_figure",
+    "line_traces",
     "lines_figure",
     "x_values",
 ]
@@ -106,7 +107,7 @@ def lines_figure(frame: pd.DataFrame, title: str, axes: Axes = DEFAULT_AXES) -> 
         return empty_figure(f"no {title} data")
     fig = go.Figure()
     for i, (name, part) in enumerate(_groups(frame, title)):
-        for trace in _line_traces(part, str(name), PALETTE[i % len(PALETTE)], axes):
+        for trace in line_traces(part, str(name), PALETTE[i % len(PALETTE)], axes):
             fig.add_trace(trace)
     _style(fig, title, axes, showlegend="series" in frame)
     return fig
@@ -236,7 +237,7 @@ def layer_figure(
     )
     for row, metric in enumerate(metrics, start=1):
         part = curves[curves["metric"] == metric]
-        for trace in _line_traces(part, metric, PALETTE[row - 1], axes):
+        for trace in line_traces(part, metric, PALETTE[row - 1], axes):
             fig.add_trace(trace, row=row, col=1)
         if metric == "grad_norm" and events is not None and not events.empty:
             mine = events[(events["kind"] == "layer_grad_spike") & (events["layer"] == layer)]
@@ -294,7 +295,9 @@ def is_dense(steps: np.ndarray) -> bool:
     return float(np.median(np.diff(np.sort(steps)))) <= 1.0
 
 
-def _line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[go.Scatter]:
+def line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[go.Scatter]:
+    """A series (columns step, value, maybe time) as its line: smoothed when dense (then the
+    raw curve faint behind), downsampled, with the raw value and step on hover."""
     part = part.sort_values("step", kind="stable", ignore_index=True)
     y = part["value"].to_numpy(dtype=np.float64)
     steps = part["step"].to_numpy()

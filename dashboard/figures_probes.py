@@ -6,13 +6,28 @@ on sparse schedules, so their curves are drawn with markers. Nothing here reads 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from gradlens.dashboard.figures import DEFAULT_AXES, PALETTE, Axes, empty_figure, lines_figure
+from gradlens.dashboard.figures import (
+    DEFAULT_AXES,
+    PALETTE,
+    SPIKE,
+    X_TITLES,
+    Axes,
+    empty_figure,
+    escape,
+    fit_constant_axes,
+    line_traces,
+    lines_figure,
+    x_values,
+)
 
 __all__ = [
+    "COLLAPSE_FAMILIES",
+    "add_event_rug",
     "collapse_figure",
     "density_figure",
     "eigenvalues_figure",
@@ -31,6 +46,28 @@ SOFTMAX_PANELS = (
     ("logit gap (top-1 − top-2)", ("max_logit_gap", "mean_logit_gap")),
     ("log Z", ("log_z_mean", "log_z_max", "log_z")),
 )
+# panel title -> neural-collapse metrics (gradlens.functional.collapse names); counts such as
+# num_classes are facts about the probe, not curves
+COLLAPSE_FAMILIES = (
+    ("NC1: within-class variability (→ 0)", ("nc1", "nc1_quotient", "cdnv")),
+    (
+        "NC2: class means → simplex ETF",
+        (
+            "nc2_etf_distance",
+            "nc2_equinorm",
+            "nc2_equiangular",
+            "nc2_max_angle",
+            "nc2_identity_distance",
+            "nc2_etf_distance_raw",
+            "nc2_equinorm_w",
+            "nc2_equiangular_w",
+            "nc2_max_angle_w",
+        ),
+    ),
+    ("NC3: classifier ↔ class means (→ 0)", ("nc3", "nc3_duality")),
+    ("NC4: nearest class centre disagreement (→ 0)", ("nc4",)),
+)
+COUNTS = ("num_classes", "num_samples")
 
 
 def eigenvalues_figure(
@@ -43,15 +80,38 @@ def eigenvalues_figure(
         return empty_figure("no top_eigenvalue rows in the hessian table")
     frame = top.assign(series=[f"λ{int(k) + 1}" for k in top["index"]])
     low = rows[rows["metric"] == "lambda_min"]
+    notes = []
+    if not low.empty and axes.log_y and not (low["value"] > 0).any():
+        notes.append("λmin ≤ 0 at every probe: not drawn on a log axis")
+        low = low.iloc[0:0]
     if not low.empty:
         frame = pd.concat([frame, low.assign(series="λmin")], ignore_index=True)
-    return lines_figure(frame[["step", "value", "series", *_time(frame)]], "top eigenvalues", axes)
+    if axes.log_y:  # a log axis cannot show values ≤ 0: leave gaps, not misleading lines
+        frame = frame.assign(value=frame["value"].where(frame["value"] > 0))
+    fig = lines_figure(frame[["step", "value", "series", *_time(frame)]], "top eigenvalues", axes)
+    for i, note in enumerate(notes):
+        fig.add_annotation(
+            text=note,
+            xref="paper",
+            yref="paper",
+            x=1,
+            y=1.0 - 0.08 * i,
+            showarrow=False,
+            xanchor="right",
+            font=dict(size=11, color="#555"),
+        )
+    return fig
 
 
 def sharpness_figure(
     hessian: pd.DataFrame, lr: pd.DataFrame, axes: Axes = DEFAULT_AXES
 ) -> go.Figure:
-    """Sharpness (λmax) against the edge of stability 2/lr (Cohen et al. 2021)."""
+    """Sharpness (λmax) against the edge of stability 2/lr (Cohen et al. 2021).
+
+    Both on one log axis clipped to the sharpness range (a decade either side, and up to the
+    edge when it is within a decade): 2/lr in warm-up is ~10⁴ and would flatten λmax to
+    zero. When 2/lr lies above the chart, a note says how far.
+    """
     rows = _global(hessian, "")
     sharp = rows[rows["metric"] == "sharpness"] if not rows.empty else rows
     if sharp.empty and not rows.empty:
@@ -59,13 +119,43 @@ def sharpness_figure(
     if sharp.empty:
         return empty_figure("no sharpness in the hessian table")
     parts = [sharp.assign(series="sharpness λmax")]
-    if not lr.empty:
-        edge = lr[lr["value"] > 0]
+    edge = lr[lr["value"] > 0] if not lr.empty else lr
+    if not edge.empty:
         parts.append(edge.assign(value=2.0 / edge["value"], series="2 / lr"))
     frame = pd.concat(parts, ignore_index=True)
-    return lines_figure(
-        frame[["step", "value", "series", *_time(frame)]], "sharpness vs 2/lr", axes
+    frame = frame.assign(value=frame["value"].where(frame["value"] > 0))
+    log_axes = Axes(
+        smoothing=0.0,
+        xaxis=axes.xaxis,
+        log_y=True,
+        start_time=axes.start_time,
+        max_points=axes.max_points,
     )
+    fig = lines_figure(
+        frame[["step", "value", "series", *_time(frame)]], "sharpness vs 2/lr", log_axes
+    )
+    positive = sharp["value"][sharp["value"] > 0]
+    if positive.empty:
+        return fig
+    lo, hi = np.log10(float(positive.min())) - 0.3, np.log10(float(positive.max())) + 0.3
+    if not edge.empty:
+        edge_low = np.log10(float((2.0 / edge["value"]).min()))
+        if edge_low <= hi + 1.0:
+            hi = max(hi, edge_low + 0.2)
+        else:
+            fig.add_annotation(
+                text=f"2/lr ≥ {10**edge_low:.3g}: above the chart "
+                f"({10 ** (edge_low - np.log10(float(positive.max()))):.3g}× the largest λmax)",
+                xref="paper",
+                yref="paper",
+                x=1,
+                y=1,
+                showarrow=False,
+                xanchor="right",
+                font=dict(size=11, color="#555"),
+            )
+    fig.update_yaxes(range=[lo, hi], autorange=False)
+    return fig
 
 
 def trace_figure(hessian: pd.DataFrame, axes: Axes = DEFAULT_AXES) -> go.Figure:
@@ -77,7 +167,7 @@ def trace_figure(hessian: pd.DataFrame, axes: Axes = DEFAULT_AXES) -> go.Figure:
     err = rows[rows["metric"] == "trace_stderr"].set_index("step")["value"]
     fig = go.Figure(
         go.Scatter(
-            x=trace["step"],
+            x=x_values(trace, axes),
             y=trace["value"],
             mode="lines+markers",
             name="trace",
@@ -85,7 +175,7 @@ def trace_figure(hessian: pd.DataFrame, axes: Axes = DEFAULT_AXES) -> go.Figure:
             error_y=dict(type="data", array=err.reindex(trace["step"]).to_numpy(), visible=True),
         )
     )
-    _style(fig, "Hessian trace", "step", axes.log_y)
+    _style(fig, "Hessian trace", X_TITLES.get(axes.xaxis, "step"), axes.log_y)
     return fig
 
 
@@ -110,6 +200,17 @@ def density_figure(spectrum: pd.DataFrame, step: int) -> go.Figure:
             )
         )
     _style(fig, f"spectral density at step {step}", "eigenvalue", log_y=True)
+    values = rows["value"].to_numpy(dtype=np.float64)
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size:
+        top = float(np.log10(values.max()))
+        fig.update_yaxes(range=[top - 6.0, top + 0.3], autorange=False)  # six decades
+        support = density[density["value"] > 10.0 ** (top - 6.0)] if not density.empty else rows
+        xs = pd.concat([support["x"], nodes["x"]]).to_numpy(dtype=np.float64)
+        xs = xs[np.isfinite(xs)]
+        if xs.size:
+            pad = 0.05 * max(float(xs.max() - xs.min()), 1e-12)
+            fig.update_xaxes(range=[float(xs.min()) - pad, float(xs.max()) + pad])
     return fig
 
 
@@ -138,7 +239,7 @@ def landscape_1d_figure(frame: pd.DataFrame, metric: str = "loss") -> go.Figure:
                 x=part["alpha"],
                 y=part["value"],
                 mode="lines+markers",
-                name=name,
+                name=escape(name),
                 line=dict(color=PALETTE[i % len(PALETTE)]),
             )
         )
@@ -167,7 +268,7 @@ def landscape_contour_figure(
     fig.add_trace(
         go.Scatter(x=[0], y=[0], mode="markers", name="θ", marker=dict(color="white", size=9))
     )
-    _style(fig, f"{name}: {metric} contour", "alpha", log_y=False)
+    _style(fig, f"{escape(name)}: {metric} contour", "alpha", log_y=False)
     fig.update_layout(yaxis_title="beta", height=420)
     return fig
 
@@ -189,58 +290,129 @@ def landscape_surface_figure(
         )
     )
     fig.update_layout(
-        title=f"{name}: {metric} surface",
-        height=480,
-        margin=dict(l=10, r=10, t=40, b=10),
-        scene=dict(xaxis_title="alpha", yaxis_title="beta", zaxis_title=metric),
+        title=f"{escape(name)}: {metric} surface",
+        height=420,
+        margin=dict(l=0, r=0, t=40, b=0),
+        scene=dict(
+            xaxis_title="alpha",
+            yaxis_title="beta",
+            zaxis_title=metric,
+            aspectmode="cube",
+            camera=dict(eye=dict(x=1.6, y=1.6, z=1.0)),
+            domain=dict(x=[0, 1], y=[0, 1]),
+        ),
     )
     return fig
 
 
 def collapse_figure(collapse: pd.DataFrame, axes: Axes = DEFAULT_AXES) -> go.Figure:
-    """Neural-collapse metrics over steps (NC1, CDNV, NC2, NC3, NC4), one line each."""
+    """Neural-collapse metrics over steps, one panel per family (NC1, NC2, NC3, NC4).
+
+    Lines (a marker only where a metric has a single probe, labelled with its value); counts
+    such as ``num_classes`` are left out; ``axes.log_y`` applies to every panel.
+    """
     if collapse.empty:
         return empty_figure("no neural-collapse data")
-    frame = collapse.assign(series=collapse["metric"])
-    return lines_figure(frame[["step", "value", "series", *_time(frame)]], "neural collapse", axes)
+    known = {m for _, names in COLLAPSE_FAMILIES for m in names}
+    present = set(collapse["metric"].astype(str))
+    panels = [(t, [m for m in names if m in present]) for t, names in COLLAPSE_FAMILIES]
+    others = sorted(present - known - set(COUNTS))
+    if others:
+        panels.append(("other collapse metrics", others))
+    return _panels(collapse, [(t, names) for t, names in panels if names], axes, "neural collapse")
 
 
 def softmax_figure(softmax: pd.DataFrame, axes: Axes = DEFAULT_AXES) -> go.Figure:
     """Softmax-collapse signals stacked: saturated fraction, logit gap, log Z."""
     rows = _global(softmax, "")
-    panels = [
-        (title, [m for m in names if not rows.empty and (rows["metric"] == m).any()])
-        for title, names in SOFTMAX_PANELS
-    ]
+    present = set(rows["metric"].astype(str)) if not rows.empty else set()
+    panels = [(t, [m for m in names if m in present]) for t, names in SOFTMAX_PANELS]
     panels = [(t, names) for t, names in panels if names]
     if not panels:
         return empty_figure("no softmax-collapse data")
-    fig = make_subplots(
-        rows=len(panels), cols=1, shared_xaxes=True, subplot_titles=[t for t, _ in panels]
+    return _panels(rows, panels, axes, "softmax collapse")
+
+
+def add_event_rug(fig: go.Figure, events: pd.DataFrame, axes: Axes, steps: pd.DataFrame) -> None:
+    """Loss and gradient spikes as ticks along the bottom of ``fig`` (hover: step, ratio).
+
+    ``steps`` (columns step, time) places them on a time axis. Drawn on an overlaid, hidden
+    y axis so the chart's own y range is untouched.
+    """
+    if events.empty or "kind" not in events:
+        return
+    spikes = events[events["kind"].isin(["loss_spike", "grad_spike"])]
+    if spikes.empty:
+        return
+    points = spikes[["step", "kind"]].drop_duplicates("step").copy()
+    if "time" in steps and len(steps):
+        ordered = steps.sort_values("step")
+        points["time"] = np.interp(points["step"], ordered["step"], ordered["time"])
+    fig.add_trace(
+        go.Scatter(
+            x=x_values(points, axes),
+            y=np.full(len(points), 0.02),
+            yaxis="y9",
+            mode="markers",
+            name="spikes",
+            marker=dict(symbol="triangle-up", size=8, color=SPIKE),
+            customdata=points["step"].to_numpy(),
+            text=points["kind"].str.replace("_", " "),
+            hovertemplate="%{text} at step %{customdata}<extra></extra>",
+        )
     )
-    for row, (_, names) in enumerate(panels, start=1):
-        for i, metric in enumerate(names):
-            part = rows[rows["metric"] == metric].sort_values("step")
-            fig.add_trace(
-                go.Scatter(
-                    x=part["step"],
-                    y=part["value"],
-                    mode="lines+markers",
-                    name=metric,
-                    line=dict(color=PALETTE[(row + i) % len(PALETTE)]),
-                ),
-                row=row,
-                col=1,
-            )
     fig.update_layout(
-        height=230 * len(panels) + 60,
-        margin=dict(l=10, r=10, t=40, b=40),
-        title="softmax collapse",
+        yaxis9=dict(overlaying="y", range=[0, 1], visible=False, fixedrange=True),
+        showlegend=True,
     )
-    return fig
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _panels(
+    rows: pd.DataFrame, panels: list[tuple[str, list[str]]], axes: Axes, title: str
+) -> go.Figure:
+    fig = make_subplots(
+        rows=len(panels),
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=[t for t, _ in panels],
+        vertical_spacing=min(0.12, 0.3 / max(len(panels), 1)),
+    )
+    for row, (_, names) in enumerate(panels, start=1):
+        # distinct colours within a panel, each panel with its own legend
+        for colour, metric in enumerate(names):
+            part = rows[rows["metric"] == metric]
+            if axes.log_y:
+                part = part.assign(value=part["value"].where(part["value"] > 0))
+            traces = line_traces(part, metric, PALETTE[colour % len(PALETTE)], axes)
+            for trace in traces:
+                trace.update(legend="legend" if row == 1 else f"legend{row}")
+                if len(part) == 1:  # a single probe: a point with its value
+                    trace.update(
+                        mode="markers+text",
+                        text=[f"{part['value'].iloc[0]:.4g}"],
+                        textposition="top center",
+                        marker=dict(size=9),
+                    )
+                fig.add_trace(trace, row=row, col=1)
+        if axes.log_y:
+            fig.update_yaxes(type="log", row=row, col=1)
+    fig.update_layout(
+        height=230 * len(panels) + 80,
+        margin=dict(l=10, r=170, t=60, b=40),
+        title=title,
+        uirevision=f"{title}/{axes.xaxis}/{axes.log_y}",
+    )
+    for row in range(1, len(panels) + 1):  # one legend beside each panel
+        key = "yaxis" if row == 1 else f"yaxis{row}"
+        top = fig.layout[key].domain[1]
+        fig.layout["legend" if row == 1 else f"legend{row}"] = dict(
+            x=1.01, y=top, xanchor="left", yanchor="top", font=dict(size=10)
+        )
+    fig.update_xaxes(title_text=X_TITLES.get(axes.xaxis, "step"), row=len(panels), col=1)
+    return fit_constant_axes(fig)
 
 
 def _global(frame: pd.DataFrame, layer: str) -> pd.DataFrame:

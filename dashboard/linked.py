@@ -53,17 +53,21 @@ _TO_STORE = (
 _TO_CHARTS = (
     "function(range) {"
     + _SAME
-    + """
+    + r"""
   const ids = IDS;
   for (const id of ids) {
     const gd = document.querySelector('#' + id + ' .js-plotly-plot');
     if (!gd || !gd._fullLayout || !gd._fullLayout.xaxis || !gd.data || !gd.data.length) continue;
-    const ax = gd._fullLayout.xaxis;
-    if (range === null || range === undefined) {
-      if (!ax.autorange) Plotly.relayout(gd, {'xaxis.autorange': true});
-    } else if (!glSame(ax.range, range)) {
-      Plotly.relayout(gd, {'xaxis.range': [range[0], range[1]]});
+    const keys = Object.keys(gd._fullLayout).filter(k => /^xaxis\d*$/.test(k));
+    const stale = keys.filter(k => range === null || range === undefined
+      ? !gd._fullLayout[k].autorange : !glSame(gd._fullLayout[k].range, range));
+    if (!stale.length) continue;
+    const update = {};  // every x axis: subplots may match the bottom one, not the top
+    for (const k of keys) {
+      if (range === null || range === undefined) update[k + '.autorange'] = true;
+      else update[k + '.range'] = [range[0], range[1]];
     }
+    Plotly.relayout(gd, update);
   }
   return range === undefined ? null : range;
 }"""

@@ -1,4 +1,9 @@
-"""The curvature page: top-k eigenvalues, sharpness against 2/lr, trace, spectral density."""
+"""The curvature page: top-k eigenvalues, sharpness against 2/lr, trace, spectral density.
+
+The three curves share the run's x extent, margins and zoom (linked as on the run page), with
+the run's loss and gradient spikes along their bottom and its findings shaded. Probes are
+sparse, so there is no smoothing control here.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,33 @@ from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
-from dash import Dash, Input, Output, dcc, html
+from dash import Dash, Input, Output, State, dcc, html
 
-from gradlens.dashboard.components import axes_from, controls, graph, guarded, message, nav
+from gradlens.dashboard.components import (
+    axes_from,
+    controls,
+    graph,
+    guarded,
+    message,
+    nav,
+    read_state,
+)
 from gradlens.dashboard.context import AppContext
 from gradlens.dashboard.figures import empty_figure
 from gradlens.dashboard.figures_probes import (
+    add_event_rug,
     density_figure,
     eigenvalues_figure,
     sharpness_figure,
     trace_figure,
 )
-from gradlens.errors import GradlensError
+from gradlens.dashboard.linked import register_linked_x
+from gradlens.dashboard.xaxis import align, finding_shades, x_extent
 from gradlens.store import Run
 
-__all__ = ["curves", "density", "layout", "register"]
+__all__ = ["CHARTS", "curves", "density", "layout", "register"]
+
+CHARTS = ("eig-graph", "sharpness-graph", "trace-graph")
 
 
 def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
@@ -38,36 +55,35 @@ def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
         return html.Div(body)
     steps = data.steps_of("spectrum")
     body += [
-        controls(),
-        graph("eig-graph"),
-        graph("sharpness-graph"),
-        graph("trace-graph"),
-        html.H3("Spectral density"),
-        dcc.Dropdown(
-            id="density-step",
-            options=steps,
-            value=steps[-1] if steps else None,
-            clearable=False,
-            placeholder="no spectrum recorded",
-        ),
-        graph("density-graph"),
+        dcc.Store(id="curv-xrange"),
+        dcc.Store(id="curv-xsync"),
+        controls(smoothing=False, state=read_state(search)),
+        *(graph(g) for g in CHARTS),
     ]
+    if steps:  # no spectrum: no empty section with a picker that picks nothing
+        body += [
+            html.H3("Spectral density"),
+            dcc.Dropdown(id="density-step", options=steps, value=steps[-1], clearable=False),
+            graph("density-graph"),
+        ]
     return html.Div(body)
 
 
 def register(app: Dash, ctx: AppContext) -> None:
+    register_linked_x(app, "curv", CHARTS)
+
     @app.callback(
         Output("eig-graph", "figure"),
         Output("sharpness-graph", "figure"),
         Output("trace-graph", "figure"),
         Input("run-name", "data"),
-        Input("smoothing", "value"),
         Input("xaxis", "value"),
         Input("logy", "value"),
         Input("refresh", "n_intervals"),
+        State("curv-xrange", "data"),
     )
-    def _curves(name: str, smoothing: float, xaxis: str, logy: list[str], _: Any) -> Any:
-        return curves(ctx, name, smoothing, xaxis, logy)
+    def _curves(name: str, xaxis: str, logy: list[str], _: Any, xrange: Any) -> Any:
+        return curves(ctx, name, 0.0, xaxis, logy, xrange)
 
     @app.callback(
         Output("density-graph", "figure"),
@@ -81,34 +97,44 @@ def register(app: Dash, ctx: AppContext) -> None:
 
 @guarded(3)
 def curves(
-    ctx: AppContext, name: str, smoothing: float, xaxis: str, logy: Sequence[str] | None
+    ctx: AppContext,
+    name: str,
+    smoothing: float,
+    xaxis: str,
+    logy: Sequence[str] | None,
+    xrange: Sequence[Any] | None = None,
 ) -> tuple[go.Figure, go.Figure, go.Figure]:
-    """Eigenvalues, sharpness vs 2/lr and trace over steps."""
-    try:
-        data = ctx.data(name)
-    except GradlensError as exc:
-        return empty_figure(str(exc)), empty_figure(""), empty_figure("")
+    """Eigenvalues, sharpness vs 2/lr and trace over steps (``smoothing`` is not applied)."""
+    data = ctx.data(name)
     if not data.has("hessian"):
         blank = empty_figure("no hessian data in this run")
         return blank, blank, blank
-    # probes are sparse: smoothing them would blur the few points there are
-    axes = axes_from(0.0, xaxis, logy, data.run.start_time)
+    axes = axes_from(0.0, xaxis, logy, data.run.start_time)  # sparse probes: never smoothed
     hessian = data.with_time(data.table("hessian"))
     lr = data.scalar("lr") if data.has("scalars") else hessian.iloc[0:0]
-    return (
+    figs = (
         eigenvalues_figure(hessian, axes),
         sharpness_figure(hessian, lr, axes),
         trace_figure(hessian, axes),
     )
+    extent = x_extent(data, axes)
+    shades = finding_shades(ctx.findings, data, axes)
+    events = data.events()
+    clock = data.with_time(hessian[["step"]].drop_duplicates())
+    for fig in figs:
+        if not fig.data:
+            continue
+        add_event_rug(fig, events, axes, clock if not clock.empty else lr)
+        align(fig, extent, xrange)
+        for x0, x1, colour in shades:
+            fig.add_vrect(x0=x0, x1=x1, fillcolor=colour, line_width=0, layer="below")
+    return figs
 
 
 @guarded(1)
 def density(ctx: AppContext, name: str, step: int | None) -> go.Figure:
     """The spectral density at ``step``."""
-    try:
-        data = ctx.data(name)
-    except GradlensError as exc:
-        return empty_figure(str(exc))
+    data = ctx.data(name)
     if step is None or not data.has("spectrum"):
         return empty_figure("no spectral density in this run")
     return density_figure(data.table("spectrum", steps=(int(step), int(step))), int(step))

@@ -35,7 +35,9 @@ def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
         return html.Div(body)
     steps = data.steps_of("landscape")
     metrics = [m for m in data.metrics("landscape") if m in ("loss", "accuracy")] or ["loss"]
-    planes = [s for s, dim in landscape_slices(data.table("landscape")).items() if dim == 2]
+    dims = landscape_slices(data.table("landscape"))
+    planes = [s for s, dim in dims.items() if dim == 2]
+    lines = [s for s, dim in dims.items() if dim == 1]
     body += [
         html.Div(
             [
@@ -51,15 +53,18 @@ def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
                     options=planes,
                     value=planes[0] if planes else None,
                     placeholder="no 2-D slice",
+                    clearable=False,
                 ),
             ],
             className="pickers",
         ),
-        graph("landscape-1d-graph"),
+        # the 2-D slice first: it is what a landscape probe is for
         html.Div(
             [graph("landscape-contour-graph"), graph("landscape-surface-graph")],
             className="pair",
+            style={} if planes else {"display": "none"},
         ),
+        html.Div(graph("landscape-1d-graph"), style={} if lines else {"display": "none"}),
         html.Div(id="landscape-summary"),
     ]
     return html.Div(body)

@@ -10,7 +10,6 @@ functions of (context, inputs), so they are tested without a browser.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -48,6 +47,7 @@ from gradlens.dashboard.figures import (
     x_values,
 )
 from gradlens.dashboard.linked import register_linked_x
+from gradlens.dashboard.xaxis import align, finding_shades, step_to_x, to_steps, x_extent
 from gradlens.store import Run
 
 __all__ = [
@@ -70,9 +70,6 @@ HEATMAP_BUCKETS = 500
 HEATMAP_METRICS = ("grad_norm", "update_ratio", "param_norm", "update_norm", "nonfinite")
 CHARTS = ("loss-graph", "gradnorm-graph", "lr-graph", "heatmap-graph", "layer-graph")
 CURVES = ("loss-graph", "gradnorm-graph", "lr-graph", "layer-graph")
-# fixed margins on every chart: the plot areas line up, step for step
-MARGIN = dict(l=200, r=110, t=40, b=40, autoexpand=False)
-SHADE = {"error": "rgba(214, 39, 40, 0.13)", "warning": "rgba(255, 165, 0, 0.15)"}
 
 
 def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
@@ -408,7 +405,7 @@ def curves(
         flat = axes_from(0.0, xaxis, logy, data.run.start_time)  # a schedule is not smoothed
         lr = lines_figure(data.groups("lr"), "learning rate", flat)
         extent = x_extent(data, axes)
-        shades = _shades(ctx, data, axes) if shade else []
+        shades = finding_shades(ctx.findings, data, axes) if shade else []
     except Exception as exc:
         blank = empty_figure(unreadable_text(exc))
         return blank, blank, blank
@@ -439,7 +436,7 @@ def heatmap(
         axes = axes_from(0.0, xaxis, [], data.run.start_time)
         if isinstance(xrange, Mapping):
             xrange = list(x_range(xrange)) if x_range(xrange)[0] is not None else None
-        lo, hi = _to_steps(data, axes, xrange)
+        lo, hi = to_steps(data, axes, xrange)
         matrix = data.layer_matrix(metric).window(lo, hi)
         cells = matrix.heatmap(HEATMAP_BUCKETS)
         last = matrix.last_steps(HEATMAP_BUCKETS)
@@ -553,7 +550,7 @@ def finding_target(
     end = end if isinstance(end, int) else start
     pad = max(5, (end - start) // 4)
     axes = axes_from(0.0, xaxis, [], data.run.start_time)
-    lo, hi = _step_to_x(data, axes, [start - pad, end + pad])
+    lo, hi = step_to_x(data, axes, [start - pad, end + pad])
     return layer, [lo, hi]
 
 
@@ -568,93 +565,6 @@ def x_range(relayout: Mapping[str, Any] | None) -> tuple[float | None, float | N
         return float(lo), float(hi)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None, None
-
-
-# -- shared x axis ---------------------------------------------------------------------------
-
-
-def align(fig: go.Figure, extent: list[Any] | None, xrange: Sequence[Any] | None) -> go.Figure:
-    """The page's margins, the run's x extent (or the zoom) and a crosshair on ``fig``."""
-    if not fig.data:
-        return fig
-    fig.update_layout(margin=MARGIN, hovermode="closest")
-    shown = list(xrange) if isinstance(xrange, list | tuple) and len(xrange) == 2 else extent
-    if shown is not None:
-        fig.update_xaxes(range=shown, autorange=False)
-    fig.update_xaxes(
-        showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1, spikedash="dot"
-    )
-    fig.update_layout(
-        title_x=0.01,
-        title_xref="container",
-        legend=dict(orientation="h", x=1.0, y=1.02, yanchor="bottom", xanchor="right"),
-    )
-    return fig
-
-
-def x_extent(data: RunData, axes: Axes) -> list[Any] | None:
-    """The run's step range (half a step either side) in the units of ``axes``."""
-    steps = []
-    for metric in ("loss", "grad_norm"):
-        frame = data.scalar(metric) if data.has("scalars") else pd.DataFrame()
-        if not frame.empty:
-            steps += [int(frame["step"].min()), int(frame["step"].max())]
-    if not steps and data.has("layers"):
-        matrix_steps = data.layer_matrix(data.metrics("layers")[0]).steps
-        if len(matrix_steps):
-            steps = [int(matrix_steps[0]), int(matrix_steps[-1])]
-    if not steps:
-        return None
-    return _step_to_x(data, axes, [min(steps) - 0.5, max(steps) + 0.5])
-
-
-def _step_to_x(data: RunData, axes: Axes, steps: Sequence[float]) -> list[Any]:
-    if axes.xaxis == "step":
-        return [float(s) for s in steps]
-    frame = data.with_time(pd.DataFrame({"step": np.asarray(steps, dtype=np.float64)}))
-    if frame["time"].isna().any():
-        return [float(s) for s in steps]
-    x = x_values(frame, axes)
-    if axes.xaxis == "wall":
-        return [str(pd.Timestamp(v)).replace("T", " ") for v in x]
-    return [float(v) for v in x]
-
-
-def _to_steps(
-    data: RunData, axes: Axes, xrange: Sequence[Any] | None
-) -> tuple[float | None, float | None]:
-    """An x range in the units of ``axes`` as steps (inverting the run's clock)."""
-    if not isinstance(xrange, list | tuple) or len(xrange) != 2:
-        return None, None
-    try:
-        if axes.xaxis == "step":
-            return float(xrange[0]), float(xrange[1])
-        clock = data.series("scalars", "time", index=0) if data.has("scalars") else None
-        if clock is None or clock.empty:
-            return None, None
-        if axes.xaxis == "wall":  # local clock time, as x_values draws it
-            start = data.run.start_time or 0.0
-            local = datetime.now().astimezone().tzinfo
-            seconds = [pd.Timestamp(v).tz_localize(local).timestamp() - start for v in xrange]
-        else:
-            seconds = [float(v) for v in xrange]
-        steps = np.interp(seconds, clock["value"], clock["step"])
-        return float(steps[0]) - 1, float(steps[1]) + 1
-    except (TypeError, ValueError):
-        return None, None
-
-
-def _shades(ctx: AppContext, data: RunData, axes: Axes) -> list[tuple[Any, Any, str]]:
-    state = ctx.findings.state(data.run, start=False)
-    if state.report is None:
-        return []
-    out = []
-    for f in state.report.findings:
-        if f.severity in SHADE and f.step_start is not None:
-            end = f.step_end if f.step_end is not None else f.step_start
-            x0, x1 = _step_to_x(data, axes, [f.step_start - 0.5, end + 0.5])
-            out.append((x0, x1, SHADE[f.severity]))
-    return out
 
 
 def _x_title(axes: Axes) -> str:
