@@ -7,11 +7,13 @@ a path, so a URL cannot reach outside the runs directory.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+import pandas as pd
 import plotly.io as pio
 from dash import Dash, Input, Output, State, dcc, html
 from flask import Response, request
@@ -92,6 +94,23 @@ def create_app(
         if host_name(request.host) not in hosts:
             return Response("gradlens dashboard: unexpected Host header\n", 403)
         return None
+
+    @app.server.route("/compare.csv")
+    def _compare_csv() -> Response:
+        names = [n for n in request.args.get("runs", "").split(",") if n]
+        try:
+            frames = [
+                pd.read_csv(io.StringIO(csv_text(ctx, n, request.args))).assign(run=n)
+                for n in names
+            ]
+            body = pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else ""
+        except Exception as exc:
+            return Response(f"{exc}\n", 404, mimetype="text/plain")
+        return Response(
+            body,
+            mimetype="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="compare.csv"'},
+        )
 
     @app.server.route("/csv/<name>")
     def _csv(name: str) -> Response:

@@ -241,8 +241,10 @@ def health(state: ReportState | None) -> tuple[str, str]:
 def status_badges(run: Run, state: ReportState | None, prefix: str = "run") -> list[Any]:
     """The run's status and, next to it, its health (ids ``{prefix}-status``/``-health``)."""
     label, cls = health(state)
+    # a run that finished with errors is not shown in the reassuring "finished" green
+    quiet = " unhealthy" if cls == "error" else ""
     return [
-        html.Span(run.status, id=f"{prefix}-status", className=f"status {run.status}"),
+        html.Span(run.status, id=f"{prefix}-status", className=f"status {run.status}{quiet}"),
         html.Span(label, id=f"{prefix}-health", className=f"health {cls}"),
     ]
 

@@ -322,15 +322,16 @@ def line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[g
         shown = np.where(np.isfinite(smoothed), smoothed, np.nan)
     idx = minmax_indices(shown, axes.max_points)
     label = escape(name)
+    template = f"{label}: %{{customdata[0]:.5g}}"
     if smooth:
-        template = (
-            f"{label}<br>step %{{customdata[1]}}<br>value %{{customdata[0]:.5g}}"
-            "<br>smoothed %{y:.5g}<extra></extra>"
-        )
-    else:
-        template = (
-            f"{label}<br>step %{{customdata[1]}}<br>value %{{customdata[0]:.5g}}<extra></extra>"
-        )
+        template += " (smoothed %{y:.5g})"
+    template += "<br>step %{customdata[1]}"
+    seconds = part["time"].to_numpy(dtype=np.float64) if "time" in part else None
+    columns = [y[idx], steps[idx]]
+    if seconds is not None and np.isfinite(seconds[idx]).any():
+        template += ", %{customdata[2]:.1f} s"
+        columns.append(seconds[idx])
+    template += "<extra></extra>"
     sparse = len(idx) <= 60 or not is_dense(steps)
     line = go.Scatter(
         x=x_values(part.iloc[idx], axes),
@@ -339,7 +340,7 @@ def line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[g
         name=label,
         line=dict(color=color, width=1.6),
         marker=dict(size=5),
-        customdata=np.column_stack([y[idx], steps[idx]]),
+        customdata=np.column_stack(columns),
         hovertemplate=template,
     )
     traces.append(line)

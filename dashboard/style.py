@@ -27,6 +27,8 @@ body { font-family: system-ui, sans-serif; margin: 0 1.5rem 2rem; color: #222; }
 .status.failed, .status.crashed, .sev.error { background: #fde0e0; }
 .status.interrupted, .sev.warning { background: #fff0cc; }
 .evidence { color: #555; font-size: .9em; }
+.status.unhealthy { background: #eee; }
+#runs-filter { width: 320px; }
 .health { padding: 0 .4rem; border-radius: 3px; background: #eee; }
 .health.healthy { background: #e3f6e3; } .health.warning { background: #fff0cc; }
 .health.error { background: #fde0e0; font-weight: 600; } .health.pending { color: #777; }
@@ -41,6 +43,9 @@ details.findings { margin: .4rem 0; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr));
        gap: .6rem; }
 .sidebar-layout { display: grid; grid-template-columns: 260px 1fr; gap: 1rem; }
+.grid-section { grid-column: 1 / -1; margin: .6rem 0 0; text-transform: capitalize; }
+.chart .csv { font-size: .8em; }
+.sidebar input[type=text] { width: 100%; box-sizing: border-box; }
 .sidebar { border-right: 1px solid #eee; padding-right: .8rem; }
 .swatch { display: inline-block; width: .8em; height: .8em; border-radius: 2px;
        margin-right: .3em; vertical-align: middle; }

@@ -1,22 +1,52 @@
-"""The compare page: chosen runs overlaid on any metric."""
+"""The compare page: the chosen runs overlaid on a grid of charts, one per metric.
+
+As in TensorBoard and W&B: a runs sidebar (each run keeps one colour on every chart; a regex
+filters the list), metrics grouped in sections (training, layers, curvature, collapse, softmax;
+internals hidden until asked for) and filtered by a regex, a hover that lists every run's value
+at that step, and the diff of the runs' configs. Unknown names in ``?runs=`` are reported. The
+view (runs, sections, filter, smoothing, axes, layer) lives in the URL.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, urlencode
 
 import pandas as pd
 import plotly.graph_objects as go
-from dash import Dash, Input, Output, State, dcc, html
+from dash import Dash, Input, Output, dcc, html
 
-from gradlens.dashboard.components import axes_from, controls, graph, message, nav, unreadable_text
+from gradlens.dashboard.components import (
+    axes_from,
+    controls,
+    flatten,
+    message,
+    nav,
+    read_state,
+    state_search,
+    table,
+    unreadable_text,
+)
 from gradlens.dashboard.context import AppContext
 from gradlens.dashboard.data import RunData
-from gradlens.dashboard.figures import compare_figure, empty_figure, escape
-from gradlens.errors import GradlensError
+from gradlens.dashboard.figures import PALETTE, compare_figure, empty_figure, escape
 
-__all__ = ["METRIC_TABLES", "figure", "layout", "metric_options", "register", "selected_runs"]
+__all__ = [
+    "INTERNALS",
+    "METRIC_TABLES",
+    "SECTIONS",
+    "config_diff",
+    "figure",
+    "grid",
+    "layout",
+    "metric_options",
+    "register",
+    "run_colours",
+    "selected_runs",
+    "unknown_runs",
+]
 
 # tables whose metrics can be compared, and which rows make a run's single series
 METRIC_TABLES: dict[str, dict[str, Any]] = {
@@ -26,75 +56,188 @@ METRIC_TABLES: dict[str, dict[str, Any]] = {
     "collapse": {},
     "softmax": {"layer": ""},
 }
+# section -> table; "training" and "internals" split the scalars
+SECTIONS = {
+    "training": "scalars",
+    "layers": "layers",
+    "curvature": "hessian",
+    "collapse": "collapse",
+    "softmax": "softmax",
+    "internals": "scalars",
+}
+DEFAULT_SECTIONS = ("training", "layers", "curvature")
+TRAINING = ("loss", "grad_norm", "lr", "accuracy", "val_loss")
+INTERNALS = ("time", "step_time", "samples_per_s", "skipped", "nonfinite", "clip_coef")
+COUNTS = ("num_classes", "num_samples")
+MAX_CHARTS = 24
+
+
+def _query_runs(search: str | None) -> list[str]:
+    query = parse_qs((search or "").lstrip("?"))
+    names = [n for part in query.get("runs", []) for n in part.split(",") if n]
+    return list(dict.fromkeys(names))
 
 
 def selected_runs(ctx: AppContext, search: str | None) -> list[str]:
-    """Run names from ``?runs=a,b`` that the catalog knows (others are dropped)."""
-    query = parse_qs((search or "").lstrip("?"))
-    names = [n for part in query.get("runs", []) for n in part.split(",") if n]
+    """Run names from ``?runs=a,b`` that the catalog knows (see ``unknown_runs``)."""
     known = set(ctx.catalog.names())
-    return [n for n in dict.fromkeys(names) if n in known]
+    return [n for n in _query_runs(search) if n in known]
+
+
+def unknown_runs(ctx: AppContext, search: str | None) -> list[str]:
+    """Names in ``?runs=`` that are not runs here (reported on the page, not dropped silently)."""
+    known = set(ctx.catalog.names())
+    return [n for n in _query_runs(search) if n not in known]
+
+
+def run_colours(names: Sequence[str]) -> dict[str, str]:
+    """One colour per run, by its place among all runs: the same on every chart and visit."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
 
 
 def layout(ctx: AppContext, search: str | None) -> html.Div:
-    """The comparison of the runs named in the query (pick more in the page)."""
+    """The comparison of the runs named in the query (pick more in the sidebar)."""
     names = ctx.catalog.names()
-    chosen = selected_runs(ctx, search)
     if not names:
         return html.Div([nav(None, "compare"), message("no runs to compare", "warning")])
+    state = read_state(search)
+    chosen = selected_runs(ctx, search)
+    unknown = unknown_runs(ctx, search)
+    sections = [s for s in (state.get("sections") or "").split(",") if s in SECTIONS]
+    colours = run_colours(names)
+    notices = []
+    if unknown:
+        notices.append(
+            message("not runs here, left out: " + ", ".join(repr(n) for n in unknown), "warning")
+        )
+    sidebar = html.Div(
+        [
+            html.H3("Runs"),
+            dcc.Input(id="compare-run-filter", type="text", placeholder="filter runs (regex)"),
+            dcc.Checklist(
+                id="compare-runs",
+                options=_run_options(names, colours),
+                value=chosen,
+                labelStyle={"display": "block"},
+            ),
+            html.H3("Metrics"),
+            dcc.Input(
+                id="compare-metric-filter",
+                type="text",
+                placeholder="filter metrics (regex)",
+                value=state.get("filter", ""),
+            ),
+            dcc.Checklist(
+                id="compare-sections",
+                options=list(SECTIONS),
+                value=sections or list(DEFAULT_SECTIONS),
+                labelStyle={"display": "block"},
+            ),
+            html.Label("layer (layers section)"),
+            dcc.Dropdown(id="compare-layer", value=state.get("layer"), clearable=False),
+        ],
+        className="sidebar",
+    )
+    main = html.Div(
+        [
+            controls(state=state),
+            html.Div(id="compare-notes"),
+            dcc.Loading(html.Div(id="compare-grid", className="grid"), delay_show=400),
+            html.Details(
+                [html.Summary("config diff"), html.Div(id="compare-config")],
+                open=True,
+                className="config",
+            ),
+        ]
+    )
     return html.Div(
         [
             nav(None, "compare"),
+            dcc.Location(id="compare-url", refresh=False),
             html.H2("Compare runs"),
-            html.Div(
-                [
-                    html.Label("runs"),
-                    dcc.Dropdown(id="compare-runs", options=names, value=chosen, multi=True),
-                    html.Label("metric"),
-                    dcc.Dropdown(id="compare-metric", value="scalars|loss", clearable=False),
-                    html.Label("layer"),
-                    dcc.Dropdown(id="compare-layer", placeholder="(per-layer metrics)"),
-                ],
-                className="pickers",
-            ),
-            controls(),
-            graph("compare-graph"),
+            *notices,
+            html.Div([sidebar, main], className="sidebar-layout"),
         ]
     )
 
 
 def register(app: Dash, ctx: AppContext) -> None:
     @app.callback(
-        Output("compare-metric", "options"),
+        Output("compare-runs", "options"),
+        Input("compare-run-filter", "value"),
+        Input("compare-runs", "value"),
+    )
+    def _run_list(pattern: str | None, chosen: list[str] | None) -> Any:
+        names = ctx.catalog.names()
+        keep = _regex(pattern)
+        shown = [n for n in names if keep is None or keep.search(n) or n in (chosen or [])]
+        return _run_options(shown, run_colours(names))
+
+    @app.callback(
         Output("compare-layer", "options"),
         Output("compare-layer", "value"),
         Input("compare-runs", "value"),
-        State("compare-layer", "value"),
+        Input("compare-layer", "value"),
     )
-    def _options(names: list[str] | None, layer: str | None) -> Any:
-        metrics, layers = metric_options(ctx, names or [])
-        return metrics, layers, layer if layer in layers else (layers[0] if layers else None)
+    def _layers(names: list[str] | None, layer: str | None) -> Any:
+        _, layers = metric_options(ctx, names or [])
+        return layers, layer if layer in layers else (layers[0] if layers else None)
 
     @app.callback(
-        Output("compare-graph", "figure"),
+        Output("compare-grid", "children"),
+        Output("compare-notes", "children"),
+        Output("compare-config", "children"),
         Input("compare-runs", "value"),
-        Input("compare-metric", "value"),
+        Input("compare-sections", "value"),
+        Input("compare-metric-filter", "value"),
         Input("compare-layer", "value"),
         Input("smoothing", "value"),
         Input("xaxis", "value"),
         Input("logy", "value"),
         Input("refresh", "n_intervals"),
     )
-    def _figure(
+    def _grid(
         names: list[str] | None,
-        metric: str | None,
+        sections: list[str] | None,
+        pattern: str | None,
         layer: str | None,
         smoothing: float,
         xaxis: str,
         logy: list[str],
         _: Any,
     ) -> Any:
-        return figure(ctx, names or [], metric, layer, smoothing, xaxis, logy)
+        charts, notes = grid(
+            ctx, names or [], sections or [], pattern, layer, smoothing, xaxis, logy
+        )
+        return charts, notes, config_diff(ctx, names or [])
+
+    @app.callback(
+        Output("compare-url", "search"),
+        Input("compare-runs", "value"),
+        Input("compare-sections", "value"),
+        Input("compare-metric-filter", "value"),
+        Input("compare-layer", "value"),
+        Input("smoothing", "value"),
+        Input("xaxis", "value"),
+        Input("logy", "value"),
+        prevent_initial_call=True,
+    )
+    def _url(
+        names: Any, sections: Any, pattern: Any, layer: Any, smoothing: Any, xaxis: Any, logy: Any
+    ) -> str:
+        flags = logy or []
+        return state_search(
+            {
+                "runs": ",".join(names or []),
+                "sections": ",".join(sections or []),
+                "filter": pattern,
+                "layer": layer,
+                "smoothing": smoothing,
+                "x": xaxis if xaxis != "step" else None,
+                "logy": "1" if "log" in flags else None,
+                "outliers": "1" if "outliers" in flags else None,
+            }
+        )
 
 
 def metric_options(ctx: AppContext, names: Sequence[str]) -> tuple[list[dict[str, str]], list[str]]:
@@ -104,13 +247,13 @@ def metric_options(ctx: AppContext, names: Sequence[str]) -> tuple[list[dict[str
     for name in names:
         try:
             data = ctx.data(name)
-        except GradlensError:
+            for table_name in METRIC_TABLES:
+                if data.has(table_name):
+                    options.update((f"{table_name}|{m}", None) for m in data.metrics(table_name))
+            if data.has("layers"):
+                layers.update((layer, None) for layer in data.layers())
+        except Exception:  # an unreadable run adds nothing; grid() reports it
             continue
-        for table in METRIC_TABLES:
-            if data.has(table):
-                options.update((f"{table}|{m}", None) for m in data.metrics(table))
-        if data.has("layers"):
-            layers.update((layer, None) for layer in data.layers())
     labels = [
         {
             "label": key.split("|")[1]
@@ -122,6 +265,56 @@ def metric_options(ctx: AppContext, names: Sequence[str]) -> tuple[list[dict[str
     return labels, list(layers)
 
 
+def grid(
+    ctx: AppContext,
+    names: Sequence[str],
+    sections: Sequence[str],
+    pattern: str | None,
+    layer: str | None,
+    smoothing: float,
+    xaxis: str,
+    logy: Sequence[str] | None,
+) -> tuple[list[Any], list[Any]]:
+    """One chart per metric of the chosen sections (matching ``pattern``), and notes."""
+    if not names:
+        return [], [message("tick runs in the sidebar to compare them")]
+    keep = _regex(pattern)
+    if pattern and keep is None:
+        return [], [message(f"not a regular expression: {pattern!r}", "warning")]
+    options, _ = metric_options(ctx, names)
+    keys = [o["value"] for o in options]
+    charts: list[Any] = []
+    notes: list[Any] = []
+    skipped = drawn = 0
+    for section in SECTIONS:
+        if section not in sections:
+            continue
+        chosen = [k for k in keys if _section(k) == section]
+        rank = {f"scalars|{m}": i for i, m in enumerate(TRAINING)}
+        chosen.sort(key=lambda k: rank.get(k, len(rank)))  # loss first, as everywhere
+        if keep is not None:
+            chosen = [k for k in chosen if keep.search(k.split("|")[1])]
+        if not chosen:
+            continue
+        charts.append(html.H3(section, className="grid-section"))
+        for key in chosen:
+            if drawn >= MAX_CHARTS:
+                skipped += 1
+                continue
+            drawn += 1
+            fig = figure(ctx, names, key, layer, smoothing, xaxis, logy)
+            fig.update_layout(height=260, hovermode="x unified", margin=dict(l=10, r=10, t=40))
+            graph = dcc.Graph(
+                id={"type": "compare-chart", "key": key}, figure=fig, config={"displaylogo": False}
+            )
+            charts.append(html.Div([graph, _csv_link(names, key, layer)], className="chart"))
+    if skipped:
+        notes.append(message(f"{skipped} more charts: narrow the metric filter to see them"))
+    if not charts:
+        notes.append(message("no metric of the chosen sections matches", "warning"))
+    return charts, notes
+
+
 def figure(
     ctx: AppContext,
     names: Sequence[str],
@@ -131,14 +324,18 @@ def figure(
     xaxis: str,
     logy: Sequence[str] | None,
 ) -> go.Figure:
-    """``metric`` (``table|name``) of every chosen run on one set of axes."""
+    """``metric`` (``table|name``) of every chosen run on one set of axes, in the run's colour.
+
+    Probe metrics (sparse) are never smoothed and hover shows each run's raw value; a run
+    whose files cannot be read is named in the chart instead of breaking it.
+    """
     if not names:
         return empty_figure("choose runs to compare")
-    table, _, name = (metric or "scalars|loss").partition("|")
-    if table not in METRIC_TABLES:
+    table_name, _, name = (metric or "scalars|loss").partition("|")
+    if table_name not in METRIC_TABLES:
         return empty_figure(f"cannot compare {metric!r}")
-    where = dict(METRIC_TABLES[table])
-    if table == "layers":
+    where = dict(METRIC_TABLES[table_name])
+    if table_name == "layers":
         if not layer:
             return empty_figure("choose a layer")
         where["layer"] = layer
@@ -147,15 +344,24 @@ def figure(
     for run_name in names:
         try:
             data = ctx.data(run_name)
-            if data.has(table) and name in data.metrics(table):
-                parts.append(_series(data, table, name, where).assign(series=run_name))
-        except Exception as exc:
+            if data.has(table_name) and name in data.metrics(table_name):
+                parts.append(_series(data, table_name, name, where).assign(series=run_name))
+        except Exception as exc:  # one bad run is reported, the others drawn
             failed.append(f"{run_name}: {unreadable_text(exc)}")
-    title = name if table != "layers" else f"{name} of {layer}"
+    title = name if table_name != "layers" else f"{name} of {layer}"
     if not parts:
-        return empty_figure(f"no {title} in the chosen runs")
-    axes = axes_from(smoothing, xaxis, logy, None)
-    fig = compare_figure(pd.concat(parts, ignore_index=True), title, axes)
+        fig = empty_figure(f"no {title} in the chosen runs")
+    else:
+        axes = axes_from(smoothing, xaxis, logy, None)
+        fig = compare_figure(pd.concat(parts, ignore_index=True), title, axes)
+        colours = run_colours(ctx.catalog.names())
+        for trace in fig.data:
+            run = str(trace.name).removesuffix(" (raw)")
+            if run in {escape(n) for n in colours}:
+                original = next(n for n in colours if escape(n) == run)
+                trace.line.color = colours[original]
+                if trace.marker is not None:
+                    trace.marker.color = colours[original]
     for i, text in enumerate(failed):
         fig.add_annotation(
             text=escape(text), xref="paper", yref="paper", x=0, y=1 - 0.08 * i, showarrow=False
@@ -163,6 +369,89 @@ def figure(
     return fig
 
 
-def _series(data: RunData, table: str, metric: str, where: dict[str, Any]) -> pd.DataFrame:
-    frame = data.series(table, metric, layer=where.get("layer"), index=where.get("index"))
+def config_diff(ctx: AppContext, names: Sequence[str]) -> Any:
+    """The config keys (argv, versions, recorded config) whose values differ between runs."""
+    if len(names) < 2:
+        return message("choose two or more runs to see how their configs differ")
+    flat: dict[str, dict[str, object]] = {}
+    for name in names:
+        try:
+            meta = ctx.run(name).meta
+        except Exception as exc:
+            flat[name] = {"(meta)": unreadable_text(exc)}
+            continue
+        values: dict[str, object] = {}
+        if isinstance(meta.get("argv"), list):
+            values["argv"] = " ".join(str(a) for a in meta["argv"])
+        values.update(flatten(meta.get("versions"), "versions"))
+        values.update(flatten(meta.get("config"), "config"))
+        for key in ("git_sha", "device", "command"):
+            if meta.get(key) is not None:
+                values[key] = meta[key]
+        flat[name] = values
+    keys = sorted({k for values in flat.values() for k in values})
+    rows = [
+        [k, *(str(flat[n].get(k, "—")) for n in names)]
+        for k in keys
+        if len({repr(flat[n].get(k)) for n in names}) > 1
+    ]
+    if not rows:
+        return message("the chosen runs have the same config")
+    return table(["key", *names], rows, "config-diff-rows")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _run_options(names: Sequence[str], colours: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "label": html.Span(
+                [html.Span(className="swatch", style={"background": colours.get(n, "#999")}), n]
+            ),
+            "value": n,
+        }
+        for n in names
+    ]
+
+
+def _section(key: str) -> str:
+    table_name, _, metric = key.partition("|")
+    if any(word in metric for word in ("probe_seconds", "hvps", "residual")):
+        return "internals"  # the probes' own costs and convergence checks
+    if table_name == "scalars":
+        return "internals" if metric in INTERNALS else "training"
+    if table_name == "collapse" and metric in COUNTS:
+        return "internals"
+    if table_name == "softmax" and metric in COUNTS:
+        return "internals"
+    return {v: k for k, v in SECTIONS.items() if k not in ("training", "internals")}.get(
+        table_name, "internals"
+    )
+
+
+def _regex(pattern: str | None) -> re.Pattern[str] | None:
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error:
+        return None
+
+
+def _csv_link(names: Sequence[str], key: str, layer: str | None) -> html.A:
+    table_name, _, metric = key.partition("|")
+    query = {"runs": ",".join(names), "table": table_name, "metric": metric}
+    if table_name == "layers" and layer:
+        query["layer"] = layer
+    return html.A(
+        f"⤓ {metric} CSV",
+        href="/compare.csv?" + urlencode(query),
+        className="csv",
+        download=f"compare-{quote(metric, safe='')}.csv",
+    )
+
+
+def _series(data: RunData, table_name: str, metric: str, where: dict[str, Any]) -> pd.DataFrame:
+    frame = data.series(table_name, metric, layer=where.get("layer"), index=where.get("index"))
     return frame.assign(start_time=data.run.start_time or 0.0)
