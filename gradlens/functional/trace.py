@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gradlens.functional.operator import Operator, as_operator
+
 __all__ = ["TraceResult", "hutchinson", "hutchpp"]
 
 Matvec = Callable[[Tensor], Tensor]
@@ -25,11 +27,17 @@ Matmat = Callable[[Tensor], Tensor]  # (m, dim) -> (m, dim)
 
 @dataclass
 class TraceResult:
+    """``estimate`` ± ``stderr`` after ``hvps`` products. ``reached`` says whether the
+    requested stderr (``tol``·|estimate|) was reached within the budget; ``deflated`` counts
+    the known eigenpairs whose exact part Σθ was added (their directions are projected out)."""
+
     estimate: float
     stderr: float
     hvps: int
     samples: int  # Hutchinson samples in the stochastic part
     method: str
+    reached: bool = True
+    deflated: int = 0
 
 
 def _rademacher(
@@ -70,8 +78,8 @@ def _block_matvec(matvec: Matvec, matmat: Matmat | None, block: Tensor) -> Tenso
 
 
 def hutchinson(
-    matvec: Matvec,
-    dim: int,
+    matvec: Matvec | Operator,
+    dim: int | None = None,
     *,
     tol: float = 1e-2,
     max_hvps: int = 100,
@@ -79,8 +87,8 @@ def hutchinson(
     block: int = 4,
     matmat: Matmat | None = None,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> TraceResult:
     """tr(H) ≈ mean of zᵀHz over Rademacher z, with its standard error.
 
@@ -91,7 +99,9 @@ def hutchinson(
     """
     if max_hvps < 2:
         raise ValueError("max_hvps must be >= 2 (a standard error needs two samples)")
-    device = torch.device(device)
+    op = as_operator(matvec, dim, dtype, device)
+    dim, dtype, device = op.dim, op.dtype, op.device
+    matmat = matmat or op.matmat
 
     def sample(n: int) -> Tensor:
         z = _rademacher(n, dim, generator, dtype, device)
@@ -99,12 +109,12 @@ def hutchinson(
         return (z * hz).sum(dim=1)
 
     mean, stderr, n = _adaptive_mean(sample, tol, max_hvps, min(min_samples, max_hvps), block)
-    return TraceResult(mean, stderr, n, n, "hutchinson")
+    return TraceResult(mean, stderr, n, n, "hutchinson", _reached(stderr, tol, mean))
 
 
 def hutchpp(
-    matvec: Matvec,
-    dim: int,
+    matvec: Matvec | Operator,
+    dim: int | None = None,
     *,
     sketch: int = 10,
     tol: float = 1e-2,
@@ -113,32 +123,64 @@ def hutchpp(
     block: int = 4,
     matmat: Matmat | None = None,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    known: tuple[Tensor, Tensor] | None = None,
 ) -> TraceResult:
     """Hutch++: the trace on a ``sketch``-dimensional range estimate exactly, the rest by
     adaptive Hutchinson on the deflated operator (whose variance is much smaller when a few
     directions dominate, as they do for Hessians).
 
+    ``known = (vectors, values)``: orthonormal eigenvectors (rows) with their Rayleigh
+    quotients, e.g. the converged pairs of a Lanczos run. Their part of the trace is Σ values
+    (no product spent) and Hutch++ runs on (I − UUᵀ)H(I − UUᵀ), the rest of the spectrum.
+
     Costs 2·sketch HVPs for the exact part plus the Hutchinson samples; the standard error
-    is that of the stochastic part (the exact part has none).
+    is that of the stochastic part (the exact parts have none).
     """
+    op = as_operator(matvec, dim, dtype, device)
+    dim, dtype, device = op.dim, op.dtype, op.device
+    matmat = matmat or op.matmat
     if sketch < 1 or 2 * sketch + 2 > max_hvps:
         raise ValueError(f"need 1 <= sketch and 2*sketch + 2 <= max_hvps, got {sketch}, {max_hvps}")
-    device = torch.device(device)
+    offset = 0.0
+    u: Tensor | None = None
+    if known is not None and known[0].numel():
+        u = known[0].to(device, dtype)
+        offset = float(known[1].double().sum())
+
+    def project(x: Tensor) -> Tensor:
+        return x if u is None else x - (x @ u.T) @ u
+
+    def product(x: Tensor) -> Tensor:
+        return project(_block_matvec(matvec, matmat, project(x)))
+
     s = _rademacher(sketch, dim, generator, dtype, device)
-    y = _block_matvec(matvec, matmat, s)  # (sketch, dim)
+    y = product(s)  # (sketch, dim)
     q, _ = torch.linalg.qr(y.T.double())  # (dim, sketch) orthonormal
-    q = q.to(dtype).T.contiguous()  # (sketch, dim)
+    q = project(q.to(dtype).T.contiguous())  # (sketch, dim), ⊥ the known vectors
     hq = _block_matvec(matvec, matmat, q)
-    exact = float((q.double() * hq.double()).sum())
+    exact = offset + float((q.double() * hq.double()).sum())
 
     def sample(n: int) -> Tensor:
-        z = _rademacher(n, dim, generator, dtype, device)
+        z = project(_rademacher(n, dim, generator, dtype, device))
         z = z - (z @ q.T) @ q  # deflate: (I − QQᵀ) z
         hz = _block_matvec(matvec, matmat, z)
         return (z * hz).sum(dim=1)
 
     budget = max_hvps - 2 * sketch
     mean, stderr, n = _adaptive_mean(sample, tol, budget, min(min_samples, budget), block, exact)
-    return TraceResult(exact + mean, stderr, 2 * sketch + n, n, "hutch++")
+    deflated = 0 if u is None else int(u.shape[0])
+    return TraceResult(
+        exact + mean,
+        stderr,
+        2 * sketch + n,
+        n,
+        "hutch++" if u is None else "deflated hutch++",
+        _reached(stderr, tol, exact + mean),
+        deflated,
+    )
+
+
+def _reached(stderr: float, tol: float, estimate: float) -> bool:
+    return bool(stderr <= tol * abs(estimate))

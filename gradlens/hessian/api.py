@@ -12,14 +12,15 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gradlens.functional.lanczos import LanczosResult, lanczos
+from gradlens.functional.lanczos import LanczosResult, default_max_basis, lanczos
 from gradlens.functional.slq import Density, gaussian_density
 from gradlens.functional.trace import TraceResult, hutchinson, hutchpp
 from gradlens.hessian.hvp import HVP
@@ -53,6 +54,14 @@ class EigenResult:
     lambda_min: float
     lambda_min_residual: float
     run: LanczosResult
+    selection: dict[str, Any] = field(default_factory=dict)
+    basis: str = ""
+
+    def converged_pairs(self, tol: float) -> tuple[Tensor, Tensor]:
+        """Flat eigenvectors (rows) and eigenvalues of the pairs with ‖Hv − λv‖ ≤ tol·|λ|
+        (what a deflated trace may reuse)."""
+        ok = self.residuals <= tol * self.eigenvalues.abs()
+        return self.run.eigenvectors[ok.to(self.run.eigenvectors.device)], self.eigenvalues[ok]
 
 
 def _objective(
@@ -70,16 +79,21 @@ def top_eigenpairs(
     max_iter: int | None = None,
     dtype: torch.dtype = torch.float32,
     basis_device: torch.device | str | None = None,
+    max_basis: int | None = None,
     seed: int = 0,
 ) -> EigenResult:
     """Lanczos on an HVP engine (inside the caller's isolation).
 
-    The basis lives next to the model unless it would take more than half of the free device
-    memory; then it is offloaded to the CPU (slower reorthogonalisation, same answer).
+    The basis is planned after a first product has shown what the HVP needs: every Krylov
+    vector when that is small (fewest products), else a thick-restarted basis of
+    ``max_basis`` (default ``max(2k + 10, 24)``) vectors next to the model, else — the last
+    resort, said on stderr — that bounded basis on the CPU.
     """
     generator = torch.Generator().manual_seed(seed)
     if basis_device is None:
-        basis_device = _basis_device(engine, k, max_iter, dtype)
+        basis_device, max_basis, basis = _basis_plan(engine, k, max_iter, dtype, max_basis)
+    else:
+        basis = f"{'bounded' if max_basis else 'full'} on {basis_device}"
     run = lanczos(
         engine,
         engine.dim,
@@ -91,6 +105,7 @@ def top_eigenpairs(
         dtype=dtype,
         device=engine.device,
         basis_device=basis_device,
+        max_basis=max_basis,
     )
     vectors = [
         dict(zip(engine.names, engine._split(row.to(engine.dtype)), strict=True))
@@ -107,23 +122,71 @@ def top_eigenpairs(
         lambda_min=float(run.ritz[0]),
         lambda_min_residual=float(run.ritz_residuals[0]),
         run=run,
+        selection=dict(getattr(engine, "selection", {})),
+        basis=basis,
     )
 
 
-def _basis_device(engine: HVP, k: int, max_iter: int | None, dtype: torch.dtype) -> torch.device:
+FULL_BASIS_LIMIT = 8 << 30  # bytes: above this an unbounded basis is not worth its memory
+
+
+def _basis_plan(
+    engine: HVP,
+    k: int,
+    max_iter: int | None,
+    dtype: torch.dtype,
+    max_basis: int | None,
+) -> tuple[torch.device, int | None, str]:
+    """(device, max_basis, description) from the memory left after one product."""
     device = torch.device(engine.device)
-    if device.type != "cuda":
-        return device
+    vector = engine.dim * torch.empty((), dtype=dtype).element_size()
     steps = min(engine.dim, max_iter if max_iter is not None else max(20, 10 * k + 40))
-    needed = (steps + 1) * engine.dim * torch.empty((), dtype=dtype).element_size()
-    free, _ = torch.cuda.mem_get_info(device)
-    if needed <= free // 2:
-        return device
+    bounded = max_basis or default_max_basis(k)
+    available = _available_after_product(engine, device)
+    if max_basis is None and (steps + 1) * vector <= min(available // 4, FULL_BASIS_LIMIT):
+        return device, None, f"full ({steps + 1} vectors max) on {device.type}"
+    if bounded * vector <= available // 2:
+        return device, bounded, f"restarted ({bounded} vectors) on {device.type}"
     engine._say(
-        f"Lanczos basis of {needed / 2**30:.1f} GiB does not fit next to the model "
-        f"({free / 2**30:.1f} GiB free): keeping it on the CPU"
+        f"a Lanczos basis of {bounded} vectors ({bounded * vector / 2**30:.1f} GiB) does not "
+        f"fit next to the model ({available / 2**30:.1f} GiB free after a product): keeping it "
+        f"on the CPU (slower reorthogonalisation, same answer)"
     )
-    return torch.device("cpu")
+    return torch.device("cpu"), bounded, f"restarted ({bounded} vectors) on cpu (offloaded)"
+
+
+def _available_after_product(engine: HVP, device: torch.device) -> int:
+    """Bytes a basis may use on ``device``: measured after one product on CUDA (the
+    allocator's free blocks count, the product's transient peak does not); MemAvailable on
+    the host."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        v = torch.randn(
+            engine.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+        ).to(engine.device, engine.dtype)
+        engine._apply(engine.method, v)
+        engine.setup_count += 1
+        del v
+        torch.cuda.synchronize(device)
+        transient = torch.cuda.max_memory_allocated(device) - before
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return max(0, int(free + cached - transient))
+    return _host_available()
+
+
+def _host_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 1 << 34
 
 
 def hessian_eigenvalues(
@@ -139,10 +202,14 @@ def hessian_eigenvalues(
     max_iter: int | None = None,
     dtype: torch.dtype = torch.float32,
     basis_device: torch.device | str | None = None,
+    max_basis: int | None = None,
     seed: int = 0,
 ) -> EigenResult:
     """The ``k`` wanted Hessian eigenpairs (``which``: LA largest, SA smallest, LM magnitude)
-    by Lanczos with full reorthogonalisation, stopped when ‖Hv − λv‖ ≤ tol·|λ| for each."""
+    by Lanczos with full reorthogonalisation, stopped when ‖Hv − λv‖ ≤ tol·|λ| for each.
+
+    ``max_basis`` bounds the basis (thick restart); by default it is chosen from the memory
+    left after a first product (see :func:`top_eigenpairs`)."""
     objective = _objective(model, loss_fn, data, mode)
     with objective.isolated():
         engine = HVP(objective, method)
@@ -154,6 +221,7 @@ def hessian_eigenvalues(
             max_iter=max_iter,
             dtype=dtype,
             basis_device=basis_device,
+            max_basis=max_basis,
             seed=seed,
         )
 
@@ -170,8 +238,14 @@ def hessian_trace(
     mode: str = "eval",
     method: str = "auto",
     seed: int = 0,
+    eigen: EigenResult | None = None,
 ) -> TraceResult:
-    """tr(H) with its standard error; stops when stderr ≤ tol·|estimate| or at ``max_hvps``."""
+    """tr(H) with its standard error; stops when stderr ≤ tol·|estimate| or at ``max_hvps``.
+
+    ``eigen``: an eigenvalue run on the same model and data (e.g. from
+    :func:`hessian_eigenvalues`); its converged pairs are deflated — their part of the trace
+    is Σλ, exact — and Hutch++ estimates the rest. ``result.reached`` is False when the
+    budget could not bring the standard error down to ``tol``·|estimate|."""
     if estimator not in ("hutch++", "hutchinson"):
         raise ValueError(f"estimator must be 'hutch++' or 'hutchinson', got {estimator!r}")
     objective = _objective(model, loss_fn, data, mode)
@@ -188,7 +262,11 @@ def hessian_trace(
         )
         if estimator == "hutchinson":
             return hutchinson(engine, engine.dim, **common)
-        return hutchpp(engine, engine.dim, sketch=sketch, **common)
+        known = eigen.converged_pairs(_EIGEN_TOL) if eigen is not None else None
+        return hutchpp(engine, engine.dim, sketch=sketch, known=known, **common)
+
+
+_EIGEN_TOL = 1e-2  # eigenpairs this accurate are deflated (their error in Σλ is ~residual²)
 
 
 def hessian_density(
@@ -225,7 +303,7 @@ def density_runs(
     if runs < 1 or steps < 2:
         raise ValueError(f"need runs >= 1 and steps >= 2, got {runs}, {steps}")
     generator = torch.Generator().manual_seed(seed + 1)
-    done = list(reuse or [])
+    done = [run for run in reuse or [] if run.restarts == 0]  # a restart loses T
     steps = min(steps, engine.dim)
     while len(done) < runs:
         done.append(

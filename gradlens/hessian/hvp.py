@@ -8,10 +8,12 @@ Engines (``method``):
   a batched multi-vector product with ``vmap``.
 - ``finite_difference``: central difference of two gradients (any model whose gradient
   exists; O(ε²) truncation error, ~1e-5–1e-4 relative in float32).
-- ``auto``: times two products of each exact engine (after a warm-up) and keeps the faster;
-  where double
-  backward or forward AD is not implemented (fused attention kernels) it retries with the
-  math attention backend, then falls back to finite differences — saying so on stderr.
+- ``auto``: times two products of every engine (after a warm-up) on the real batches and
+  keeps the fastest; finite differences qualify only when their product agrees with an exact
+  engine's to ``fd_check_tol`` (1e-3 relative, in the run's dtype). The timings, the check
+  and the choice are kept in ``HVP.selection`` and logged. Where double backward or forward
+  AD is not implemented (fused attention kernels) it retries with the math attention
+  backend, then falls back to finite differences — saying so on stderr.
 
 Nothing here changes the model: run it inside ``Objective.isolated()``.
 """
@@ -19,6 +21,7 @@ Nothing here changes the model: run it inside ``Objective.isolated()``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 import time
@@ -55,10 +58,14 @@ class HVP:
             kernels cannot be differentiated twice; pass it back to reuse a choice).
         world: > 1 in multi-process runs: each rank's product on its own batches is summed
             over ranks (weighted by batch sizes), giving the Hessian of the global batch.
+        fd_check_tol: ``auto`` accepts finite differences only when their product on the
+            timing vector is within this relative error of an exact engine's.
 
     Attributes:
         dim: number of parameters. count: HVPs computed (excluding engine selection).
         setup_count: HVPs spent choosing the engine. method: the engine in use.
+        selection: what ``auto`` measured — ``seconds`` per engine, ``fd_check`` (relative
+        error, tol, passed, the exact engine compared against) and the chosen ``method``.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class HVP:
         log: Callable[[str], None] | None = None,
         math_attention: bool = False,
         world: int = 1,
+        fd_check_tol: float = 1e-3,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -95,6 +103,8 @@ class HVP:
             total = torch.tensor([float(objective.total)], dtype=torch.float64, device=self.device)
             self._global_total = float(all_reduce_sum(total)[0])
         self._graph: tuple[Tensor, ...] | None = None
+        self.fd_check_tol = fd_check_tol
+        self.selection: dict[str, Any] = {"method": method, "seconds": {}, "fd_check": None}
         self.method = method if method != "auto" else self._choose()
 
     # -- public ----------------------------------------------------------------------------------
@@ -128,14 +138,21 @@ class HVP:
     # -- engine selection ------------------------------------------------------------------------
 
     def _choose(self) -> str:
+        """Time every engine on the real batches and keep the fastest correct one.
+
+        Exact engines qualify when they run; finite differences only after their product on
+        the timing vector agrees with the fastest exact engine's to ``fd_check_tol``
+        (relative, in the run's dtype). What was measured is kept in ``self.selection``.
+        """
         timings: dict[str, float] = {}
+        outputs: dict[str, Tensor] = {}
         errors: dict[str, str] = {}
         for attempt in (False, True):
             self.math_attention = attempt
             for method in _EXACT:
                 self._graph = None  # a graph built under other kernels cannot be reused
                 try:
-                    timings[method] = self._time(method)
+                    timings[method], outputs[method] = self._time(method)
                 except Exception as exc:
                     if not unsupported(exc):
                         raise
@@ -148,6 +165,7 @@ class HVP:
                 f"double differentiation is not implemented for this model "
                 f"({errors.get('double_backward', '?')}); using finite differences"
             )
+            self.selection = {"method": "finite_difference", "seconds": {}, "fd_check": None}
             return "finite_difference"
         self._graph = None
         if self.math_attention:
@@ -155,14 +173,44 @@ class HVP:
                 f"double backward is not implemented with the default attention kernel "
                 f"({errors.get('double_backward', '?')}); using the math attention backend"
             )
-        return min(timings, key=lambda m: timings[m])
+        reference = min(timings, key=lambda m: timings[m])
+        try:
+            fd_seconds, fd_out = self._time("finite_difference")
+            check = _relative_error(fd_out, outputs[reference])
+        except Exception as exc:  # e.g. torch.func and in-place buffer updates (BatchNorm)
+            fd_seconds, check = math.inf, math.inf
+            errors["finite_difference"] = str(exc).splitlines()[0][:120]
+        seconds = _agreed({**timings, "finite_difference": fd_seconds}, self.world, self.device)
+        check = _agreed({"check": check}, self.world, self.device)["check"]
+        qualified = check <= self.fd_check_tol
+        candidates = {m: t for m, t in seconds.items() if m != "finite_difference" or qualified}
+        chosen = min(candidates, key=lambda m: candidates[m])
+        self.selection = {
+            "method": chosen,
+            "seconds": seconds,
+            "fd_check": {
+                "error": check,
+                "tol": self.fd_check_tol,
+                "passed": qualified,
+                "against": reference,
+            },
+        }
+        self._note(
+            "HVP engine "
+            + ", ".join(f"{m} {1e3 * t:.3g} ms" for m, t in seconds.items())
+            + f"; finite differences {'pass' if qualified else 'fail'} the accuracy check "
+            f"(relative error {check:.2e} vs {reference}, tol {self.fd_check_tol:g}); "
+            f"using {chosen}"
+        )
+        return chosen
 
-    def _time(self, method: str) -> float:
-        """A warm-up product (it builds the reusable graph), then the faster of two timed."""
+    def _time(self, method: str) -> tuple[float, Tensor]:
+        """A warm-up product (it builds the reusable graph), then the faster of two timed;
+        returns the seconds and the warm-up's product (for the accuracy check)."""
         v = torch.randn(
             self.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64
         ).to(self.device, self.dtype)
-        self._apply(method, v)
+        out = self._apply(method, v)
         self.setup_count += 1
         best = math.inf
         for _ in range(2):
@@ -172,7 +220,14 @@ class HVP:
             _sync(self.device)
             best = min(best, time.perf_counter() - start)
             self.setup_count += 1
-        return best
+        return best, out
+
+    def _note(self, message: str) -> None:
+        """Routine information: to ``log`` when given, else the ``gradlens.hessian`` logger."""
+        if self.log is not None:
+            self.log(message)
+        else:
+            logging.getLogger("gradlens.hessian").info(message)
 
     def _say(self, message: str) -> None:
         if self.log is not None:
@@ -291,6 +346,23 @@ class HVP:
                     t.add_(g[name], alpha=weight)
             gradients.append(total)
         return [(a - b) / (2 * eps) for a, b in zip(*gradients, strict=True)]
+
+
+def _relative_error(approx: Tensor, exact: Tensor) -> float:
+    scale = float(torch.linalg.vector_norm(exact.double()))
+    diff = float(torch.linalg.vector_norm((approx - exact).double()))
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+
+
+def _agreed(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
+    """The ranks' mean of each measurement, so every rank takes the same decision."""
+    if world <= 1:
+        return values
+    from gradlens.instrument.distributed import all_reduce_sum
+
+    packed = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    mean = all_reduce_sum(packed) / world
+    return dict(zip(values, mean.tolist(), strict=True))
 
 
 def _sync(device: torch.device) -> None:

@@ -3,9 +3,12 @@ schedule, with the sharpness against 2/lr for the edge-of-stability rule.
 
 Rows: ``hessian`` (step, metric, layer, index, value) with metrics top_eigenvalue and
 top_residual (index = rank), hvps, setup_hvps, lambda_min, lambda_min_residual, trace,
-trace_stderr, trace_hvps, sharpness, lr, eos_ratio (= sharpness · lr / 2; ≥ 1 means the step
-size is at or past the stability limit 2/lr of gradient descent — Cohen et al. 2021) and, with
-``blocks=True``, block_top_eigenvalue per module (layer = module name); ``spectrum`` rows when
+trace_stderr, trace_hvps, trace_reached (0 when the budget could not reach ``trace_tol``),
+trace_deflated (eigenpairs of the eigen run deflated exactly), sharpness, lr, eos_ratio
+(= sharpness · lr / 2; ≥ 1 means the step size is at or past the stability limit 2/lr of
+gradient descent — Cohen et al. 2021), the HVP engine choice (hvp_seconds and hvp_engine with
+layer = engine, fd_check_error, fd_check_passed) and, with ``blocks=True``,
+block_top_eigenvalue per module (layer = module name); ``spectrum`` rows when
 ``density_runs > 0``.
 """
 
@@ -85,10 +88,11 @@ class HessianProbe(Probe):
         )
         rows = _Rows(ctx.step)
         self._eigen_rows(rows, eig.run, ctx.lrs)
+        _selection_rows(rows, engine.selection)
         if self.trace and self.trace_hvps >= 4:
             generator = torch.Generator().manual_seed(self.seed + ctx.step + 7)
             sketch = max(1, min(self.k, (self.trace_hvps - 2) // 4))
-            tr = hutchpp(
+            tr = hutchpp(  # reuses the eigen run: its converged pairs are deflated exactly
                 engine,
                 engine.dim,
                 sketch=sketch,
@@ -98,10 +102,13 @@ class HessianProbe(Probe):
                 generator=generator,
                 dtype=engine.dtype,
                 device=engine.device,
+                known=eig.converged_pairs(max(self.tol, 1e-2)),
             )
             rows.add("trace", tr.estimate)
             rows.add("trace_stderr", tr.stderr)
             rows.add("trace_hvps", tr.hvps)
+            rows.add("trace_reached", float(tr.reached))
+            rows.add("trace_deflated", tr.deflated)
         if self.blocks:
             for block, value in _block_tops(engine, self.tol, self.seed).items():
                 rows.add("block_top_eigenvalue", value, layer=block)
@@ -112,7 +119,7 @@ class HessianProbe(Probe):
                 self.density_runs,
                 self.density_steps,
                 seed=self.seed + ctx.step,
-                reuse=[eig.run],
+                reuse=[eig.run] if eig.run.restarts == 0 else [],  # SLQ needs T
             )
             out["spectrum"] = _spectrum_rows(ctx.step, density)
         rows.add("hvps", engine.count)
@@ -178,6 +185,20 @@ class _Rows:
             ("value", float(value)),
         ):
             self.columns[key].append(item)
+
+
+def _selection_rows(rows: _Rows, selection: dict[str, Any]) -> None:
+    """What ``auto`` measured: seconds per HVP of each engine (layer = engine), the engine
+    kept (``hvp_engine``, layer = engine, value 1) and the finite-difference accuracy check
+    (``fd_check_error``: relative error against an exact engine; ``fd_check_passed``)."""
+    for method, seconds in selection.get("seconds", {}).items():
+        rows.add("hvp_seconds", seconds, layer=method)
+    if selection.get("method"):
+        rows.add("hvp_engine", 1.0, layer=str(selection["method"]))
+    check = selection.get("fd_check")
+    if check:
+        rows.add("fd_check_error", check["error"], layer=str(check["against"]))
+        rows.add("fd_check_passed", float(check["passed"]))
 
 
 def _block_tops(engine: HVP, tol: float, seed: int) -> dict[str, float]:

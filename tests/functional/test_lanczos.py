@@ -163,3 +163,205 @@ def test_slq_density_integrates_to_one_with_first_moment_of_the_start_vectors():
     assert float(weights.sum()) == pytest.approx(1.0) and nodes.max() <= 10.0 + 1e-9
     # the outliers are resolved as nodes
     assert any(math.isclose(float(x), 10.0, rel_tol=1e-6) for x in nodes)
+
+
+# -- bounded basis: thick restart with locking -----------------------------------------------
+
+
+def _clustered_matrix(n=300, seed=0):
+    """Five clustered top eigenvalues (gaps 1e-3..1e-2) over a dense bulk reaching 0.9."""
+    bulk = torch.linspace(-0.2, 0.9, n - 5, dtype=torch.float64).tolist()
+    return _spectrum_matrix([1.0, 0.999, 0.998, 0.99, 0.98, *bulk], seed)
+
+
+def _ordered(h, which, k):
+    ev = torch.linalg.eigvalsh(h)
+    return {"LA": ev.flip(0), "SA": ev, "LM": ev[ev.abs().argsort(descending=True)]}[which][:k]
+
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """The most elements any op produced: bounds what the basis can have allocated."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("matrix", ["outlier", "clustered"])
+@pytest.mark.parametrize("which,k", [("LA", 5), ("SA", 3), ("LM", 5), ("LA", 1)])
+def test_restarted_lanczos_matches_dense_eigvalsh_with_basis_capped_at_2k_plus_10(matrix, which, k):
+    h = _outlier_matrix() if matrix == "outlier" else _clustered_matrix()
+    cap = 2 * k + 10
+    res = lanczos(
+        lambda v: h @ v,
+        h.shape[0],
+        k,
+        which,
+        tol=1e-7,
+        dtype=torch.float64,
+        max_basis=cap,
+        max_iter=1000,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert res.converged and res.basis_vectors <= cap
+    torch.testing.assert_close(res.eigenvalues, _ordered(h, which, k), rtol=1e-8, atol=1e-12)
+    for value, residual, vector in zip(res.eigenvalues, res.residuals, res.eigenvectors):
+        true = float(torch.linalg.vector_norm(h @ vector - value * vector))
+        assert true <= 1e-7 * abs(float(value)) + 1e-12
+        assert abs(true - float(residual)) <= 1e-9  # reported residuals stay true residuals
+
+
+def test_clustered_spectrum_needs_restarts_and_locks_pairs():
+    h = _clustered_matrix()
+    res = lanczos(
+        lambda v: h @ v,
+        300,
+        5,
+        "SA",
+        tol=1e-7,
+        dtype=torch.float64,
+        max_basis=20,
+        max_iter=1000,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert res.converged and res.restarts >= 3 and res.locked >= 1
+    torch.testing.assert_close(res.eigenvalues, _ordered(h, "SA", 5), rtol=1e-8, atol=1e-12)
+    # the other end stays in the basis: λmax is estimated by the same run
+    assert abs(float(res.ritz[-1]) - 1.0) < 1e-2
+
+
+def test_memory_cap_respected_counting_basis_vectors():
+    h = _clustered_matrix()
+    n, k, cap = h.shape[0], 5, 20
+    counter = _LargestTensor()
+    with counter:
+        res = lanczos(
+            lambda v: h @ v,
+            n,
+            k,
+            "SA",
+            tol=1e-6,
+            dtype=torch.float64,
+            max_basis=cap,
+            max_iter=1000,
+            generator=torch.Generator().manual_seed(1),
+        )
+    assert res.restarts >= 1 and res.hvps > cap
+    assert res.basis_vectors == cap
+    # no tensor larger than the capped basis (cap vectors of length n) was ever created
+    assert counter.largest <= cap * n
+    unbounded = _LargestTensor()
+    with unbounded:
+        full = lanczos(
+            lambda v: h @ v,
+            n,
+            k,
+            "SA",
+            tol=1e-6,
+            dtype=torch.float64,
+            max_iter=1000,
+            generator=torch.Generator().manual_seed(1),
+        )
+    assert unbounded.largest > cap * n and full.basis_vectors > cap  # the count can fail
+
+
+def test_float32_restarted_basis_reaches_requested_tolerance():
+    h = _outlier_matrix()
+    h32 = h.float()
+    res = lanczos(
+        lambda v: h32 @ v,
+        300,
+        5,
+        "LA",
+        tol=1e-3,
+        max_basis=20,
+        generator=torch.Generator().manual_seed(2),
+    )
+    exact = torch.tensor([10.0, 7.0, 5.0, 4.0, 3.0], dtype=torch.float64)
+    assert ((res.eigenvalues - exact).abs() / exact).max() < 1e-3
+    for value, vector in zip(res.eigenvalues, res.eigenvectors.double()):
+        assert torch.linalg.vector_norm(h @ vector - value * vector) <= 1.1e-3 * abs(value)
+
+
+@pytest.mark.parametrize("max_basis", [None, 20])
+def test_pipelined_convergence_check_costs_at_most_one_product(max_basis):
+    h = _clustered_matrix()
+    runs = [
+        lanczos(
+            lambda v: h @ v,
+            300,
+            5,
+            "LA",
+            tol=1e-6,
+            dtype=torch.float64,
+            max_basis=max_basis,
+            generator=torch.Generator().manual_seed(3),
+            pipeline=lag,
+        )
+        for lag in (False, True)
+    ]
+    assert runs[0].converged and runs[1].converged
+    assert runs[0].hvps <= runs[1].hvps <= runs[0].hvps + 1
+    torch.testing.assert_close(runs[1].eigenvalues, _ordered(h, "LA", 5), rtol=1e-6, atol=0)
+
+
+def test_max_basis_too_small_for_k_is_rejected():
+    with pytest.raises(ValueError, match="max_basis"):
+        lanczos(lambda v: v, 100, 5, max_basis=8)
+
+
+# -- trace reusing an eigen run ----------------------------------------------------------------
+
+
+def test_deflated_hutchpp_is_unbiased_and_tighter_than_plain_hutchpp():
+    h = _outlier_matrix()
+    exact = float(h.trace())
+    eig = lanczos(
+        lambda v: h @ v,
+        300,
+        5,
+        tol=1e-6,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
+    common = dict(sketch=4, tol=1e-4, max_hvps=60, dtype=torch.float64)
+    plain = hutchpp(lambda v: h @ v, 300, generator=torch.Generator().manual_seed(4), **common)
+    deflated = hutchpp(
+        lambda v: h @ v,
+        300,
+        generator=torch.Generator().manual_seed(4),
+        known=(eig.eigenvectors, eig.eigenvalues),
+        **common,
+    )
+    assert deflated.deflated == 5 and deflated.method == "deflated hutch++"
+    assert abs(deflated.estimate - exact) <= 3 * deflated.stderr
+    assert deflated.stderr < plain.stderr
+    assert deflated.hvps <= 60
+
+
+def test_trace_says_when_the_budget_cannot_reach_the_requested_stderr():
+    h = _outlier_matrix()
+    tight = hutchpp(
+        lambda v: h @ v,
+        300,
+        sketch=2,
+        tol=1e-6,
+        max_hvps=12,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert not tight.reached and tight.hvps == 12
+    easy = hutchinson(
+        lambda v: torch.diag(torch.linspace(1, 2, 300, dtype=torch.float64)) @ v,
+        300,
+        tol=1e-2,
+        dtype=torch.float64,
+    )
+    assert easy.reached
