@@ -392,12 +392,13 @@ class Lens:
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         if interception.is_suspended() or _compiling() or not self._guard.active(CAPTURE):
             return None
-        closure = kwargs.get("closure") if "closure" in kwargs else (args[0] if args else None)
+        # args = (optimizer, *step's arguments): torch passes ``self`` along
+        closure = kwargs.get("closure") if "closure" in kwargs else (args[1:2] or [None])[0]
         if callable(closure):  # capture once the closure has produced this step's gradients
             wrapped = self._after_closure(optimizer, closure)
             if "closure" in kwargs:
                 return args, {**kwargs, "closure": wrapped}
-            return (wrapped, *args[1:]), kwargs
+            return (args[0], wrapped, *args[2:]), kwargs
         scale = None
         if self._scaler_step is not None and self._scaler_step[1] is optimizer:
             self._scaler_step[2] = True

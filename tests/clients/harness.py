@@ -1,0 +1,89 @@
+"""Run a client script plain and under ``gradlens watch``; compare what the script saw."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import gradlens
+from tests.conftest import cli_env
+
+CLIENTS = Path(__file__).parent
+
+
+@dataclass
+class Pair:
+    plain: subprocess.CompletedProcess
+    watched: subprocess.CompletedProcess
+    trace: dict
+    plain_weights: dict
+    watched_weights: dict
+    run: gradlens.Run
+
+
+def run_pair(
+    tmp: Path, script: str, *args: str, watch: tuple[str, ...] = (), timeout: float = 600
+) -> Pair:
+    """The client plain and watched, concurrently (two cores), each with its own --out."""
+    path = str(CLIENTS / script)
+    env = cli_env()
+    plain_cmd = [sys.executable, path, *args, "--out", str(tmp / "plain")]
+    watched_cmd = [
+        sys.executable, "-m", "gradlens", "watch", "--runs-dir", str(tmp / "runs"),
+        "--name", "client", "--status", "off", *watch,
+        path, *args, "--out", str(tmp / "watched"),
+    ]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for cmd in (plain_cmd, watched_cmd)
+    ]
+    done = []
+    for proc, cmd in zip(procs, (plain_cmd, watched_cmd), strict=True):
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+    plain, watched = done
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert watched.returncode == plain.returncode, watched.stderr[-3000:]
+    trace = json.loads((tmp / "watched" / "trace.json").read_text())
+    return Pair(
+        plain,
+        watched,
+        trace,
+        torch.load(tmp / "plain" / "weights.pt"),
+        torch.load(tmp / "watched" / "weights.pt"),
+        gradlens.open_run(tmp / "runs" / "client"),
+    )
+
+
+def assert_unchanged(pair: Pair) -> None:
+    """Same stdout, bitwise-identical final weights, a finished run, no gradlens complaints."""
+    assert pair.watched.stdout == pair.plain.stdout
+    assert pair.plain_weights.keys() == pair.watched_weights.keys()
+    for key, value in pair.plain_weights.items():
+        assert torch.equal(value, pair.watched_weights[key]), key
+    assert pair.run.status == "finished"
+    assert "disabled" not in pair.watched.stderr, pair.watched.stderr[-2000:]
+
+
+def scalar(run: gradlens.Run, metric: str) -> tuple[list[int], np.ndarray]:
+    df = run.table("scalars", filters=[("metric", "==", metric)]).sort_values("step")
+    df = df[df["index"] == 0]
+    return df.step.tolist(), df.value.to_numpy()
+
+
+def assert_steps(pair: Pair, metric: str = "loss", rtol: float = 1e-5) -> None:
+    """One row per optimizer step, with the values the script computed itself."""
+    expected = np.asarray(pair.trace[metric])
+    steps, values = scalar(pair.run, metric)
+    assert steps == list(range(len(expected))), (metric, steps)
+    np.testing.assert_allclose(values, expected, rtol=rtol, err_msg=metric)
+
+
+def layer_names(run: gradlens.Run) -> set[str]:
+    return set(run.table("layers", columns=["layer"]).layer.unique())
