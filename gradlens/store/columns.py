@@ -143,7 +143,13 @@ def distinct(files: Sequence[Path], column: str) -> list[Any]:
 
 def _journal(path: Path) -> pa.Table:
     """A journal's complete rows (journals are small: the rows of one fold interval)."""
-    return read_journal(path, SCHEMAS.get(path.parent.name))
+    stat = path.stat()
+    return _journal_rows(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _journal_rows(path: str, mtime_ns: int, size: int) -> pa.Table:
+    return read_journal(Path(path), SCHEMAS.get(Path(path).parent.name))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -62,7 +62,7 @@ Rows = Mapping[str, Mapping[str, Any]]
 Job = Callable[[], Rows]
 
 _STOP = object()
-FOLD_BYTES = 32 << 20  # a journal this big is folded into Parquet at once
+FOLD_BYTES = 8 << 20  # a journal this big is folded into Parquet at once
 MERGE_FANOUT = 8  # segments of one size merged together in the background
 
 
@@ -256,8 +256,8 @@ class RunWriter:
 class _Journal:
     """The open journal of one table: an Arrow IPC stream, appended at every flush.
 
-    ``pa.OSFile`` does not buffer: once ``append`` returns, the rows are in the operating
-    system and survive the process being killed.
+    Each append is pushed to the operating system in one write before ``append`` returns,
+    so the rows survive the process being killed.
     """
 
     def __init__(self, path: Path, number: int, schema: pa.Schema) -> None:
@@ -266,7 +266,8 @@ class _Journal:
         self.bytes = 0
         self._file = pa.OSFile(str(path), "wb")
         try:
-            self._stream = pa.ipc.new_stream(self._file, schema)
+            self._buffer = pa.BufferedOutputStream(self._file, buffer_size=1 << 20)
+            self._stream = pa.ipc.new_stream(self._buffer, schema)
         except BaseException:
             self._file.close()
             raise
@@ -274,7 +275,8 @@ class _Journal:
 
     def append(self, table: pa.Table) -> None:
         self._stream.write_table(table)
-        self.bytes = self._file.tell()
+        self._buffer.flush()  # one write() per append; OSFile itself does not buffer
+        self.bytes = self._buffer.tell()
 
     def due(self, now: float, interval: float) -> bool:
         return now - self.opened >= interval or self.bytes >= FOLD_BYTES
@@ -285,10 +287,12 @@ class _Journal:
         self._open = False
         try:
             self._stream.close()  # the end-of-stream marker
+            self._buffer.close()
         except (OSError, pa.ArrowException):
             pass
         finally:
-            self._file.close()
+            if not self._file.closed:
+                self._file.close()
 
 
 def _level(segment: Segment) -> int:
