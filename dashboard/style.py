@@ -32,7 +32,8 @@ body { font-family: system-ui, sans-serif; margin: 0 1.5rem 2rem; color: #222; }
 .health { padding: 0 .4rem; border-radius: 3px; background: #eee; }
 .health.healthy { background: #e3f6e3; } .health.warning { background: #fff0cc; }
 .health.error { background: #fde0e0; font-weight: 600; } .health.pending { color: #777; }
-button.link { background: none; border: none; padding: 0; color: #1f77b4; cursor: pointer;
+button.link { white-space: nowrap; background: none; border: none; padding: 0;
+       color: #1f77b4; cursor: pointer;
        text-decoration: underline; font: inherit; text-align: left; }
 .csv-links { display: flex; gap: 1rem; font-size: .85em; color: #666; margin: .2rem 0 .8rem; }
 .csv-links a { color: #1f77b4; }

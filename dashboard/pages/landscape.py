@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
-from gradlens.dashboard.components import graph, guarded, message, nav, table
+from gradlens.dashboard.components import graph, guarded, message, nav, read_state, table
 from gradlens.dashboard.context import AppContext
 from gradlens.dashboard.figures import empty_figure
 from gradlens.dashboard.figures_probes import (
@@ -55,6 +55,12 @@ def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
                     placeholder="no 2-D slice",
                     clearable=False,
                 ),
+                dcc.Checklist(
+                    id="landscape-3d",
+                    options=[{"label": "3-D surface", "value": "3d"}],
+                    value=["3d"] if read_state(search).get("surface") == "1" else [],
+                    inline=True,
+                ),
             ],
             className="pickers",
         ),
@@ -80,17 +86,29 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("landscape-step", "value"),
         Input("landscape-metric", "value"),
         Input("landscape-plane", "value"),
+        Input("landscape-3d", "value"),
         Input("refresh", "n_intervals"),
     )
-    def _slices(name: str, step: int | None, metric: str | None, plane: str | None, _: Any) -> Any:
-        return slices(ctx, name, step, metric or "loss", plane)
+    def _slices(
+        name: str, step: int | None, metric: str | None, plane: str | None, shown: Any, _: Any
+    ) -> Any:
+        return slices(ctx, name, step, metric or "loss", plane, surface="3d" in (shown or []))
 
 
 @guarded(3, (None,))
 def slices(
-    ctx: AppContext, name: str, step: int | None, metric: str, plane: str | None = None
+    ctx: AppContext,
+    name: str,
+    step: int | None,
+    metric: str,
+    plane: str | None = None,
+    surface: bool = True,
 ) -> tuple[go.Figure, go.Figure, go.Figure, Any]:
-    """The three views of the slices at ``step`` and the summary metrics (roughness, ...)."""
+    """The three views of the slices at ``step`` and the summary metrics (roughness, ...).
+
+    ``surface=False`` leaves the 3-D view out: WebGL takes seconds to start in a browser
+    without a GPU, so the page opens on the contour and draws the surface when asked.
+    """
     try:
         data = ctx.data(name)
     except GradlensError as exc:
@@ -108,7 +126,9 @@ def slices(
     return (
         landscape_1d_figure(rows, metric),
         landscape_contour_figure(rows, metric, plane),
-        landscape_surface_figure(rows, metric, plane),
+        landscape_surface_figure(rows, metric, plane)
+        if surface
+        else empty_figure("tick “3-D surface” to draw the slice in 3-D"),
         table(["slice", "summary", "value"], rows_shown, "landscape-summary-rows")
         if rows_shown
         else None,

@@ -391,8 +391,9 @@ def test_probe_pages_render_fast_with_controls_that_act(browser, server):
 
     timings["landscape"] = _open(browser, server + "/landscape/mlp")
     assert _drawn(browser, "landscape-contour-graph", 100)[0]["type"] == "contour"
-    assert _drawn(browser, "landscape-surface-graph", 100)[0]["type"] == "surface"
     assert not browser.find_element("css selector", "#landscape-1d-graph").is_displayed()
+    _click(browser, browser.find_element("css selector", "#landscape-3d input"))  # WebGL: asked
+    assert _drawn(browser, "landscape-surface-graph", 100)[0]["type"] == "surface"
     _shot(browser, "landscape")
 
     _open(browser, server + "/curvature/probes")

@@ -86,3 +86,58 @@ def test_missing_probe_rows_give_messages():
     empty = pd.DataFrame(columns=["step", "metric", "layer", "index", "value"])
     assert "no top_eigenvalue" in eigenvalues_figure(empty).layout.annotations[0].text
     assert "no softmax" in softmax_figure(empty).layout.annotations[0].text
+
+
+def _hessian(values: list[float], metric: str = "sharpness") -> pd.DataFrame:
+    steps = [499, 999, 1499, 1999][: len(values)]
+    return pd.DataFrame({"step": steps, "metric": metric, "layer": "", "index": 0, "value": values})
+
+
+def test_sharpness_axis_is_clipped_to_lambda_max_when_two_over_lr_is_far_above():
+    lr = pd.DataFrame({"step": np.arange(2000), "value": np.full(2000, 1.5e-4)})  # 2/lr ≈ 13k
+    fig = sharpness_figure(_hessian([0.5, 2.0, 4.0, 8.0]), lr)
+    lo, hi = fig.layout.yaxis.range
+    assert fig.layout.yaxis.type == "log"
+    assert lo < np.log10(0.5) and np.log10(8.0) < hi < np.log10(13_000)
+    assert "above the chart" in fig.layout.annotations[-1].text
+    near = sharpness_figure(_hessian([5.0, 10.0, 15.0]), lr.assign(value=0.1))  # edge = 20
+    assert near.layout.yaxis.range[1] > np.log10(20.0)  # the edge is shown when near
+
+
+def test_lambda_min_at_or_below_zero_is_left_out_of_a_log_axis_and_says_so():
+    from gradlens.dashboard.figures import Axes
+
+    rows = pd.concat([_hessian([1.0, 2.0], "top_eigenvalue"), _hessian([-0.5, 0.0], "lambda_min")])
+    fig = eigenvalues_figure(rows, Axes(log_y=True))
+    assert [t.name for t in fig.data] == ["λ1"]
+    assert any("λmin ≤ 0" in a.text for a in fig.layout.annotations)
+    assert [t.name for t in eigenvalues_figure(rows).data] == ["λ1", "λmin"]
+
+
+def test_density_axes_are_clipped_to_its_support(probes):
+    spectrum = probes.table("spectrum")
+    rows = spectrum[spectrum["step"] == 40].copy()
+    rows.loc[rows["kind"] == "density", "value"] *= 1e-40  # far tails as small as 1e-45
+    rows.loc[rows.index[:3], "value"] = 1.0
+    fig = density_figure(rows, 40)
+    lo, hi = fig.layout.yaxis.range
+    assert hi - lo <= 6.5 and hi > 0
+
+
+def test_collapse_panels_by_family_without_counts():
+    from gradlens.dashboard.figures import Axes
+
+    metrics = ["nc1", "cdnv", "nc2_equinorm", "nc3", "nc4", "num_classes"]
+    frame = pd.DataFrame(
+        [(s, m, 0.5 + i) for s in (100, 200, 300) for i, m in enumerate(metrics)],
+        columns=["step", "metric", "value"],
+    )
+    fig = collapse_figure(frame, Axes(log_y=True))
+    names = {t.name for t in fig.data}
+    assert "num_classes" not in names and {"nc1", "cdnv", "nc4"} <= names
+    titles = [a.text for a in fig.layout.annotations if not a.text.startswith("constant")]
+    assert [t.split(":")[0] for t in titles] == ["NC1", "NC2", "NC3", "NC4"]
+    assert all(fig.layout[f"yaxis{i if i > 1 else ''}"].type == "log" for i in range(1, 5))
+    single = collapse_figure(frame[frame["step"] == 300])
+    point = next(t for t in single.data if t.name == "nc1")
+    assert point.mode == "markers+text" and point.text == ("0.5",)

@@ -123,3 +123,85 @@ def test_big_runs_are_reported_on_request_only(dash_runs):
         assert "not built" not in str(page)
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def _chart_keys(charts):
+    return [c.children[0].id["key"] for c in charts if getattr(c, "className", "") == "chart"]
+
+
+def test_compare_grid_sections_filter_and_unknown_runs(ctx):
+    charts, notes = compare.grid(
+        ctx, ["mlp", "probes"], ["training", "curvature"], None, None, 0.6, "step", []
+    )
+    keys = _chart_keys(charts)
+    assert keys[:2] == ["scalars|loss", "scalars|grad_norm"]  # training first, loss first
+    assert "hessian|top_eigenvalue" in keys and "scalars|time" not in keys  # internals hidden
+    assert not any(k.startswith("collapse") for k in keys)
+    charts, _ = compare.grid(ctx, ["mlp"], ["training"], "^lo", None, 0, "step", [])
+    assert _chart_keys(charts) == ["scalars|loss"]
+    _, notes = compare.grid(ctx, ["mlp"], ["training"], "(", None, 0, "step", [])
+    assert "regular expression" in str(notes)
+    assert compare.unknown_runs(ctx, "?runs=mlp,nope,..%2Fx") == ["nope", "../x"]
+    colours = compare.run_colours(ctx.catalog.names())
+    fig = compare.figure(ctx, ["mlp", "mlp-spiky"], "scalars|loss", None, 0.0, "step", [])
+    assert {t.name: t.line.color for t in fig.data} == {
+        "mlp": colours["mlp"],
+        "mlp-spiky": colours["mlp-spiky"],
+    }
+
+
+def test_config_diff_lists_only_what_differs(ctx):
+    text = str(compare.config_diff(ctx, ["grokking", "grokking-wd"]))
+    assert "argv" in text and "weight" in text
+    assert "versions.python" not in text  # the same in both
+    assert "two or more" in str(compare.config_diff(ctx, ["mlp"]))
+
+
+def test_run_page_view_round_trips_through_the_url(ctx):
+    search = run.view_search(
+        "body.0.bias", "param_norm", "value", 0.3, "time", ["log"], [], [10.0, 50.0]
+    )
+    page = str(render(ctx, "/run/layered", search))
+    for expected in (
+        "value='body.0.bias'",
+        "value='param_norm'",
+        "value='value'",
+        "value=0.3",
+        "value='time'",
+        "value=['log']",
+        "data=[10.0, 50.0]",
+    ):
+        assert expected in page, expected
+    assert "value=[]" in page  # shade findings off
+    default = str(render(ctx, "/run/layered"))
+    assert "value=0.6" in default and "data=[10.0, 50.0]" not in default
+
+
+def test_a_finding_targets_its_layer_and_steps(ctx):
+    rows = [{"start": 120, "end": 130, "layer": "body.0.weight"}, {"start": None, "layer": "x"}]
+    layer, xr = run.finding_target(ctx, "layered", rows, 0, "step")
+    assert layer == "body.0.weight" and xr[0] < 120 and 130 < xr[1] < 140
+    assert run.finding_target(ctx, "layered", rows, 1, "step") == (None, None)
+    _, seconds = run.finding_target(ctx, "layered", rows, 0, "time")
+    assert seconds[0] == pytest.approx((120 - 5) * 0.05)  # the crafted clock: 0.05 s a step
+    assert run.finding_target(ctx, "layered", rows, 7, "step") == (None, None)
+
+
+def test_heatmap_follows_the_x_axis_mode_and_colours_by_baseline(ctx):
+    fig = run.heatmap(ctx, "layered", "grad_norm", [100.0, 140.0], "relative", "step")
+    heat = fig.data[0]
+    assert min(heat.x) >= 99 and max(heat.x) <= 141
+    z = np.asarray(heat.z, dtype=float)
+    row, col = np.unravel_index(np.nanargmax(z), z.shape)
+    assert heat.y[row] == "body.0.weight" and heat.x[col] == 120  # the 40x spike
+    timed = run.heatmap(ctx, "layered", "grad_norm", [5.0, 7.0], "value", "time")
+    assert min(timed.data[0].x) >= 4.9 and max(timed.data[0].x) <= 7.1  # seconds
+    assert run.default_colour(ctx.data("mlp-spiky")) == "relative"
+
+
+def test_runs_table_filters_and_sorts(ctx):
+    text = str(runs.runs_table(ctx, "^mlp-"))
+    assert "mlp-spiky" in text and "grokking" not in text
+    assert "regular expression" in str(runs.runs_table(ctx, "("))
+    rows = runs.runs_rows(ctx, [ctx.run(n) for n in ("mlp", "tiny-gpt")], sort="steps")
+    assert [r[3] for r in rows] == ["300", "200"]
