@@ -488,6 +488,112 @@ def _after_failure(exc: Exception, chunk: int) -> tuple[int, str | None]:
     return 1, f"{type(exc).__name__}: {exc}"[:300]
 
 
+# -- precision: the fastest engine within tol of the float32 loop -------------------------------
+
+CHECK_POINTS = 5  # grid points (centre, ends, quarters) evaluated by the float32 loop as a check
+
+
+@dataclass(frozen=True)
+class _Precision:
+    name: str
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+    tf32: bool = False
+
+
+def _candidates(
+    objective: Objective, dtype: torch.dtype | None, channels_last: bool
+) -> list[_Precision]:
+    """What ``auto`` may use: on CUDA also TF32 and bf16 autocast (with channels-last when the
+    model has convolutions); elsewhere only what was asked for."""
+    asked = _Precision(
+        "float32" if dtype is None else str(dtype).removeprefix("torch."), dtype, channels_last
+    )
+    if objective.device.type != "cuda" or dtype is not None or channels_last:
+        return [asked]
+    conv = any(p.dim() == 4 for p in objective.params)
+    out = [asked, _Precision("tf32", tf32=True)]
+    out.append(_Precision("bfloat16+channels_last" if conv else "bfloat16", torch.bfloat16, conv))
+    return out
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool) -> Any:
+    if not enabled:
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _check_indices(n: int) -> list[int]:
+    return sorted({0, n // 4, n // 2, (3 * n) // 4, n - 1})[:CHECK_POINTS]
+
+
+def _setup(
+    objective: Objective, base: dict[str, Tensor], vectors: Sequence[Direction], cl: bool
+) -> tuple[Objective, _Offsets]:
+    return (_channels_last_objective(objective) if cl else objective), _Offsets(base, vectors, cl)
+
+
+def _loop_losses(
+    objective: Objective, offsets: _Offsets, coefs: Tensor, dtype: torch.dtype | None
+) -> tuple[Tensor, float]:
+    """Losses of ``coefs`` one point at a time (after a warm-up point) and seconds per point."""
+    exact = torch.float32 if objective.device.type == "mps" else torch.float64
+    coefs = coefs.to(objective.device, exact)
+    replay = _RngReplay(objective.mode == "train", objective.device)
+    out = []
+    with torch.no_grad():
+        replay()
+        _point(objective, offsets, dtype, coefs[0])
+        start = _clock(objective.device)
+        for c in coefs:
+            replay()
+            out.append(_point(objective, offsets, dtype, c)[0].reshape(1))
+        seconds = (_clock(objective.device) - start) / coefs.shape[0]
+    return torch.cat(out).to("cpu", torch.float64), seconds
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _choose_precision(
+    objective: Objective,
+    base: dict[str, Tensor],
+    vectors: Sequence[Direction],
+    coefs: Tensor,
+    candidates: list[_Precision],
+    tol: float,
+) -> tuple[_Precision, Tensor, dict[str, dict[str, float]]]:
+    """The float32 loop on the check points, then each candidate timed there; the fastest
+    whose largest absolute loss error stays within ``tol`` wins (float32 always qualifies)."""
+    points = coefs[_check_indices(coefs.shape[0])]
+    reference, _ = _loop_losses(objective, _Offsets(base, vectors, False), points, None)
+    measured: dict[str, dict[str, float]] = {}
+    for candidate in candidates if len(candidates) > 1 else []:
+        obj, offsets = _setup(objective, base, vectors, candidate.channels_last)
+        with _tf32(candidate.tf32):
+            losses, seconds = _loop_losses(obj, offsets, points, candidate.dtype)
+        error = float((losses - reference).abs().max())
+        measured[candidate.name] = {"seconds_per_point": seconds, "error": error}
+    qualified = [
+        c for c in candidates if c.name not in measured or measured[c.name]["error"] <= tol
+    ]
+    best = min(
+        qualified,
+        key=lambda c: measured[c.name]["seconds_per_point"] if c.name in measured else 0.0,
+    )
+    return best, reference, measured
+
+
 # -- slices ----------------------------------------------------------------------------------
 
 
@@ -643,12 +749,15 @@ def landscape(
     channels_last: bool = False,
     hessian: HessianFn | None = None,
     name: str | None = None,
+    check_tol: float = 1e-3,
 ) -> pd.DataFrame:
     """A slice of ``objective`` (call inside ``objective.isolated()``); see :func:`loss_landscape`.
 
     ``hessian(k)`` may supply the top-k eigenvectors and eigenvalues; by default they come from
     Lanczos on ``objective`` (``gradlens.hessian``).
     """
+    if check_tol <= 0:
+        raise ValueError(f"check_tol must be > 0, got {check_tol}")
     options = _Options(
         seed, norm, ignore, orthogonalize, roughness, batch_points, dtype, channels_last
     )
@@ -658,11 +767,19 @@ def landscape(
     coords = [grid_coordinates(s, sp) for s, sp in zip(step_list, span_list, strict=True)]
     generator = torch.Generator().manual_seed(seed)
     found = _resolve(objective, _plan(directions, dims), generator, options, update, other, hessian)
-    if channels_last:
-        objective = _channels_last_objective(objective)
-    offsets = _Offsets(_base(objective, found.vectors), found.vectors, channels_last)
+    base = _base(objective, found.vectors)
     coefs = grid_points(*coords)
-    values = _evaluate(objective, offsets, coefs, batch_points, dtype)
+    candidates = _candidates(objective, dtype, channels_last)
+    precision, reference, measured = _choose_precision(
+        objective, base, found.vectors, coefs, candidates, check_tol
+    )
+    options = dataclasses.replace(
+        options, dtype=precision.dtype, channels_last=precision.channels_last
+    )
+    objective, offsets = _setup(objective, base, found.vectors, precision.channels_last)
+    with _tf32(precision.tf32):
+        values = _evaluate(objective, offsets, coefs, batch_points, precision.dtype)
+    check_error = float((values.loss[_check_indices(coefs.shape[0])] - reference).abs().max())
     frame = pd.DataFrame(
         {
             "alpha": coefs[:, 0].numpy(),
@@ -671,11 +788,12 @@ def landscape(
             "accuracy": values.accuracy.numpy(),
         }
     )
-    variations = (
-        _roughness(objective, generator, span_list[0], options, values.batch_points)
-        if roughness
-        else []
-    )
+    with _tf32(precision.tf32):
+        variations = (
+            _roughness(objective, generator, span_list[0], options, values.batch_points)
+            if roughness
+            else []
+        )
     label = name or (directions if isinstance(directions, str) else "custom")
     frame.attrs = {
         "slice": f"{label}-{dims}d",
@@ -686,6 +804,11 @@ def landscape(
         "mode": objective.mode,
         **_settings(options),
         **_summaries(frame, coords, values, variations, found),
+        "precision": precision.name,
+        "check_error": check_error,
+        "check_tol": check_tol,
+        "check_points": len(reference),
+        "candidates": measured,
     }
     return frame
 
@@ -710,6 +833,7 @@ def loss_landscape(
     batch_points: int | None = None,
     dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    check_tol: float = 1e-3,
 ) -> pd.DataFrame:
     """The loss (and accuracy) of ``model`` on ``data`` along a 1-D or 2-D slice.
 
@@ -737,6 +861,11 @@ def loss_landscape(
         batch_points: points per vmapped pass; ``None`` sizes it, ``1`` is the plain loop.
         dtype: autocast dtype (e.g. ``torch.bfloat16``) for the forward passes.
         channels_last: NHWC inputs and conv weights (faster convolutions on GPUs).
+        check_tol: with neither ``dtype`` nor ``channels_last`` given, on CUDA the fastest
+            of float32, TF32 and bf16 autocast (+ channels-last for conv nets) whose loss on
+            a few check points (centre, ends, quarters) stays within ``check_tol`` (absolute)
+            of the float32 loop is used. Every slice records ``precision``, the measured
+            ``check_error`` of its own values against the float32 loop and ``candidates``.
 
     Returns:
         A DataFrame with ``alpha``, ``beta`` (NaN for 1-D), ``loss``, ``accuracy`` (NaN unless
@@ -766,6 +895,7 @@ def loss_landscape(
             dtype=dtype,
             channels_last=channels_last,
             hessian=hessian,
+            check_tol=check_tol,
         )
 
 
@@ -804,6 +934,8 @@ def landscape_rows(frame: pd.DataFrame, step: int) -> dict[str, dict[str, list[A
         columns["beta"] += frame["beta"].tolist()
         columns["value"] += frame[metric].tolist()
     summary = {"roughness": attrs["roughness"], "nonfinite": float(attrs["nonfinite"])}
+    if "check_error" in attrs:  # |loss − float32 loop| on the check points
+        summary["check_error"] = attrs["check_error"]
     for kind in ("slope", "curvature"):
         summary.update({f"{kind}_{axis}": v for axis, v in attrs[kind].items()})
     for metric, value in summary.items():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from gradlens.landscape import filter_directions, landscape_rows, loss_landscape
+from gradlens.landscape import CHECK_POINTS, filter_directions, landscape_rows, loss_landscape
 from gradlens.objective import Objective, batches_from_data
 from gradlens.store.schema import SCHEMAS, to_arrow
 
@@ -250,9 +250,11 @@ def test_model_unchanged_when_evaluation_raises(mode, batch_points):
     before = _snapshot(model)
     calls = []
 
+    check = 1 + CHECK_POINTS  # the float32 loop on the check points (after a warm-up)
+
     def exploding(out, target):
         calls.append(1)
-        if len(calls) >= 3:  # the vmapped pass fails, then the loop it falls back to
+        if len(calls) >= check + 3:  # the vmapped pass fails, then the loop it falls back to
             raise RuntimeError("boom mid-grid")
         return F.cross_entropy(out, target)
 
@@ -267,7 +269,7 @@ def test_model_unchanged_when_evaluation_raises(mode, batch_points):
             batch_points=batch_points,
             roughness=0,
         )
-    assert len(calls) == 3 + (batch_points > 1)
+    assert len(calls) == check + 3 + (batch_points > 1)
     _assert_same(before, model)
 
 
@@ -448,6 +450,7 @@ def test_rows_fit_the_landscape_table():
     summaries = [
         "roughness",
         "nonfinite",
+        "check_error",
         "slope_alpha",
         "slope_beta",
         "curvature_alpha",
@@ -545,3 +548,59 @@ def test_automatic_engine_choice_and_memory_cap(monkeypatch):
     monkeypatch.setattr(landscape_module, "_CPU_BUDGET", 20_000)  # under 8 points: loop
     looped = loss_landscape(model, F.cross_entropy, (x, y), dims=2, steps=5, roughness=0)
     assert looped.attrs["engine"] == "loop"
+
+
+def _naive_float32_losses(model, data, frame):
+    """Copy θ + αd₁ + βd₂ into a copy of the model and run it: the float32 loop."""
+    import copy
+
+    clone = copy.deepcopy(model).eval()
+    d1, d2 = filter_directions(model, 2, seed=0)
+    theta = {n: p.detach().clone() for n, p in clone.named_parameters()}
+    out = []
+    with torch.no_grad():
+        for a, b in zip(frame["alpha"], frame["beta"]):
+            for n, p in clone.named_parameters():
+                p.copy_(theta[n] + a * d1[n] + b * d2[n])
+            out.append(float(F.cross_entropy(clone(data[0]), data[1])))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("batch_points", [None, 1, 10])
+def test_auto_records_its_engine_and_the_measured_check_error(batch_points):
+    model, data, _, _ = _engines_case("cnn")
+    df = loss_landscape(
+        model, F.cross_entropy, data, dims=2, steps=7, roughness=0, batch_points=batch_points
+    )
+    attrs = df.attrs
+    assert attrs["engine"] in ("vmap", "loop") and attrs["precision"] == "float32"
+    assert attrs["check_points"] == CHECK_POINTS and attrs["check_tol"] == 1e-3
+    naive = _naive_float32_losses(model, data, df)
+    idx = sorted({0, 49 // 4, 49 // 2, (3 * 49) // 4, 48})
+    expected = float(np.abs(df["loss"].to_numpy()[idx] - naive[idx]).max())
+    # the recorded error is the slice's own values against the float32 loop (to rounding)
+    assert attrs["check_error"] == pytest.approx(expected, abs=2e-6)
+    assert attrs["check_error"] <= 1e-3
+    np.testing.assert_allclose(df["loss"], naive, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_rejects_a_faster_precision_outside_tol(monkeypatch):
+    import gradlens.landscape as gl
+
+    bf16 = gl._Precision("bfloat16", torch.bfloat16)
+    monkeypatch.setattr(gl, "_candidates", lambda obj, dtype, cl: [gl._Precision("float32"), bf16])
+    model, data, _, _ = _engines_case("mlp")
+    kwargs = dict(dims=2, steps=5, roughness=0)
+    strict = loss_landscape(model, F.cross_entropy, data, check_tol=1e-7, **kwargs)
+    measured = strict.attrs["candidates"]
+    assert set(measured) == {"float32", "bfloat16"}
+    assert measured["bfloat16"]["error"] > 1e-7 and measured["float32"]["error"] <= 1e-7
+    assert strict.attrs["precision"] == "float32" and strict.attrs["check_error"] <= 1e-6
+    loose = loss_landscape(model, F.cross_entropy, data, check_tol=10.0, **kwargs)
+    chosen = loose.attrs["precision"]
+    seconds = {k: v["seconds_per_point"] for k, v in loose.attrs["candidates"].items()}
+    assert chosen == min(seconds, key=seconds.get)  # both qualify: the faster one
+    if chosen == "bfloat16":
+        assert loose.attrs["check_error"] == pytest.approx(
+            loose.attrs["candidates"]["bfloat16"]["error"], abs=1e-2
+        )

@@ -56,12 +56,15 @@ def test_probe_writes_rows_and_training_is_bitwise_unchanged(runs_dir):
     assert set(summaries["metric"]) == {
         "roughness",
         "nonfinite",
+        "check_error",
         "slope_alpha",
         "slope_beta",
         "curvature_alpha",
         "curvature_beta",
     }
     assert np.isfinite(summaries["value"]).all()
+    check = float(summaries[summaries.metric == "check_error"]["value"].iloc[0])
+    assert 0 <= check <= 1e-3  # the slice's own values against the float32 loop
 
     # the centre is the trained model's eval-mode loss on the two recorded batches
     objective = Objective(probed, batches_from_data(seen[:2], F.cross_entropy), "eval")
