@@ -7,8 +7,11 @@ callback bodies, cold (fresh cache) and warm, including the JSON encoding Dash d
 figure goes over the wire:
 
     python bench/dashboard.py [--steps 100000] [--layers 200] [--repeat 5] [--keep DIR]
+                              [--no-browser]
 
-Targets (issue 7): the run page opens in < 2 s, callbacks answer in < 300 ms.
+Targets (issue 7): the run page opens in < 2 s, callbacks answer in < 300 ms. Then (issue 15)
+every page of the sample runs is opened in headless Chromium (when chromium and chromedriver
+are installed) and timed until all its charts are drawn: goal < 1 s a page.
 """
 
 from __future__ import annotations
@@ -37,7 +40,27 @@ from gradlens.store.schema import SCHEMAS
 from gradlens.store.writer import write_grouped
 
 LAYER_METRICS = ("grad_norm", "nonfinite", "param_norm", "update_norm", "update_ratio")
-OPEN_TARGET_S, CALLBACK_TARGET_S = 2.0, 0.3
+OPEN_TARGET_S, CALLBACK_TARGET_S, RENDER_TARGET_S = 2.0, 0.3, 1.0
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
+PAGES = (
+    "/",
+    "/run/mlp-spiky",
+    "/run/grokking",
+    "/run/tiny-gpt",
+    "/curvature/grokking",
+    "/curvature/mlp",
+    "/collapse/grokking",
+    "/collapse/tiny-gpt",
+    "/landscape/mlp",
+    "/landscape/tiny-gpt",
+    "/compare?runs=grokking,grokking-wd",
+)
+_ALL_DRAWN = """
+const graphs = Array.from(document.querySelectorAll('.dash-graph'));
+if (!graphs.length) return !!document.querySelector('.message, #runs-rows tbody tr');
+return graphs.every(g => { const gd = g.querySelector('.js-plotly-plot');
+    return gd && gd._fullLayout && gd._fullData && !g.closest('[data-dash-is-loading=true]'); });
+"""
 
 
 def layer_names(count: int) -> list[str]:
@@ -163,6 +186,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="write the runs here and keep them")
+    parser.add_argument("--no-browser", action="store_true", help="skip the page render times")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="gradlens-bench-"))
     try:
@@ -170,6 +194,8 @@ def main() -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
+    if not args.no_browser:
+        browser_bench(SAMPLES, args.repeat)
 
 
 def bench(root: Path, steps: int, layers: int, repeat: int) -> None:
@@ -251,6 +277,20 @@ def bench(root: Path, steps: int, layers: int, repeat: int) -> None:
             fresh,
         ),
         (
+            "heatmap: colour relative to baseline (cold)",
+            OPEN_TARGET_S,
+            lambda: encode(run.heatmap(ctx, "long", "grad_norm", None, colour="relative")),
+            only_heatmap,
+        ),
+        (
+            "heatmap: relative colour, zoom 40% (warm)",
+            CALLBACK_TARGET_S,
+            lambda: encode(
+                run.heatmap(ctx, "long", "grad_norm", [steps * 0.2, steps * 0.6], "relative")
+            ),
+            None,
+        ),
+        (
             "smoothing slider: 3 run-page curves (warm)",
             CALLBACK_TARGET_S,
             lambda: encode(*run.curves(ctx, "long", 0.9, "time", ["log"])),
@@ -276,6 +316,62 @@ def bench(root: Path, steps: int, layers: int, repeat: int) -> None:
         f"{encode(heat) / 1e6:.1f} MB JSON; longest curve trace {points} points"
     )
     print("all within target" if not failed else f"{failed} over target")
+
+
+def browser_bench(root: Path, repeat: int) -> None:
+    """Seconds from navigation until every chart of each page is drawn, in headless Chromium."""
+    missing = [n for n in ("chromium", "chromedriver") if not shutil.which(n)]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+        from werkzeug.serving import make_server
+    except ImportError:
+        missing.append("selenium")
+    if missing:
+        print(f"\npage render times skipped: needs {', '.join(missing)}")
+        return
+    import socket
+    import threading
+
+    app = create_app(root)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    httpd = make_server("127.0.0.1", port, app.server, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    options = Options()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1600,1000")
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    print(f"\npage render in headless Chromium, {root.name}/ (median of {repeat}, warm server)")
+    print(f"{'page':<52} {'median':>9} {'target':>8}  ok")
+    failed = 0
+    try:
+        for page in PAGES:
+            times = []
+            for attempt in range(repeat + 1):
+                start = time.perf_counter()
+                driver.get(f"http://localhost:{port}{page}")
+                time.sleep(0.05)
+                while not driver.execute_script(_ALL_DRAWN):
+                    if time.perf_counter() - start > 60:
+                        break
+                    time.sleep(0.02)
+                if attempt:  # the first visit warms the server's cache and the browser's
+                    times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+            ok = seconds < RENDER_TARGET_S
+            failed += not ok
+            print(
+                f"{page:<52} {seconds * 1000:7.0f} ms {RENDER_TARGET_S * 1000:6.0f} ms  "
+                f"{'yes' if ok else 'NO'}"
+            )
+    finally:
+        driver.quit()
+        httpd.shutdown()
+    print("every page within target" if not failed else f"{failed} pages over target")
 
 
 if __name__ == "__main__":

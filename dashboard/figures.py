@@ -72,7 +72,7 @@ class Axes:
     xaxis: str = "step"
     log_y: bool = False
     start_time: float | None = None
-    max_points: int = 2000
+    max_points: int = 1500  # min/max pairs: about one per pixel column of a wide chart
     ignore_outliers: bool = False
 
 

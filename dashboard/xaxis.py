@@ -32,18 +32,21 @@ def align(fig: go.Figure, extent: list[Any] | None, xrange: Sequence[Any] | None
         return fig
     top = fig.layout.margin.t if fig.layout.margin.t is not None else MARGIN["t"]
     bottom = fig.layout.margin.b if fig.layout.margin.b is not None else MARGIN["b"]
-    fig.update_layout(margin={**MARGIN, "t": max(top, 40), "b": max(bottom, 40)})
     shown = list(xrange) if isinstance(xrange, list | tuple) and len(xrange) == 2 else extent
-    if shown is not None:
-        fig.update_xaxes(range=shown, autorange=False)
-    fig.update_xaxes(
+    axis: dict[str, Any] = dict(
         showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1, spikedash="dot"
     )
-    fig.update_layout(title_font_size=14, title_x=0.01, title_xref="container")
+    if shown is not None:
+        axis.update(range=shown, autorange=False)
+    update: dict[str, Any] = {
+        "margin": {**MARGIN, "t": max(top, 40), "b": max(bottom, 40)},
+        "title": {"font": {"size": 14}, "x": 0.01, "xref": "container"},
+    }
+    keys = [k for k in fig.layout if k.startswith("xaxis")] or ["xaxis"]
+    update.update({k: axis for k in keys})  # one update: plotly's setters are slow
     if "xaxis2" not in fig.layout:  # one chart: legend over it; subplots keep theirs
-        fig.update_layout(
-            legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom", xanchor="left")
-        )
+        update["legend"] = dict(orientation="h", x=0, y=1.0, yanchor="bottom", xanchor="left")
+    fig.update_layout(update)
     return fig
 
 
