@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import shlex
 
+import pytest
+
 from gradlens.report import summarize
 from gradlens.report.format import loss_value
 from gradlens.store import open_run
 from tests.conftest import gradlens_cli
+
+pytest.importorskip("torch")  # absent in the floors check (.ci/floors)
 
 SCRIPT = """
 import torch
