@@ -61,6 +61,7 @@ def create_app(
     app.layout = html.Div(
         [
             dcc.Location(id="url"),
+            dcc.Store(id="title"),
             dcc.Interval(id="refresh", interval=refresh_ms, disabled=True),
             html.Div(id="page"),
         ]
@@ -74,6 +75,19 @@ def create_app(
     )
     def _route(pathname: str | None, search: str | None) -> Any:
         return render(ctx, pathname, search), not needs_refresh(ctx, pathname)
+
+    # the tab names the run and the page ("grokking · curvature — gradlens")
+    app.clientside_callback(
+        """function(path) {
+            const parts = (path || '/').split('/').filter(p => p);
+            const page = parts[0] || 'runs';
+            const name = parts.length > 1 ? decodeURIComponent(parts[1]) : '';
+            document.title = (name ? name + ' · ' + page : page) + ' — gradlens';
+            return document.title;
+        }""",
+        Output("title", "data"),
+        Input("url", "pathname"),
+    )
 
     @app.callback(
         Output("refresh", "disabled", allow_duplicate=True),

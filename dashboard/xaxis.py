@@ -38,7 +38,9 @@ def align(fig: go.Figure, extent: list[Any] | None, xrange: Sequence[Any] | None
     )
     if shown is not None:
         axis.update(range=shown, autorange=False)
+    heat = any(getattr(t, "type", "") == "heatmap" for t in fig.data)
     update: dict[str, Any] = {
+        "hovermode": "closest" if heat else "x",  # curves: every trace's value at that x
         "margin": {**MARGIN, "t": max(top, 40), "b": max(bottom, 40)},
         "title": {"font": {"size": 14}, "x": 0.01, "xref": "container"},
     }

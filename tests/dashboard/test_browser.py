@@ -253,6 +253,17 @@ def test_run_page_from_a_spike_to_its_layer(browser, server):
     # grokking has spike events: the heatmap colours each layer against its own baseline
     heat = _traces(browser, "heatmap-graph")[0]
     assert "baseline" in heat["title"] and "steps %{customdata[1]}" in heat["hover"]
+    assert browser.title == "grokking · run — gradlens"
+    # hovering the loss shows the values at that step on the other curves too
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    plot = browser.find_element("css selector", "#loss-graph .nsewdrag")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", plot)
+    ActionChains(browser).move_to_element(plot).pause(0.2).move_by_offset(5, 0).perform()
+    _until(
+        lambda: browser.find_elements("css selector", "#gradnorm-graph .hoverlayer .hovertext"),
+        what="linked hover",
+    )
     _shot(browser, "run")
     # click the gradient-spike finding: every chart zooms to its steps, its layer opens
     finding = next(
