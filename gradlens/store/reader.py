@@ -27,6 +27,7 @@ from gradlens.store.segments import is_journal, read_journal, readable_files
 __all__ = ["Run", "list_runs", "open_run"]
 
 Filter = tuple[str, str, Any]
+_ATTEMPTS = 20  # listings of a table whose files a writer replaces while it is read
 
 
 class Run:
@@ -82,13 +83,15 @@ class Run:
                 raise TableError(f"run {self.name!r} has no table {name!r}")
             empty = SCHEMAS[name].empty_table().to_pandas()
             return empty[list(columns)] if columns else empty
-        for attempt in range(2):
+        done: dict[Path, pa.Table] = {}  # rows read so far, kept while their file still counts
+        for attempt in range(_ATTEMPTS):
             try:
-                frame = _read(files, columns, filters)
+                frame = _read(files, columns, filters, done)
                 break
-            except FileNotFoundError:  # compacted while we read: list the files again
+            except FileNotFoundError:  # folded, merged or compacted while we read: list again
                 files = _files(self.path / name)
-                if attempt == 1 or not files:
+                done = {path: rows for path, rows in done.items() if path in files}
+                if attempt == _ATTEMPTS - 1 or not files:
                     raise TableError(
                         f"table {name!r} of run {self.name!r} changed while being read"
                     ) from None
@@ -182,28 +185,31 @@ def _short(message: str, run_dir: Path) -> str:
 
 
 def _read(
-    files: list[Path], columns: Sequence[str] | None, filters: Sequence[Filter] | None
+    files: list[Path],
+    columns: Sequence[str] | None,
+    filters: Sequence[Filter] | None,
+    done: dict[Path, pa.Table],
 ) -> pa.Table:
+    """The rows of ``files``; those in ``done`` are not read again, new ones are added."""
     expr = _expression(filters) if filters else None
     wanted = list(columns) if columns else None
-    parquet = [f for f in files if not is_journal(f)]
-    parts = []
+    parquet = [f for f in files if not is_journal(f) and f not in done]
     if parquet:
         schema = pa.unify_schemas([ds.dataset(f, format="parquet").schema for f in parquet])
-        dataset = ds.dataset([str(f) for f in parquet], format="parquet", schema=schema)
-        parts.append(dataset.to_table(columns=wanted, filter=expr))
     for path in files:
+        if path in done:
+            continue
         if is_journal(path):
             table = read_journal(path, SCHEMAS.get(path.parent.name))
-            if not table.num_rows:
-                continue
-            if expr is not None:
+            if expr is not None and table.num_rows:
                 table = table.filter(expr)
-            parts.append(table.select(wanted) if wanted is not None else table)
-    if not parts:  # only empty journals
-        schema = SCHEMAS.get(files[0].parent.name) or pa.schema([])
-        empty = schema.empty_table()
-        return empty.select(wanted) if wanted is not None else empty
+            done[path] = table.select(wanted) if wanted is not None else table
+        else:
+            dataset = ds.dataset(str(path), format="parquet", schema=schema)
+            done[path] = dataset.to_table(columns=wanted, filter=expr)
+    parts = [done[f] for f in files if done[f].num_rows]
+    if not parts:
+        return done[files[0]]
     if len(parts) == 1:
         return parts[0]
     return pa.concat_tables(parts, promote_options="permissive")

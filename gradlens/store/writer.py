@@ -94,7 +94,12 @@ class RunWriter:
         self._journals: dict[str, _Journal] = {}
         self._error: BaseException | None = None
         self._closed = False
+        # Background merges run on their own thread, so a long merge never delays the journal.
+        self._merges: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._merger = threading.Thread(target=self._merge_loop, name="gradlens-merge", daemon=True)
         self._thread = threading.Thread(target=self._loop, name="gradlens-writer", daemon=True)
+        self._merger.start()
         self._thread.start()
 
     def submit(self, job: Job) -> None:
@@ -125,6 +130,9 @@ class RunWriter:
         with HeldSignals():
             self._queue.put(_STOP)
             self._thread.join()
+            self._stopping.set()  # a merge under way stops; compaction reads its inputs
+            self._merges.put(None)
+            self._merger.join()
             if compact:
                 for folder in self._folders():
                     self._guard(functools.partial(compact_table, folder, self.tag), folder.name)
@@ -175,7 +183,7 @@ class RunWriter:
             if stop or journal.due(now, self.min_interval):
                 self._guard(functools.partial(self._fold, table), table)
                 if not stop:
-                    self._guard(functools.partial(self._merge, table), table)
+                    self._merges.put(table)
         for waiter in waiters:
             waiter.set()
         return stop
@@ -222,21 +230,20 @@ class RunWriter:
             write_segment(rows, journal.path.parent, journal.number, self.tag)
         journal.path.unlink()
 
+    # -- merge thread --------------------------------------------------------------------------
+
+    def _merge_loop(self) -> None:
+        while (table := self._merges.get()) is not None:
+            self._guard(functools.partial(self._merge, table), table)
+
     def _merge(self, table: str) -> None:
-        """Merge the newest ``MERGE_FANOUT`` files of one size, as long as there are that many
+        """Merge ``MERGE_FANOUT`` consecutive files of one size, oldest first, while there are
         (background compaction: a table keeps O(FANOUT · log(segments)) files)."""
-        while True:
-            kept, _ = segments(self.run_dir / table, self.tag)
-            while kept and kept[-1].kind == "journal":
-                kept.pop()
-            run: list[Segment] = []
-            for segment in reversed(kept):
-                if segment.kind == "journal" or (run and _level(segment) != _level(run[0])):
-                    break
-                run.append(segment)
-            if len(run) < MERGE_FANOUT:
+        while not self._stopping.is_set():
+            group = _mergeable(segments(self.run_dir / table, self.tag)[0])
+            if group is None:
                 return
-            merge_segments(run[MERGE_FANOUT - 1 :: -1])
+            merge_segments(group, self._stopping.is_set)
 
     def _guard(self, action: Callable[[], object], table: str | None = None) -> None:
         """Run ``action``; a failure is reported once and never stops training."""
@@ -295,6 +302,19 @@ class _Journal:
                 self._file.close()
 
 
+def _mergeable(kept: Sequence[Segment]) -> list[Segment] | None:
+    """The oldest ``MERGE_FANOUT`` consecutive Parquet files of one level, if any."""
+    run: list[Segment] = []
+    for segment in kept:
+        if segment.kind == "journal" or (run and _level(segment) != _level(run[0])):
+            run = []
+        if segment.kind != "journal":
+            run.append(segment)
+        if len(run) == MERGE_FANOUT:
+            return run
+    return None
+
+
 def _level(segment: Segment) -> int:
     """log_FANOUT of the number of segments a file covers: 0 for a part, 1 for a merge of 8…"""
     width, level = segment.hi - segment.lo + 1, 0
@@ -304,11 +324,19 @@ def _level(segment: Segment) -> int:
     return level
 
 
-def merge_segments(files: Sequence[Segment]) -> Path:
+class MergeCancelled(Exception):
+    """``merge_segments`` was told to stop; nothing changed."""
+
+
+def merge_segments(
+    files: Sequence[Segment], cancelled: Callable[[], bool] = lambda: False
+) -> Path | None:
     """Merge consecutive Parquet files of one writer into ``merge-LO-HI``, then delete them.
 
     Streams row groups (memory: one row group), keeps the rows' order, and is crash-safe like
     compaction: the merged file appears atomically and covers exactly the inputs' range.
+    ``cancelled`` is asked between row groups; if it says so, the merge stops, leaves no
+    file behind and returns None.
     """
     first, last = files[0], files[-1]
     folder = first.path.parent
@@ -321,6 +349,8 @@ def merge_segments(files: Sequence[Segment]) -> Path:
             size = 0
             for segment in files:
                 for batch in pq.ParquetFile(segment.path).iter_batches(batch_size=ROW_GROUP_MAX):
+                    if cancelled():
+                        raise MergeCancelled
                     pending.append(batch)
                     size += batch.num_rows
                     if size >= ROW_GROUP_MAX:
@@ -329,6 +359,9 @@ def merge_segments(files: Sequence[Segment]) -> Path:
             if pending:
                 out.write_table(pa.Table.from_batches(pending).cast(schema))
         os.replace(tmp, path)
+    except MergeCancelled:
+        remove_quietly(tmp)
+        return None
     except BaseException:
         remove_quietly(tmp)
         raise

@@ -192,8 +192,7 @@ def test_ls_lists_runs(runs_dir):
     result = gradlens_cli("ls", str(runs_dir))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    row_one = next(line for line in lines if " one " in line)
-    row_two = next(line for line in lines if " two " in line)
-    assert "finished" in row_one and " 3 " in row_one
-    assert "failed" in row_two and " 9 " in row_two
+    rows = {line.split()[0]: line.split() for line in lines if line.split()}
+    assert rows["one"][1:3] == ["finished", "3"]
+    assert rows["two"][1:3] == ["failed", "9"]
     assert gradlens_cli("ls", str(runs_dir / "nope")).returncode == 2

