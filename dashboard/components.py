@@ -257,9 +257,12 @@ def csv_link(name: str, table: str, metric: str, **where: object) -> html.A:
     return html.A(f"⤓ {label}", href=href, className="csv", download=f"{name}-{metric}.csv")
 
 
-def config_details(meta: Mapping[str, Any]) -> html.Details:
-    """argv, versions, git sha, device and the recorded config (hyperparameters) of a run."""
-    rows: list[list[Any]] = []
+def config_details(meta: Mapping[str, Any], extra: Sequence[tuple[str, str]] = ()) -> html.Details:
+    """argv, versions, git sha, device and the recorded config (hyperparameters) of a run.
+
+    ``extra``: more (key, value) rows, e.g. what the run's data says (its learning rates).
+    """
+    rows: list[list[Any]] = [[k, v] for k, v in extra]
     argv = meta.get("argv")
     if isinstance(argv, list):
         rows.append(["argv", html.Code(" ".join(str(a) for a in argv))])

@@ -22,6 +22,7 @@ from gradlens.dashboard.components import (
     axes_from,
     controls,
     flatten,
+    health,
     message,
     nav,
     read_state,
@@ -116,7 +117,7 @@ def layout(ctx: AppContext, search: str | None) -> html.Div:
             dcc.Input(id="compare-run-filter", type="text", placeholder="filter runs (regex)"),
             dcc.Checklist(
                 id="compare-runs",
-                options=_run_options(names, colours),
+                options=_run_options(names, colours, _health_marks(ctx, names)),
                 value=chosen,
                 labelStyle={"display": "block"},
             ),
@@ -171,7 +172,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         names = ctx.catalog.names()
         keep = _regex(pattern)
         shown = [n for n in names if keep is None or keep.search(n) or n in (chosen or [])]
-        return _run_options(shown, run_colours(names))
+        return _run_options(shown, run_colours(names), _health_marks(ctx, shown))
 
     @app.callback(
         Output("compare-layer", "options"),
@@ -403,16 +404,35 @@ def config_diff(ctx: AppContext, names: Sequence[str]) -> Any:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _run_options(names: Sequence[str], colours: Mapping[str, str]) -> list[dict[str, Any]]:
+def _run_options(
+    names: Sequence[str], colours: Mapping[str, str], marks: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Checklist options: the run's colour swatch, its name and its health mark."""
     return [
         {
             "label": html.Span(
-                [html.Span(className="swatch", style={"background": colours.get(n, "#999")}), n]
+                [
+                    html.Span(className="swatch", style={"background": colours.get(n, "#999")}),
+                    n,
+                    html.Span(f" {(marks or {}).get(n, '')}", className="mark"),
+                ]
             ),
             "value": n,
         }
         for n in names
     ]
+
+
+def _health_marks(ctx: AppContext, names: Sequence[str]) -> dict[str, str]:
+    """✓, ⚠ or ✕ per run: the worst finding of the report (when built)."""
+    out = {}
+    for name in names:
+        try:
+            label, _ = health(ctx.findings.state(ctx.run(name), start=False))
+        except Exception:
+            label = "unreadable"
+        out[name] = label.split(" ")[0] if label[:1] in "✓⚠✕" else ""
+    return out
 
 
 def _section(key: str) -> str:

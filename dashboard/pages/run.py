@@ -192,8 +192,23 @@ def header(ctx: AppContext, name: str) -> Any:
             ],
             className="facts",
         ),
-        config_details(meta),
+        config_details(meta, _learning_rates(ctx, name)),
     ]
+
+
+def _learning_rates(ctx: AppContext, name: str) -> list[tuple[str, str]]:
+    """Each param group's learning rate at the first and last step (from the ``lr`` scalar)."""
+    try:
+        data = ctx.data(name)
+        lr = data.groups("lr") if data.has("scalars") else pd.DataFrame()
+    except Exception:
+        return []
+    rows = []
+    for group, part in lr.groupby("series", sort=False) if not lr.empty else []:
+        first, last = part["value"].iloc[0], part["value"].iloc[-1]
+        shown = f"{first:.4g}" if first == last else f"{first:.4g} → {last:.4g}"
+        rows.append((f"lr ({group})", shown))
+    return rows
 
 
 def default_colour(data: RunData) -> str:

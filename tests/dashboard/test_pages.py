@@ -205,3 +205,13 @@ def test_runs_table_filters_and_sorts(ctx):
     assert "regular expression" in str(runs.runs_table(ctx, "("))
     rows = runs.runs_rows(ctx, [ctx.run(n) for n in ("mlp", "tiny-gpt")], sort="steps")
     assert [r[3] for r in rows] == ["300", "200"]
+
+
+def test_run_header_has_health_config_and_learning_rates(ctx):
+    deadline = time.monotonic() + 20
+    while "unhealthy" not in str(header := run.header(ctx, "mlp-diverged")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert "status finished unhealthy" in str(header)
+    text = str(run.header(ctx, "grokking"))
+    assert "lr (group 0)" in text and "0.01" in text and "argv" in text and "spikes.beta" in text
