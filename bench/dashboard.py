@@ -331,9 +331,11 @@ def browser_bench(root: Path, repeat: int) -> None:
     if missing:
         print(f"\npage render times skipped: needs {', '.join(missing)}")
         return
+    import logging
     import socket
     import threading
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log in the table
     app = create_app(root)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
