@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import GPT, ResNet18
 
 import gradlens.hessian as gh
+from gradlens.functional.trace import hutchpp
 from gradlens.hessian.hvp import HVP
 from gradlens.objective import Objective, batches_from_data
 
@@ -142,13 +143,16 @@ class _Criterion(nn.Module):
 def _gradlens(model, batch, loss_fn, device: str, k: int):
     m = copy.deepcopy(model)
     objective = Objective(m, batches_from_data(batch, loss_fn))
-    out = {}
+    out: dict = {}
     with objective.isolated():
+        _sync(device)
         start = time.perf_counter()
-        engine = HVP(objective, "auto", log=lambda msg: out.setdefault("note", msg))
+        engine = HVP(objective, "auto", log=lambda msg: out.setdefault("notes", []).append(msg))
         _sync(device)
         out["setup_seconds"] = time.perf_counter() - start
         out["method"] = engine.method + (" (math attention)" if engine.math_attention else "")
+        out["selection_ms"] = {m_: 1e3 * t for m_, t in engine.selection["seconds"].items()}
+        out["fd_check"] = engine.selection["fd_check"]
         grad_times = [engine.gradient_time() for _ in range(3)]
         out["grad_ms"] = 1e3 * min(grad_times)
         v = torch.randn(engine.dim, device=engine.device, dtype=engine.dtype)
@@ -162,19 +166,25 @@ def _gradlens(model, batch, loss_fn, device: str, k: int):
             hvp_times.append(time.perf_counter() - t)
         out["hvp_ms"] = 1e3 * min(hvp_times)
         engine.count = 0
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            out["model_gib"] = torch.cuda.memory_allocated() / 2**30
         _sync(device)
         start = time.perf_counter()
         res = gh.top_eigenpairs(engine, k, "LA", 1e-3)
         _sync(device)
         out["eig_seconds"] = time.perf_counter() - start
+        if device == "cuda":
+            out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         out["eig_hvps"] = res.hvps
         out["eigenvalues"] = res.eigenvalues
         out["residual"] = float((res.residuals / res.eigenvalues.abs()).max())
+        out["basis"] = res.basis
+        out["restarts"] = res.run.restarts
+        out["basis_vectors"] = res.run.basis_vectors
         engine.count = 0
         start = time.perf_counter()
-        from gradlens.functional.trace import hutchpp
-
-        tr = hutchpp(
+        tr = hutchpp(  # reuses the eigen run: converged pairs deflated exactly
             engine,
             engine.dim,
             sketch=10,
@@ -184,9 +194,12 @@ def _gradlens(model, batch, loss_fn, device: str, k: int):
             generator=torch.Generator().manual_seed(0),
             dtype=engine.dtype,
             device=engine.device,
+            known=res.converged_pairs(1e-2),
         )
+        _sync(device)
         out["trace_seconds"] = time.perf_counter() - start
         out["trace_hvps"], out["trace"], out["trace_stderr"] = tr.hvps, tr.estimate, tr.stderr
+        out["trace_reached"], out["trace_deflated"] = tr.reached, tr.deflated
     return out
 
 
@@ -197,51 +210,71 @@ def _err(values, reference) -> float:
     return float(((v - reference) / reference.abs()).abs().max())
 
 
-def run_problem(name, model, batch, loss_fn, device: str, k: int = 5, trace_ref=None) -> None:
+def measure(
+    model, batch, loss_fn, device: str, k: int = 5, trace_ref=None, reference=True, baseline=True
+) -> dict:
+    """gradlens and PyHessian on one problem; errors against a float64 reference."""
     model = model.to(device)
     batch = tuple(t.to(device) for t in batch)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"\n== {name} on {device}: {params:,} parameters", flush=True)
-    reference = reference_eigenvalues(model, batch, loss_fn, k).cpu()
-    print(
-        f"reference top-{k} (float64 Lanczos, tol 1e-10): "
-        + ", ".join(f"{v:.6g}" for v in reference.tolist())
-    )
-    ours = _gradlens(model, batch, loss_fn, device, k)
-    theirs = _pyhessian(model, batch, loss_fn, device, k)
+    out: dict = {"params": sum(p.numel() for p in model.parameters()), "device": device}
+    ref = reference_eigenvalues(model, batch, loss_fn, k).cpu() if reference else None
+    out["reference"] = ref.tolist() if ref is not None else None
+    out["gradlens"] = _gradlens(model, batch, loss_fn, device, k)
+    out["pyhessian"] = _pyhessian(model, batch, loss_fn, device, k) if baseline else {}
+    for r in (out["gradlens"], out["pyhessian"]):
+        if ref is not None and "eigenvalues" in r:
+            r["max_rel_err"] = _err(r["eigenvalues"], ref)
+        if trace_ref and "trace" in r:
+            r["trace_rel_err"] = abs(r["trace"] - trace_ref) / abs(trace_ref)
+        if "eigenvalues" in r:
+            r["eigenvalues"] = [float(v) for v in r["eigenvalues"]]
+    ours = out["gradlens"]
+    ours["hvp_over_grad"] = ours["hvp_ms"] / ours["grad_ms"]
+    ours["wall_over_hvps"] = ours["eig_seconds"] / (ours["eig_hvps"] * ours["hvp_ms"] / 1e3)
+    theirs = out["pyhessian"]
+    if "eig_seconds" in theirs:
+        out["wall_ratio_pyhessian_over_gradlens"] = theirs["eig_seconds"] / ours["eig_seconds"]
+        out["hvp_ratio_pyhessian_over_gradlens"] = theirs["eig_hvps"] / ours["eig_hvps"]
+    return out
+
+
+def run_problem(name, model, batch, loss_fn, device: str, k: int = 5, trace_ref=None) -> dict:
+    print(f"\n== {name} on {device}", flush=True)
+    r = measure(model, batch, loss_fn, device, k, trace_ref)
+    print(f"{r['params']:,} parameters; reference top-{k}: {r['reference']}")
     print(
         f"{'':<10} {'top-5 HVPs':>10} {'seconds':>8} {'max rel err':>12} "
-        f"{'trace HVPs':>10} {'trace':>10} {'trace err':>10}"
+        f"{'trace HVPs':>10} {'trace':>10} {'± stderr':>9} {'trace err':>10}"
     )
-    for label, r in (("gradlens", ours), ("PyHessian", theirs)):
-        if "error" in r:
-            print(f"{label:<10} failed: {r['error']}")
+    for label in ("gradlens", "pyhessian"):
+        x = r[label]
+        if "error" in x or "eig_hvps" not in x:
+            print(f"{label:<10} failed: {x.get('error', 'not run')}")
             continue
-        trace_err = f"{abs(r['trace'] - trace_ref) / abs(trace_ref):.2%}" if trace_ref else "-"
+        trace_err = f"{x['trace_rel_err']:.2%}" if "trace_rel_err" in x else "-"
+        stderr = f"{x['trace_stderr']:.2g}" if "trace_stderr" in x else "none"
         print(
-            f"{label:<10} {r['eig_hvps']:>10} {r['eig_seconds']:>8.3f} "
-            f"{_err(r['eigenvalues'], reference):>12.2e} {r['trace_hvps']:>10} "
-            f"{r['trace']:>10.5g} {trace_err:>10}"
+            f"{label:<10} {x['eig_hvps']:>10} {x['eig_seconds']:>8.3f} "
+            f"{x.get('max_rel_err', math.nan):>12.2e} {x['trace_hvps']:>10} "
+            f"{x['trace']:>10.5g} {stderr:>9} {trace_err:>10}"
         )
-    if "eig_hvps" in theirs:
+    if "wall_ratio_pyhessian_over_gradlens" in r:
         print(
-            f"HVP ratio PyHessian / gradlens: {theirs['eig_hvps'] / ours['eig_hvps']:.1f}×"
-            f"  (target ≥ 4×)"
+            f"PyHessian / gradlens: wall {r['wall_ratio_pyhessian_over_gradlens']:.2f}×, "
+            f"HVPs {r['hvp_ratio_pyhessian_over_gradlens']:.1f}×"
         )
-    if "density" in theirs:
-        print(f"PyHessian density(): {theirs['density']}")
-    budget = ours["eig_hvps"] * ours["hvp_ms"] / 1e3
+    ours = r["gradlens"]
     print(
-        f"gradlens engine: {ours['method']}; gradient {ours['grad_ms']:.2f} ms, HVP "
-        f"{ours['hvp_ms']:.2f} ms = {ours['hvp_ms'] / ours['grad_ms']:.2f}× gradient (target ≤ 3)"
+        f"gradlens engine: {ours['method']} (timed ms: "
+        + ", ".join(f"{m} {t:.3g}" for m, t in ours["selection_ms"].items())
+        + f"; FD check {ours['fd_check']}); HVP {ours['hvp_over_grad']:.2f}× gradient"
     )
     print(
-        f"gradlens wall / (HVPs × HVP time) = {ours['eig_seconds'] / budget:.2f} "
-        f"(target ≤ 1.2); engine selection {ours['setup_seconds']:.2f} s; trace "
-        f"{ours['trace']:.5g} ± {ours['trace_stderr']:.2g}"
+        f"gradlens wall / (HVPs × HVP time) = {ours['wall_over_hvps']:.2f} (target ≤ 1.2); "
+        f"basis {ours['basis']}, {ours['restarts']} restarts; trace reached its stderr: "
+        f"{ours['trace_reached']} ({ours['trace_deflated']} pairs deflated)"
     )
-    if "note" in ours:
-        print(f"note: {ours['note']}")
+    return r
 
 
 def _gpt_batch(vocab: int, batch: int, tokens: int, generator) -> tuple:
@@ -291,19 +324,49 @@ def main() -> None:
             scale_run(g)
 
 
-def scale_run(g) -> None:
-    """GPT-2-small (124M) top-5 on 8×512 tokens: time and peak memory (GPU)."""
+SCALE_124M = dict(vocab=50257, block=512, d=768, layers=12, heads=12, batch=8)
+
+
+def scale(g, device: str = "cuda", vocab=50257, block=512, d=768, layers=12, heads=12, batch=8):
+    """Top-5 of a GPT (GPT-2-small sized by default: 124M) on batch × block tokens: time, HVPs,
+    basis plan and peak memory against the model's own memory."""
     torch.manual_seed(0)
-    model = GPT(vocab=50257, block=512, d=768, layers=12, heads=12).cuda().eval()
-    idx, tgt = (t.cuda() for t in _gpt_batch(50257, 8, 512, g))
-    torch.cuda.reset_peak_memory_stats()
+    model = GPT(vocab=vocab, block=block, d=d, layers=layers, heads=heads).to(device).eval()
+    idx, tgt = (t.to(device) for t in _gpt_batch(vocab, batch, block, g))
+    params = sum(p.numel() for p in model.parameters())
+    out: dict = {"params": params, "tokens": batch * block}
+    if device == "cuda":
+        torch.cuda.synchronize()
+        out["model_gib"] = torch.cuda.memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     res = gh.hessian_eigenvalues(model, lm_loss, (idx, tgt), k=5, tol=1e-3)
-    torch.cuda.synchronize()
+    _sync(device)
+    out.update(
+        seconds=time.perf_counter() - start,
+        hvps=res.hvps,
+        setup_hvps=res.setup_hvps,
+        method=res.method,
+        eigenvalues=res.eigenvalues.tolist(),
+        max_rel_residual=float((res.residuals / res.eigenvalues.abs()).max()),
+        converged=res.converged,
+        basis=res.basis,
+        basis_vectors=res.run.basis_vectors,
+        restarts=res.run.restarts,
+        vector_gib=params * 4 / 2**30,
+    )
+    if device == "cuda":
+        out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def scale_run(g) -> None:
+    r = scale(g)
     print(
-        f"\n== GPT-2 small scale: top-5 {res.eigenvalues.tolist()} in "
-        f"{time.perf_counter() - start:.1f} s, {res.hvps} HVPs, engine {res.method}, peak "
-        f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB (target ≤ 30 s)"
+        f"\n== GPT-2 small scale: top-5 {r['eigenvalues']} in {r['seconds']:.1f} s, "
+        f"{r['hvps']} HVPs, engine {r['method']}, basis {r['basis']}, peak "
+        f"{r['peak_gib']:.1f} GiB = model {r['model_gib']:.1f} GiB + "
+        f"{(r['peak_gib'] - r['model_gib']) / r['vector_gib']:.1f} vectors (target ≤ 30 s)"
     )
 
 
