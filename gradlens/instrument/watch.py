@@ -60,14 +60,12 @@ def watch_script(script: str | Path, args: list[str], **lens_options: Any) -> tu
         ending.raising = False
         ended = exc
     ending.raising = False  # from here on a signal is noted, then held, never raised
-    presses = ending.noted.count(signal.SIGINT) + isinstance(ended, KeyboardInterrupt)
-    held = HeldSignals(presses=presses, redeliver=False)
+    held = HeldSignals(presses=int(isinstance(ended, KeyboardInterrupt)), redeliver=False)
     try:
         with held:
             if ended is not None:
                 code, status, error = _outcome(ended, path)
-            _close(lens, status, code, error, held, ending.noted)
-        first = next(iter([*ending.noted, *held.received]), None)
+            first = _close(lens, status, code, error, held, ending.noted)
         if first is not None and code == 0:
             code = exit_code_for(first)
     except KeyboardInterrupt:  # the third Ctrl-C: abandon the close
@@ -83,14 +81,18 @@ def watch_script(script: str | Path, args: list[str], **lens_options: Any) -> tu
 
 def _close(
     lens: Lens, status: str, code: int, error: str | None, held: HeldSignals, noted: list[int]
-) -> None:
-    """Close the run; a signal that came meanwhile makes a successful run ``interrupted``."""
+) -> int | None:
+    """Close the run; a signal that came meanwhile makes a successful run ``interrupted``.
+
+    Returns that signal (the exit code follows it, so meta and exit code always agree).
+    """
     lens.close(status, exit_code=code, error=error)
     first = next(iter([*noted, *held.received]), None)
     if first is None or code != 0 or lens.run_dir is None or not lens.dist.main:
-        return
+        return first
     name = "KeyboardInterrupt" if first == signal.SIGINT else signal.Signals(first).name
     update_meta(lens.run_dir, status="interrupted", exit_code=exit_code_for(first), error=name)
+    return first
 
 
 def _outcome(exc: BaseException, script: Path) -> tuple[int, str, str | None]:
@@ -111,9 +113,11 @@ def _outcome(exc: BaseException, script: Path) -> tuple[int, str, str | None]:
 
 
 class _Ending:
-    """SIGINT/SIGTERM handler: unwinds the script while it runs, only notes a signal after.
+    """SIGTERM handler: unwinds the script while it runs, only notes a signal after.
 
     (``HeldSignals`` takes over for the close; this covers the few instructions between.)
+    SIGINT keeps Python's own handler while the script runs: ``asyncio.run`` and others
+    look for it.
     """
 
     def __init__(self) -> None:
@@ -121,26 +125,21 @@ class _Ending:
         self.noted: list[int] = []
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if not self.raising:
-            self.noted.append(signum)
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        else:
+        if self.raising:
             raise _Terminated()
+        self.noted.append(signum)
 
-    def install(self) -> dict[int, Any]:
-        previous: dict[int, Any] = {}
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[signum] = signal.signal(signum, self)
-            except ValueError:  # not the main thread
-                pass
-        return previous
+    def install(self) -> Any:
+        try:
+            return signal.signal(signal.SIGTERM, self)
+        except ValueError:  # not the main thread
+            return signal.getsignal(signal.SIGTERM)
 
-    @staticmethod
-    def restore(previous: dict[int, Any]) -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    def restore(self, previous: Any) -> None:
+        try:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        except ValueError:
+            pass
 
 
 def _exit_code(code: object) -> int:
