@@ -547,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(message: str) -> str:
-    return " ".join(message.split())
+    # typer >= 0.26 validates through pydantic, whose messages start with its error kind
+    return " ".join(message.replace("Value error, ", "").split())
 
 
 def run() -> None:

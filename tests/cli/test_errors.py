@@ -98,6 +98,14 @@ def test_every_is_bounded(cli, tmp_path, every):
     _one_line_exit_2(cli("watch", "--every", every, script), "--every")
 
 
+def test_choice_errors_read_as_sentences(cli):
+    line = _one_line_exit_2(cli("report", SAMPLES / "mlp", "--format", "html"), "'html'")
+    assert line == (
+        "gradlens: error: Invalid value for '--format' / '-f': 'html' is not one of 'text', "
+        "'markdown', 'json', 'junit'."
+    )
+
+
 def test_no_arguments_prints_help_and_no_empty_error(cli):
     result = cli()
     assert result.code == 2 and result.stderr == ""
