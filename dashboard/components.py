@@ -21,6 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 __all__ = [
     "PROBE_PAGES",
     "axes_from",
+    "axes_search",
     "config_details",
     "controls",
     "counts_text",
@@ -140,6 +141,18 @@ def state_search(state: Mapping[str, object]) -> str:
     """``state`` as a URL query (empty values left out), the inverse of ``read_state``."""
     items = {k: str(v) for k, v in state.items() if v not in (None, "", [])}
     return "?" + urlencode(items) if items else ""
+
+
+def axes_search(xaxis: object, logy: Sequence[str] | None) -> str:
+    """The x-axis mode and the log-y/outlier flags as a URL query (read back by ``controls``)."""
+    flags = logy or []
+    return state_search(
+        {
+            "x": xaxis if xaxis != "step" else None,
+            "logy": "1" if "log" in flags else "0",
+            "outliers": "1" if "outliers" in flags else None,
+        }
+    )
 
 
 def _float(text: object, default: float) -> float:

@@ -14,6 +14,7 @@ from dash import Dash, Input, Output, State, dcc, html
 
 from gradlens.dashboard.components import (
     axes_from,
+    axes_search,
     controls,
     graph,
     guarded,
@@ -55,6 +56,7 @@ def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
     state.setdefault("logy", "1")
     body += [
         dcc.Store(id="coll-xrange"),
+        dcc.Location(id="coll-url", refresh=False),  # the view, written to the query
         dcc.Store(id="coll-xsync"),
         html.Div(facts, className="facts"),
         controls(log_y=True, smoothing=False, state=state),
@@ -66,6 +68,15 @@ def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
 
 def register(app: Dash, ctx: AppContext) -> None:
     register_linked_x(app, "coll", CHARTS)
+
+    @app.callback(
+        Output("coll-url", "search"),
+        Input("xaxis", "value"),
+        Input("logy", "value"),
+        prevent_initial_call=True,
+    )
+    def _url(xaxis: Any, logy: Any) -> str:
+        return axes_search(xaxis, logy)
 
     @app.callback(
         Output("collapse-graph", "figure"),

@@ -15,6 +15,7 @@ from dash import Dash, Input, Output, State, dcc, html
 
 from gradlens.dashboard.components import (
     axes_from,
+    axes_search,
     controls,
     graph,
     guarded,
@@ -56,6 +57,7 @@ def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
     steps = data.steps_of("spectrum")
     body += [
         dcc.Store(id="curv-xrange"),
+        dcc.Location(id="curv-url", refresh=False),  # the view, written to the query
         dcc.Store(id="curv-xsync"),
         controls(smoothing=False, state=read_state(search)),
         *(graph(g) for g in CHARTS),
@@ -71,6 +73,15 @@ def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
 
 def register(app: Dash, ctx: AppContext) -> None:
     register_linked_x(app, "curv", CHARTS)
+
+    @app.callback(
+        Output("curv-url", "search"),
+        Input("xaxis", "value"),
+        Input("logy", "value"),
+        prevent_initial_call=True,
+    )
+    def _url(xaxis: Any, logy: Any) -> str:
+        return axes_search(xaxis, logy)
 
     @app.callback(
         Output("eig-graph", "figure"),

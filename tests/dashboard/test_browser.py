@@ -398,6 +398,7 @@ def test_probe_pages_render_fast_with_controls_that_act(browser, server):
         ),
         what="log y off on every softmax panel",
     )
+    assert "logy=0" in browser.current_url  # the view is in the URL here too
     _shot(browser, "collapse")
 
     timings["landscape"] = _open(browser, server + "/landscape/mlp")

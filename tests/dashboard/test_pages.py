@@ -215,3 +215,13 @@ def test_run_header_has_health_config_and_learning_rates(ctx):
     assert "status finished unhealthy" in str(header)
     text = str(run.header(ctx, "grokking"))
     assert "lr (group 0)" in text and "0.01" in text and "argv" in text and "spikes.beta" in text
+
+
+def test_probe_page_axes_round_trip_through_the_url(ctx):
+    from gradlens.dashboard.components import axes_search
+
+    search = axes_search("time", ["outliers"])
+    page = str(render(ctx, "/collapse/probes", search))
+    assert "value='time'" in page and "value=['outliers']" in page  # log y off, as asked
+    assert "value=['log']" in str(render(ctx, "/collapse/probes"))  # the page's default
+    assert "smoothing" not in page  # probes are never smoothed: no slider
