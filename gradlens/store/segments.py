@@ -206,7 +206,7 @@ def read_journal(path: Path, schema: pa.Schema | None = None) -> pa.Table:
             break
         except (pa.ArrowInvalid, OSError):  # a batch cut short by a crash: the end
             break
-    return pa.Table.from_batches(batches, schema=reader.schema)
+    return pa.Table.from_batches(batches, schema=reader.schema).combine_chunks()
 
 
 def read_segment(path: Path, columns: list[str] | None = None) -> pa.Table:
