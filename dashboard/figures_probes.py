@@ -298,7 +298,7 @@ def landscape_surface_figure(
             yaxis_title="beta",
             zaxis_title=metric,
             aspectmode="cube",
-            camera=dict(eye=dict(x=1.6, y=1.6, z=1.0)),
+            camera=dict(eye=dict(x=1.3, y=1.3, z=0.8)),
             domain=dict(x=[0, 1], y=[0, 1]),
         ),
     )

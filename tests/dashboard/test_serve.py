@@ -45,3 +45,16 @@ def test_the_app_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("host", "name", "ok"),
+    [("127.0.0.1", "evil.example", False), ("box.lan", "box.lan", True), ("0.0.0.0", "x.y", True)],
+)
+def test_serve_answers_only_the_hosts_it_serves(tmp_path, monkeypatch, host, name, ok):
+    apps = []
+    monkeypatch.setattr(dash.Dash, "run", lambda self, **kw: apps.append(self))
+    serve(tmp_path, host=host)
+    client = apps[0].server.test_client()
+    assert (client.get("/", headers={"Host": f"{name}:8050"}).status_code == 200) is ok
+    assert client.get("/", headers={"Host": "localhost:8050"}).status_code == 200
