@@ -500,15 +500,22 @@ def list_runs(
             help="Folder of runs (default: $GRADLENS_DIR, else ./runs).",
         ),
     ] = None,
+    config: ConfigOption = None,
+    threshold: ThresholdOption = None,
 ) -> None:
-    """List the runs in DIR: name, status, steps, final loss, findings, start, duration."""
+    """List the runs in DIR: name, status, steps, final loss, health, start, duration.
+
+    Health is the worst finding of `gradlens report` (same config and thresholds).
+    """
     from rich.console import Console
     from rich.text import Text
 
     from gradlens.cli.render import list_entries, runs_table
+    from gradlens.report import load_config
 
     folder = runs_folder(default_runs_dir(runs_dir))
-    entries = list_entries(folder, UNREADABLE)
+    settings = load_config(config, overrides=_overrides(threshold))
+    entries = list_entries(folder, UNREADABLE, settings)
     console = Console()
     if not entries:
         console.print(Text(f"no runs in {folder}"))

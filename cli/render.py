@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradlens.cli.runs import run_folders
+from gradlens.report.config import ReportConfig
 from gradlens.report.format import duration, loss_value, timestamp
 from gradlens.report.render_text import SEVERITY_STYLE, STATUS_STYLE
 from gradlens.report.summary import DEFINITIONS, RunSummary, summarize
@@ -26,14 +27,17 @@ class Entry:
     error: str | None = None
 
 
-def list_entries(folder: Path, unreadable: tuple[type[BaseException], ...]) -> list[Entry]:
-    """Every run under ``folder`` (oldest first), then the unreadable ones by name."""
+def list_entries(
+    folder: Path, unreadable: tuple[type[BaseException], ...], config: ReportConfig | None = None
+) -> list[Entry]:
+    """Every run under ``folder`` (oldest first), then the unreadable ones by name; health
+    from the findings ``report`` gives with ``config``."""
     from gradlens.store import open_run
 
     good, bad = [], []
     for path in run_folders(folder):
         try:
-            good.append(Entry(path, summary=summarize(open_run(path))))
+            good.append(Entry(path, summary=summarize(open_run(path), config)))
         except unreadable as exc:
             lines = str(exc).strip().splitlines()
             bad.append(Entry(path, error=lines[0] if lines else type(exc).__name__))

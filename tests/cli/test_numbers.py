@@ -122,3 +122,19 @@ def test_ls_through_the_real_cli():
     ]
     spiky = next(r for r in rows if r.startswith("mlp-spiky "))
     assert "finished" in spiky and " 300 " in spiky and "2 warnings" in spiky
+
+
+def test_ls_health_follows_the_report_config(cli, tmp_path, monkeypatch):
+    config = "[thresholds]\nspike_gap = 0\nloss_spike_max_clusters = 0\n"
+    (tmp_path / "gradlens.toml").write_text(config)
+    monkeypatch.chdir(tmp_path)
+    report = json.loads(cli("report", SAMPLES / "mlp-spiky", "-f", "json").stdout)
+    assert report["counts"]["error"] == 1  # repeated spikes are now an error
+
+    def row(*options):
+        lines = cli("ls", SAMPLES, *options).stdout.splitlines()
+        (line,) = [line for line in lines if line.startswith("mlp-spiky ")]
+        return line
+
+    assert "1 error" in row()
+    assert "2 warnings" in row("-t", "spike_gap=10", "-t", "loss_spike_max_clusters=3")
