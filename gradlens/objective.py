@@ -187,9 +187,36 @@ class Objective:
     @contextlib.contextmanager
     def isolated(self) -> Iterator[None]:
         """Run probe code without any effect on training (see the module docstring)."""
-        with restored_state(self.model), interception.suspended(), torch.enable_grad():
+        with (
+            restored_state(self.model),
+            interception.suspended(),
+            torch.enable_grad(),
+            _requires_grad_inside_transforms(),
+        ):
             self.model.train(self.mode == "train")
             yield
+
+
+@contextlib.contextmanager
+def _requires_grad_inside_transforms() -> Iterator[None]:
+    """Model hooks that call ``requires_grad_()`` on activations (Hugging Face's
+    ``enable_input_require_grads`` for gradient checkpointing) raise inside ``torch.func``
+    transforms; there the activations are already differentiated, so the call is a no-op."""
+    original = Tensor.requires_grad_
+
+    def requires_grad_(self: Tensor, requires_grad: bool = True) -> Tensor:
+        try:
+            return original(self, requires_grad)
+        except RuntimeError as exc:
+            if "functorch" not in str(exc):
+                raise
+            return self
+
+    Tensor.requires_grad_ = requires_grad_  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        Tensor.requires_grad_ = original  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
