@@ -100,7 +100,7 @@ def _findings(report: Report) -> RenderableType:
         return Text("No findings: every rule passed.", style="green")
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True, width=7)
-    grid.add_column(ratio=1)
+    grid.add_column()
     for f in report.findings:
         facts = Text.assemble((f.rule, "bold"), f"  steps {f.steps}")
         if f.layer:
