@@ -19,7 +19,16 @@ from gradlens.dashboard.data import RunData
 from gradlens.dashboard.figures import Axes, x_values
 from gradlens.dashboard.findings import FindingsService
 
-__all__ = ["MARGIN", "SHADE", "align", "finding_shades", "step_to_x", "to_steps", "x_extent"]
+__all__ = [
+    "MARGIN",
+    "SHADE",
+    "align",
+    "finding_shades",
+    "shade_ranges",
+    "step_to_x",
+    "to_steps",
+    "x_extent",
+]
 
 # fixed margins on every chart: the plot areas line up, step for step
 MARGIN = dict(l=200, r=170, t=40, b=40, autoexpand=False)
@@ -49,6 +58,29 @@ def align(fig: go.Figure, extent: list[Any] | None, xrange: Sequence[Any] | None
     if "xaxis2" not in fig.layout:  # one chart: legend over it; subplots keep theirs
         update["legend"] = dict(orientation="h", x=0, y=1.0, yanchor="bottom", xanchor="left")
     fig.update_layout(update)
+    return fig
+
+
+def shade_ranges(fig: go.Figure, shades: Sequence[tuple[Any, Any, str]]) -> go.Figure:
+    """Shaded x ranges behind ``fig``'s data (one layout update; ``add_vrect`` is slow)."""
+    if not shades or not fig.data:
+        return fig
+    rects = [
+        dict(
+            type="rect",
+            xref="x",
+            yref="paper",
+            x0=x0,
+            x1=x1,
+            y0=0,
+            y1=1,
+            fillcolor=colour,
+            line_width=0,
+            layer="below",
+        )
+        for x0, x1, colour in shades
+    ]
+    fig.update_layout(shapes=list(fig.layout.shapes or ()) + rects)
     return fig
 
 

@@ -33,7 +33,7 @@ from gradlens.dashboard.figures_probes import (
     trace_figure,
 )
 from gradlens.dashboard.linked import register_linked_x
-from gradlens.dashboard.xaxis import align, finding_shades, x_extent
+from gradlens.dashboard.xaxis import align, finding_shades, shade_ranges, x_extent
 from gradlens.store import Run
 
 __all__ = ["CHARTS", "curves", "density", "layout", "register"]
@@ -137,8 +137,7 @@ def curves(
             continue
         add_event_rug(fig, events, axes, clock if not clock.empty else lr)
         align(fig, extent, xrange)
-        for x0, x1, colour in shades:
-            fig.add_vrect(x0=x0, x1=x1, fillcolor=colour, line_width=0, layer="below")
+        shade_ranges(fig, shades)
     return figs
 
 

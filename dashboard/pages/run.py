@@ -47,7 +47,14 @@ from gradlens.dashboard.figures import (
     x_values,
 )
 from gradlens.dashboard.linked import register_linked_x
-from gradlens.dashboard.xaxis import align, finding_shades, step_to_x, to_steps, x_extent
+from gradlens.dashboard.xaxis import (
+    align,
+    finding_shades,
+    shade_ranges,
+    step_to_x,
+    to_steps,
+    x_extent,
+)
 from gradlens.store import Run
 
 __all__ = [
@@ -426,8 +433,7 @@ def curves(
         return blank, blank, blank
     for fig in (loss, grad, lr):
         align(fig, extent, xrange)
-        for x0, x1, colour in shades:
-            fig.add_vrect(x0=x0, x1=x1, fillcolor=colour, line_width=0, layer="below")
+        shade_ranges(fig, shades)
     return loss, grad, lr
 
 

@@ -225,3 +225,14 @@ def test_probe_page_axes_round_trip_through_the_url(ctx):
     assert "value='time'" in page and "value=['outliers']" in page  # log y off, as asked
     assert "value=['log']" in str(render(ctx, "/collapse/probes"))  # the page's default
     assert "smoothing" not in page  # probes are never smoothed: no slider
+
+
+def test_findings_are_shaded_over_their_steps(ctx):
+    deadline = time.monotonic() + 20
+    while not (shapes := run.curves(ctx, "mlp-spiky", 0.6, "step", [])[0].layout.shapes):
+        assert time.monotonic() < deadline  # until the report is built
+        time.sleep(0.1)
+    assert all(s.xref == "x" and s.yref == "paper" and s.x0 < s.x1 for s in shapes)
+    assert any(s.x0 <= 151 <= s.x1 for s in shapes)  # the loss spikes at 151–155
+    plain = run.curves(ctx, "mlp-spiky", 0.6, "step", [], shade=False)[0]
+    assert not plain.layout.shapes
