@@ -61,7 +61,8 @@ __all__ = [
 Rows = Mapping[str, Mapping[str, Any]]
 Job = Callable[[], Rows]
 
-_STOP = object()
+_STOP = object()  # fold the journals and stop
+_STOP_UNFOLDED = object()  # stop with the journals closed as they are (compaction reads them)
 FOLD_BYTES = 8 << 20  # a journal this big is folded into Parquet at once
 MERGE_FANOUT = 8  # segments of one size merged together in the background
 
@@ -128,7 +129,7 @@ class RunWriter:
             return
         self._closed = True
         with HeldSignals():
-            self._queue.put(_STOP)
+            self._queue.put(_STOP_UNFOLDED if compact else _STOP)
             self._thread.join()
             self._stopping.set()  # a merge under way stops; compaction reads its inputs
             self._merges.put(None)
@@ -165,12 +166,12 @@ class RunWriter:
 
     def _handle(self, items: list[Any]) -> bool:
         """Write the rows of ``items`` to the journals, fold the due ones; True at the end."""
-        stop = False
+        stop = fold = False
         waiters: list[threading.Event] = []
         rows: dict[str, list[pa.Table]] = {}
         for item in items:
-            if item is _STOP:
-                stop = True
+            if item is _STOP or item is _STOP_UNFOLDED:
+                stop, fold = True, item is _STOP
             elif isinstance(item, threading.Event):
                 waiters.append(item)
             else:
@@ -180,7 +181,9 @@ class RunWriter:
         rows.clear()
         now = time.monotonic()
         for table, journal in list(self._journals.items()):
-            if stop or journal.due(now, self.min_interval):
+            if stop and not fold:  # compaction reads the journal: no Parquet copy first
+                self._journals.pop(table).close()
+            elif stop or journal.due(now, self.min_interval):
                 self._guard(functools.partial(self._fold, table), table)
                 if not stop:
                     self._merges.put(table)

@@ -1,12 +1,14 @@
-"""Trains 30 steps; when gradlens then writes the rows (while its main thread waits for the
-writer thread), Ctrl-C is pressed argv[1] times, as a user pressing Ctrl-C right after the last
-step does. The writer is slowed down so the presses land while the main thread waits."""
+"""Trains 30 steps; when gradlens's writer thread then takes the last rows (while the main
+thread waits for it to finish), Ctrl-C is pressed argv[1] times, as a user pressing Ctrl-C right
+after the last step does. The writer is slowed down so the presses land while the main thread
+waits."""
 
 import signal
 import sys
 import threading
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,20 +22,21 @@ for _ in range(30):
     model(torch.randn(8, 4)).pow(2).mean().backward()
     opt.step()
 
-write_segment = writer.write_segment
+to_arrow = writer.to_arrow
 pressed = False
 
 
-def ctrl_c_while_writing(*args, **kwargs):
+def ctrl_c_while_writing(table, columns):
     global pressed
-    if not pressed:
+    last = table == "scalars" and int(np.asarray(columns["step"]).max()) == 29
+    if last and not pressed:  # the rows flushed at close (--every 50 > 30 steps)
         pressed = True
         main = threading.main_thread().ident
         assert main is not None
         for _ in range(presses):
             signal.pthread_kill(main, signal.SIGINT)
             time.sleep(0.2)  # each press handled before the next (they would merge)
-    return write_segment(*args, **kwargs)
+    return to_arrow(table, columns)
 
 
-writer.write_segment = ctrl_c_while_writing
+writer.to_arrow = ctrl_c_while_writing
