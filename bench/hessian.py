@@ -67,8 +67,9 @@ def reference_eigenvalues(model: nn.Module, batch, loss_fn, k: int = 5) -> torch
     """Top-k to 1e-10 with float64 parameters, HVPs and basis."""
     m64 = copy.deepcopy(model).double()
     data = tuple(t.double() if t.is_floating_point() else t for t in batch)
+    device = next(m64.parameters()).device  # an unbounded basis: fewest products
     res = gh.hessian_eigenvalues(
-        m64, loss_fn, data, k=k, tol=1e-10, dtype=torch.float64, max_iter=400
+        m64, loss_fn, data, k=k, tol=1e-10, dtype=torch.float64, max_iter=400, basis_device=device
     )
     return res.eigenvalues
 

@@ -346,7 +346,7 @@ def lanczos(
             event.synchronize()
         ritz = _ritz(m, block, locked_theta, locked_res)
         scale = float(ritz.theta.abs().max()) if ritz.theta.numel() else 1.0
-        if hvps >= max(k, min_iter) - (0 if urgent else 1) and ritz.theta.numel() >= k:
+        if hvps - (0 if urgent else 1) >= max(k, min_iter) and ritz.theta.numel() >= k:
             _, ok, breakdown = _done(ritz, k, which, tol, scale)
             if ok or breakdown:
                 converged = True

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from gradlens.functional.lanczos import WHICH, LanczosResult, lanczos
+from gradlens.functional.operator import restrict
 from gradlens.functional.trace import hutchpp
 from gradlens.hessian.api import density_runs, top_eigenpairs
 from gradlens.hessian.hvp import HVP, METHODS
@@ -212,22 +213,12 @@ def _block_tops(engine: HVP, tol: float, seed: int) -> dict[str, float]:
     out = {}
     for block, members in blocks.items():
         index = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members])
-        index = index.to(engine.device)
-
-        def matvec(v: torch.Tensor, index: torch.Tensor = index) -> torch.Tensor:
-            full = torch.zeros(engine.dim, dtype=v.dtype, device=v.device)
-            full[index] = v
-            return engine(full)[index]
-
         run = lanczos(
-            matvec,
-            int(index.numel()),
-            1,
-            "LA",
-            tol,
+            restrict(engine, index.to(engine.device)),
+            k=1,
+            which="LA",
+            tol=tol,
             generator=torch.Generator().manual_seed(seed),
-            device=engine.device,
-            dtype=engine.dtype,
         )
         out[block] = float(run.eigenvalues[0])
     return out

@@ -365,3 +365,21 @@ def test_trace_says_when_the_budget_cannot_reach_the_requested_stderr():
         dtype=torch.float64,
     )
     assert easy.reached
+
+
+def test_pipelined_run_honours_min_iter_for_quadrature():
+    h = _outlier_matrix(120)
+    res = lanczos(
+        lambda v: h @ v,
+        120,
+        1,
+        tol=1e-3,
+        min_iter=30,
+        max_iter=30,
+        dtype=torch.float64,
+        pipeline=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert res.hvps == 30 and res.steps == 30 and res.restarts == 0
+    _, weights = quadrature(res)
+    assert float(weights.sum()) == pytest.approx(1.0)

@@ -154,3 +154,20 @@ def test_hvp_engine_is_an_operator_against_its_dense_twin():
         torch.testing.assert_close(
             engine.matmat(v), DenseOperator(h).matmat(v), rtol=1e-9, atol=1e-12
         )
+
+
+def test_basis_offloaded_only_as_the_last_resort_and_said(monkeypatch, capsys):
+    model, (x, y) = _mlp(), _data()
+    obj = Objective(model, batches_from_data((x, y), F.cross_entropy))
+    with obj.isolated():
+        engine = HVP(obj, "double_backward")
+        vector = engine.dim * 8
+        plans = {}
+        for label, free in (("roomy", 10**12), ("tight", 100 * vector), ("full", 10 * vector)):
+            monkeypatch.setattr(api, "_available_after_product", lambda e, d, free=free: free)
+            plans[label] = api._basis_plan(engine, 3, None, torch.float64, None)
+    assert plans["roomy"][1] is None and plans["roomy"][2].startswith("full")
+    assert plans["tight"][1] == 24 and plans["tight"][2] == "restarted (24 vectors) on cpu"
+    device, max_basis, text = plans["full"]
+    assert max_basis == 24 and "offloaded" in text and device.type == "cpu"
+    assert "does not fit next to the model" in capsys.readouterr().err
