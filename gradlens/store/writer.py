@@ -65,6 +65,7 @@ _STOP = object()  # fold the journals and stop
 _STOP_UNFOLDED = object()  # stop with the journals closed as they are (compaction reads them)
 FOLD_BYTES = 8 << 20  # a journal this big is folded into Parquet at once
 MERGE_FANOUT = 8  # segments of one size merged together in the background
+STORAGE_RETRY_S = 5.0  # after a failed write, a table's rows are dropped this long
 
 
 class RunWriter:
@@ -93,6 +94,7 @@ class RunWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._next_segment: dict[str, int] = {}
         self._journals: dict[str, _Journal] = {}
+        self._retry_at: dict[str, float] = {}  # table -> when to try its disk again
         self._error: BaseException | None = None
         self._closed = False
         # Background merges run on their own thread, so a long merge never delays the journal.
@@ -205,24 +207,32 @@ class RunWriter:
                 rows.setdefault(table, []).append(arrow)
 
     def _append(self, table: str, parts: list[pa.Table]) -> None:
-        journal = self._journals.get(table)
-        if journal is None:
-            folder = self.run_dir / table
-            if table not in self._next_segment:
-                self._next_segment[table] = segments(folder, self.tag)[1] + 1
-            number = self._next_segment[table]
-            folder.mkdir(parents=True, exist_ok=True)
-            journal = _Journal(folder / journal_name(number, self.tag), number, SCHEMAS[table])
-            self._next_segment[table] = number + 1
-            self._journals[table] = journal
+        if time.monotonic() < self._retry_at.get(table, 0.0):
+            return  # the disk failed a moment ago: these rows cannot be kept either
         try:
-            journal.append(pa.concat_tables(parts))
-        except BaseException:
-            # A journal cut by a failed write is read up to its last complete batch; later
-            # rows go to a new one.
-            del self._journals[table]
-            journal.close()
+            journal = self._journals.get(table) or self._open_journal(table)
+            try:
+                journal.append(pa.concat_tables(parts))
+            except BaseException:
+                # A journal cut by a failed write is read up to its last complete batch;
+                # later rows go to a new one.
+                del self._journals[table]
+                journal.close()
+                raise
+        except OSError:  # try again after a pause, not with one new file per flush
+            self._retry_at[table] = time.monotonic() + STORAGE_RETRY_S
             raise
+
+    def _open_journal(self, table: str) -> _Journal:
+        folder = self.run_dir / table
+        if table not in self._next_segment:
+            self._next_segment[table] = segments(folder, self.tag)[1] + 1
+        number = self._next_segment[table]
+        folder.mkdir(parents=True, exist_ok=True)
+        journal = _Journal(folder / journal_name(number, self.tag), number, SCHEMAS[table])
+        self._next_segment[table] = number + 1
+        self._journals[table] = journal
+        return journal
 
     def _fold(self, table: str) -> None:
         """Turn the table's journal into Parquet segment of the same number, then drop it."""

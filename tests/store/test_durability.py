@@ -287,3 +287,22 @@ def test_meta_keeps_unknown_fields(runs_dir):
     assert read_meta(run_dir)["extra"] == {"anything": [1, "x"]}
     assert json.loads((run_dir / "meta.json").read_text())["end_time"] is None
     assert time.time() > read_meta(run_dir)["start_time"]
+
+
+def test_a_failing_disk_is_not_retried_with_a_new_file_per_flush(runs_dir, capsys, monkeypatch):
+    import errno
+
+    import gradlens.store.writer as writer_module
+
+    def full(self, table):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_module._Journal, "append", full)
+    run_dir = _new_run(runs_dir, status="running")
+    writer = RunWriter(run_dir, strict=True)
+    for block in range(50):
+        writer.write("scalars", _scalars(range(block, block + 1)))
+        writer.sync()
+    writer.close()
+    assert len(list((run_dir / "scalars").iterdir())) <= 1
+    assert len(capsys.readouterr().err.splitlines()) == 1
