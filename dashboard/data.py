@@ -278,8 +278,9 @@ class RunData:
         config = self.run.meta.get("config")
         spikes = config.get("spikes") if isinstance(config, dict) else None
         beta = spikes.get("beta") if isinstance(spikes, dict) else None
-        ok = isinstance(beta, int | float) and 0.0 < float(beta) < 1.0
-        return float(beta) if ok else 0.95
+        if isinstance(beta, int | float) and 0.0 < float(beta) < 1.0:
+            return float(beta)
+        return 0.95
 
     def prefetch_layer_matrices(self, metrics: Sequence[str]) -> None:
         """Build these matrices in the background, so switching to them later is instant."""
