@@ -427,6 +427,12 @@ def compact_table(folder: Path, writer: str = "") -> None:
         _remove_covered(folder, kept[0])
         return
     tables = [_read_coded(s.path) for s in kept]  # strings stay dictionary-coded
+    tables = [t for t in tables if t.num_rows]
+    if not tables:  # only empty journals (a write that failed): nothing to keep
+        for segment in kept:
+            if segment.kind == "journal":
+                remove_quietly(segment.path)
+        return
     merged = pa.concat_tables(tables, promote_options="default")
     target = pa.schema(
         [
@@ -444,7 +450,7 @@ def compact_table(folder: Path, writer: str = "") -> None:
 def _read_coded(path: Path) -> pa.Table:
     """One table file with its string columns dictionary-coded."""
     if path.name.startswith("journal-"):
-        table = read_journal(path)
+        table = read_journal(path, SCHEMAS.get(path.parent.name))
         for i, field in enumerate(table.schema):
             if pa.types.is_string(field.type):
                 table = table.set_column(i, field.name, pc.dictionary_encode(table.column(i)))
