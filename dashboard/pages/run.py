@@ -597,12 +597,17 @@ def _short(name: str, width: int = 30) -> str:
     return escape(shown)
 
 
-def _range_from(text: str | None) -> list[float] | None:
+def _range_from(text: str | None) -> list[Any] | None:
+    """A zoom from the URL: two numbers (steps or seconds) or two local times (wall axis)."""
     parts = (text or "").split(",")
-    if len(parts) != 2:
+    if len(parts) != 2 or not all(parts):
         return None
     try:
         lo, hi = float(parts[0]), float(parts[1])
     except ValueError:
-        return None
+        try:
+            stamps = [pd.Timestamp(p) for p in parts]
+        except ValueError:
+            return None
+        return parts if stamps[0] < stamps[1] else None
     return [lo, hi] if np.isfinite(lo) and np.isfinite(hi) and lo < hi else None

@@ -236,3 +236,11 @@ def test_findings_are_shaded_over_their_steps(ctx):
     assert any(s.x0 <= 151 <= s.x1 for s in shapes)  # the loss spikes at 151–155
     plain = run.curves(ctx, "mlp-spiky", 0.6, "step", [], shade=False)[0]
     assert not plain.layout.shapes
+
+
+def test_a_wall_clock_zoom_survives_the_url(ctx):
+    zoom = ["2023-11-14 22:13:25", "2023-11-14 22:13:30"]
+    search = run.view_search(None, None, None, 0.6, "wall", [], ["on"], zoom)
+    assert f"data={zoom}" in str(render(ctx, "/run/layered", search))
+    bad = run.view_search(None, None, None, 0.6, "wall", [], ["on"], ["later", "soon"])
+    assert "later" not in str(render(ctx, "/run/layered", bad))
