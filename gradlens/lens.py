@@ -183,6 +183,7 @@ class Lens:
         self._scaler_step: list[Any] | None = None  # [scaler, optimizer, pre-hook fired]
         self._closure_done = False  # this step's closure ran; later calls are line search
         self._root_depth = 0
+        self._root_calls = 0
         self._root_loss_seen = False
         self._samples = self._tokens = 0
         self._t0 = self._last_end = 0.0
@@ -245,7 +246,10 @@ class Lens:
             self._known_optimizers.update(  # type(), not isinstance: no proxy's __class__ runs
                 o for o in gc.get_objects() if issubclass(type(o), torch.optim.Optimizer)
             )
-            self._discovery.enable()
+            if self._known_optimizers:
+                self._watch_owners(list(self._known_optimizers))
+            else:  # until an optimizer appears: a script may update parameters by hand
+                self._discovery.enable()
         for model in self.models:
             self._roots.add(model)
         self._known_optimizers.update(self.optimizers)
@@ -371,7 +375,7 @@ class Lens:
         if self.auto:
             self._known_optimizers.add(optimizer)
             self._roles.created(optimizer)
-            self._discovery.enable()  # a new optimizer may come with a new model
+            self._guard.call(ROOTS, self._watch_owners, [optimizer])
 
     def before_clip(self, params: list[Tensor]) -> None:
         tracked = self._guard.call(CLIP, self._owner_of, params)
@@ -420,6 +424,8 @@ class Lens:
         return closure_then_capture
 
     def _capture(self, optimizer: torch.optim.Optimizer, scale: Tensor | None) -> None:
+        if self._discovery.enabled and self._roles.all:  # a step after the first
+            self._settle_discovery()
         tracked = self._tracked_for(optimizer)
         if tracked is None:
             return
@@ -477,7 +483,17 @@ class Lens:
 
     # -- root modules: throughput, probe batches (see instrument.roots) -------------------------
 
+    def _watch_owners(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        """Watch the modules that own the optimizers' parameters, found without a global
+        module hook: one left on during a compiled forward makes torch.compile recompile
+        once it is removed."""
+        self._discovery.disable()
+        params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
+        for root in owning_roots(params):
+            self._roots.add(root)
+
     def _root_before(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        self._root_calls += 1
         self._root_depth += 1
         if self._root_depth > 1 or interception.is_suspended():
             return
@@ -534,6 +550,8 @@ class Lens:
         if not params:
             return None
         self._settle_discovery()
+        if self.auto and not self._root_calls:  # the owner is not what the script calls
+            self._discovery.enable()  # (e.g. a LightningModule's inner model): find it
         self._serials += 1
         names = self._names(params, optimizer)
         recorder, decoder = self._recorder(params, names, self._serials)
