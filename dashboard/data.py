@@ -133,11 +133,19 @@ class LayerMatrix:
         """
         if not 0.0 < beta < 1.0:
             raise ValueError(f"beta must be in (0, 1), got {beta}")
-        frame = pd.DataFrame(self.values.T.astype(np.float64))
-        frame = frame.where(np.isfinite(frame))
-        base = frame.ewm(alpha=1.0 - beta, adjust=True, ignore_na=True).mean().shift(1)
+        values = self.values.T  # steps × layers, a view
+        frame = pd.DataFrame(values, copy=False)
+        if not np.isfinite(values).all():
+            frame = frame.where(np.isfinite(values))
+        mean = frame.ewm(alpha=1.0 - beta, adjust=True, ignore_na=True).mean().to_numpy()
+        base = np.empty_like(mean)
+        base[0] = np.nan
+        base[1:] = mean[:-1]  # each step against the steps before it
+        positive = base > 0
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(base > 0, self.values.T / base.to_numpy(), np.nan)
+            np.divide(values, base, out=base)
+        base[~positive] = np.nan
+        ratio = base
         return LayerMatrix(
             f"{self.metric}/baseline", self.layers, self.steps, ratio.T.astype(np.float32)
         )
