@@ -432,6 +432,8 @@ def _health_marks(ctx: AppContext, names: Sequence[str]) -> dict[str, str]:
         except Exception:
             label = "unreadable"
         out[name] = label.split(" ")[0] if label[:1] in "✓⚠✕" else ""
+        if label == "unreadable":
+            out[name] = "(unreadable)"
     return out
 
 
