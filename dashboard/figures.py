@@ -343,6 +343,13 @@ def line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[g
         customdata=np.column_stack(columns),
         hovertemplate=template,
     )
+    if len(idx) == 1 and np.isfinite(shown[idx[0]]):  # one probe: a point that says its value
+        line.update(
+            mode="markers+text",
+            text=[f"{y[idx[0]]:.4g}"],
+            textposition="top center",
+            marker=dict(size=9),
+        )
     traces.append(line)
     return traces
 

@@ -387,15 +387,8 @@ def _panels(
             if axes.log_y:
                 part = part.assign(value=part["value"].where(part["value"] > 0))
             traces = line_traces(part, metric, PALETTE[colour % len(PALETTE)], axes)
-            for trace in traces:
+            for trace in traces:  # (a single probe is a point labelled with its value)
                 trace.update(legend="legend" if row == 1 else f"legend{row}")
-                if len(part) == 1:  # a single probe: a point with its value
-                    trace.update(
-                        mode="markers+text",
-                        text=[f"{part['value'].iloc[0]:.4g}"],
-                        textposition="top center",
-                        marker=dict(size=9),
-                    )
                 fig.add_trace(trace, row=row, col=1)
         if axes.log_y:
             fig.update_yaxes(type="log", row=row, col=1)

@@ -206,3 +206,8 @@ def test_spike_markers_hover_ratio_baseline_and_layer():
     spike = next(t for t in fig.data if t.name == "spike")
     assert np.asarray(spike.customdata)[0].tolist() == [151.0, 20.0, 2.0, 40.0]
     assert "× baseline" in spike.hovertemplate
+
+
+def test_a_single_probe_is_a_point_labelled_with_its_value():
+    (point,) = lines_figure(pd.DataFrame({"step": [499], "value": [59.239]}), "λmax").data
+    assert point.mode == "markers+text" and point.text == ("59.24",)
