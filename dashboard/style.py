@@ -39,6 +39,7 @@ button.link { white-space: nowrap; background: none; border: none; padding: 0;
 .csv-links a { color: #1f77b4; }
 details.findings > summary, details.config > summary { cursor: pointer; font-weight: 600; }
 details.findings { margin: .4rem 0; }
+details.findings #findings { max-height: 15rem; overflow-y: auto; }  /* charts stay in view */
 .unreadable { color: #a00; }
 .runs-filter { display: flex; gap: 1rem; align-items: center; margin: .4rem 0; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr));
