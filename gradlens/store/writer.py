@@ -139,7 +139,7 @@ class RunWriter:
             if compact:
                 for folder in self._folders():
                     self._guard(functools.partial(compact_table, folder, self.tag), folder.name)
-        if self._error is not None and self.strict and not isinstance(self._error, OSError):
+        if self._error is not None and self.strict:  # a gradlens bug, not a storage failure
             raise self._error
 
     def _folders(self) -> list[Path]:
@@ -263,8 +263,6 @@ class RunWriter:
         try:
             action()
         except OSError as exc:  # full or read-only disk: one line for the whole run
-            if self._error is None:
-                self._error = exc
             where = f"writing table {table!r}" if table else "writing"
             warn_storage(self.run_dir, where, exc)
         except Exception as exc:  # gradlens must not take the training down with it
