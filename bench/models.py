@@ -126,4 +126,15 @@ def make_case(name: str, device: str, generator: torch.Generator):
             (idx[:, :-1], idx[:, 1:]),
             (lambda model, batch: model(*batch)),
         )
+    if name == "nanogpt":  # nanoGPT's setup: loss in forward, compiled, bf16 autocast
+        b, t, d, layers = 32, 128, 256, 4
+        idx = torch.randint(0, 512, (b, t + 1), generator=g)
+        device_type = "cuda" if device == "cuda" else "cpu"
+
+        def step_loss(model, batch):
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                return model(*batch)
+
+        model = GPT(block=t, d=d, layers=layers).to(device)
+        return torch.compile(model), (idx[:, :-1], idx[:, 1:]), step_loss
     raise ValueError(f"unknown case {name!r}")

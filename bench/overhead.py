@@ -1,18 +1,23 @@
 """Step-time overhead of gradlens capture: watched / plain, side by side in one run.
 
     python bench/overhead.py                 # CPU cases, and GPU cases when CUDA is there
-    python bench/overhead.py --steps 50 --trials 7
+    python bench/overhead.py --steps 150 --trials 7
 
 Plain and watched trials alternate on the same model (so drift and thermal effects hit both),
-each trial times ``--steps`` optimizer steps after a warm-up; the ratio is the median watched
-step time over the median plain one. "watched" is exactly what `gradlens watch` installs: an
+each trial times ``--steps`` optimizer steps after a warm-up (at least two ``--every``
+flushes fall inside the timed window); the ratio is the median watched step time over the
+median plain one. "watched" is exactly what `gradlens watch` installs: an
 automatic Lens (global hooks, model discovery, loss interception, background writer).
 
 Columns: ``ratio`` is the default capture (``no-updates``: without ‖Δθ‖, which costs one
 parameter copy and a subtraction per step, `--no-updates` in `gradlens watch`), and the
 ``.item()/layer`` baseline is the naive logger (one host sync per parameter tensor).
-Targets: ≤ 1.05 on CPU, ≤ 1.02 on GPU. Reference points on an H100 (issue #2): per-layer
-``.item()`` capture 1.19×, wandb-style gradient histograms 1.63×, Cockpit "economy" 1.51×.
+``+ops`` and ``+launches`` count what gradlens adds per optimizer step (deterministic): aten
+ops seen by a ``TorchDispatchMode`` on the CPU (launches = ops that are not views), CUDA
+kernels seen by ``torch.profiler`` on the GPU. Targets: ≤ 12 extra launches per step, flat in
+the number of tensors; ≤ 1.05 on CPU, ≤ 1.02 on GPU. Reference points on an H100 (issue #2):
+per-layer ``.item()`` capture 1.19×, wandb-style gradient histograms 1.63×, Cockpit
+"economy" 1.51×.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from models import make_case
 import gradlens
 
 CPU_CASES = ["mlp", "gpt-cpu"]
-GPU_CASES = ["resnet18", "gpt"]
+GPU_CASES = ["resnet18", "gpt", "nanogpt"]
+EVERY = 50
+VIEWS = {"view", "select", "slice", "detach", "unbind", "alias", "_local_scalar_dense"}
 
 
 def _sync(device: str) -> None:
@@ -67,23 +74,65 @@ def _item_per_layer(model, opt, batch, loss_fn, steps: int, device: str) -> floa
     return (time.perf_counter() - start) / steps
 
 
+def _count(model, opt, batch, loss_fn, steps: int, device: str) -> tuple[float, float]:
+    """(ops, launches) per step: aten ops on the CPU, CUDA kernels on the GPU."""
+    if device == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            _train(model, opt, batch, loss_fn, steps, device)
+        kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+        return kernels / steps, kernels / steps
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    count = Count()
+    with count:
+        _train(model, opt, batch, loss_fn, steps, device)
+    ops = sum(count.ops.values())
+    launches = sum(n for op, n in count.ops.items() if op not in VIEWS)
+    return ops / steps, launches / steps
+
+
+def _added(model, opt, batch, loss_fn, device: str, runs_dir: Path) -> tuple[float, float]:
+    """Ops and launches gradlens adds per step, over 2 × 20 steps (sampled ones included)."""
+    plain = _count(model, opt, batch, loss_fn, 40, device)
+    with gradlens.Lens(runs_dir=runs_dir, name="count"):
+        _train(model, opt, batch, loss_fn, 3, device)
+        watched = _count(model, opt, batch, loss_fn, 40, device)
+    return watched[0] - plain[0], watched[1] - plain[1]
+
+
 def bench(case: str, device: str, steps: int, trials: int, runs_dir: Path) -> dict:
     g = torch.Generator().manual_seed(0)
     model, batch, loss_fn = make_case(case, device, g)
     model = model.to(device)
     batch = tuple(t.to(device) for t in batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fused = case == "nanogpt" and device == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     _train(model, opt, batch, loss_fn, max(3, steps // 5), device)  # warm-up
     plain, watched, no_updates, naive = [], [], [], []
     for trial in range(trials):
         plain.append(_train(model, opt, batch, loss_fn, steps, device))
         for track, out in ((True, watched), (False, no_updates)):
-            lens = gradlens.Lens(runs_dir=runs_dir, name=f"{case}-{trial}", track_updates=track)
+            name = f"{case}-{trial}-{track}"
+            lens = gradlens.Lens(runs_dir=runs_dir, name=name, track_updates=track, every=EVERY)
             with lens:
-                _train(model, opt, batch, loss_fn, 3, device)  # discovery, first flush
+                _train(model, opt, batch, loss_fn, 3, device)  # the first capture
                 out.append(_train(model, opt, batch, loss_fn, steps, device))
         naive.append(_item_per_layer(model, opt, batch, loss_fn, steps, device))
     p, w, u, n = (statistics.median(v) for v in (plain, watched, no_updates, naive))
+    ops, launches = _added(model, opt, batch, loss_fn, device, runs_dir)
     return {
         "case": case,
         "device": device,
@@ -93,12 +142,14 @@ def bench(case: str, device: str, steps: int, trials: int, runs_dir: Path) -> di
         "ratio": w / p,
         "no_updates_ratio": u / p,
         "item_ratio": n / p,
+        "extra_ops": ops,
+        "extra_launches": launches,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=2 * EVERY + 10)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--cases", nargs="*", default=None)
     args = parser.parse_args()
@@ -113,7 +164,8 @@ def main() -> None:
     )
     header = (
         f"{'case':<10} {'device':<6} {'tensors':>7} {'plain ms':>9} {'gradlens ms':>11} "
-        f"{'ratio':>6} {'target':>6} {'no-updates':>10} {'.item()/layer':>13}"
+        f"{'ratio':>6} {'target':>6} {'no-updates':>10} {'.item()/layer':>13} "
+        f"{'+ops':>6} {'+launches':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -124,7 +176,8 @@ def main() -> None:
             print(
                 f"{r['case']:<10} {r['device']:<6} {r['tensors']:>7} {r['plain_ms']:>9.2f} "
                 f"{r['watched_ms']:>11.2f} {r['ratio']:>6.3f} {target:>6.2f} "
-                f"{r['no_updates_ratio']:>10.3f} {r['item_ratio']:>13.3f}",
+                f"{r['no_updates_ratio']:>10.3f} {r['item_ratio']:>13.3f} "
+                f"{r['extra_ops']:>6.1f} {r['extra_launches']:>9.1f}",
                 flush=True,
             )
 

@@ -99,8 +99,11 @@ class Lens:
         probe_batches: training batches kept for probes to replay.
         spikes: thresholds of the online spike detectors.
         track_updates: record ‖Δθ‖ (keeps one copy of the parameters on their device).
-        track_softmax: record softmax-collapse signals from every training cross-entropy
-            call, and the gradient/weight cosines every ``cos_every`` steps.
+        track_softmax: record softmax-collapse signals from the training cross-entropy
+            calls of every ``softmax_every``-th step, and the gradient/weight cosines every
+            ``cos_every`` steps.
+        param_every: parameter and update norms (‖θ‖, ‖Δθ‖) every this many steps, and at
+            steps where a probe runs; gradient norms, loss and non-finite flags every step.
         status: status line on stderr: ``off`` (default), ``auto``, ``live`` or ``plain``.
 
     Example:
@@ -127,7 +130,9 @@ class Lens:
         spikes: SpikeConfig | None = None,
         track_updates: bool = True,
         track_softmax: bool = True,
-        cos_every: int = 10,
+        cos_every: int = 20,
+        softmax_every: int = 20,
+        param_every: int = 10,
         status: str = "off",
         command: str | None = None,
         argv: Sequence[str] | None = None,
@@ -140,6 +145,9 @@ class Lens:
             raise ValueError(f"status must be one of {', '.join(MODES)}, got {status!r}")
         if cos_every < 0:
             raise ValueError(f"cos_every must be >= 0, got {cos_every}")
+        for option, value in (("softmax_every", softmax_every), ("param_every", param_every)):
+            if value < 1:
+                raise ValueError(f"{option} must be >= 1, got {value}")
         if probes not in PRESETS:
             raise ValueError(f"probes must be one of {', '.join(PRESETS)}, got {probes!r}")
         self.models = _as_list(model, nn.Module, "model")
@@ -153,6 +161,7 @@ class Lens:
         self.track_updates = track_updates
         self.track_softmax = track_softmax
         self.cos_every = cos_every
+        self.softmax_every, self.param_every = softmax_every, param_every
         self.command = command or " ".join(sys.argv)
         self.argv = list(argv) if argv is not None else list(sys.argv)
         self.dist = dist_info()
@@ -323,8 +332,8 @@ class Lens:
             return  # a closure's later calls (line search) are not this step's loss
         if self._scaled is not None and tensor is self._scaled[0]:
             tensor = self._scaled[1]
-        value = tensor.detach().reshape(()).float()
-        self._loss = value if self._loss is None else self._loss + value
+        value = tensor.detach()  # (float32 and shape (1,) when the row is written)
+        self._loss = value if self._loss is None else self._loss.float() + value.float()
 
     def after_backward(self) -> None:
         if self._known_optimizers or self.optimizers:
@@ -348,6 +357,7 @@ class Lens:
         if (
             name == "cross_entropy"
             and self._softmax is not None
+            and self.step % self.softmax_every == 0
             and isinstance(logits, Tensor)
             and logits.requires_grad  # a training forward, not an evaluation loop
             and torch.is_grad_enabled()
@@ -443,6 +453,7 @@ class Lens:
             grad_scale=getattr(optimizer, "grad_scale", None),
             skipped=getattr(optimizer, "found_inf", None),
             amp_scale=scale,
+            sample=self._sampled(tracked),
         )
 
     def _post_step(
@@ -476,6 +487,13 @@ class Lens:
         recorder.before_update(loss)
         recorder.after_update(self._info(self._manual))
         self._end_step()
+
+    def _sampled(self, tracked: Tracked) -> bool:
+        """Whether this step also reads parameter and update norms (probes need Δθ)."""
+        if not tracked.primary:
+            return tracked.steps % self.param_every == 0
+        due = self._probes is not None and bool(self._probes.due(self.step))
+        return due or self.step % self.param_every == 0
 
     def _take_loss(self) -> Tensor | None:
         loss, self._loss = self._loss, None
@@ -760,6 +778,8 @@ class Lens:
                 "track_updates": self.track_updates,
                 "track_softmax": self.track_softmax,
                 "cos_every": self.cos_every,
+                "softmax_every": self.softmax_every,
+                "param_every": self.param_every,
                 "spikes": vars(self.spike_config),
                 "mode": "auto" if self.auto else "explicit",
             },

@@ -139,7 +139,7 @@ def test_k_dimensional_cross_entropy_feeds_the_softmax_signals(runs_dir):
     opt = torch.optim.SGD(conv.parameters(), lr=0.1)
     x = torch.randn(6, 4, 7)
     y = torch.randint(0, 5, (6, 7))
-    with gradlens.Lens(conv, opt, runs_dir=runs_dir) as lens:
+    with gradlens.Lens(conv, opt, runs_dir=runs_dir, softmax_every=1) as lens:
         for _ in range(3):
             opt.zero_grad()
             F.cross_entropy(conv(x), y).backward()  # logits (N, C, L)

@@ -67,6 +67,7 @@ class StepInfo:
     skipped: bool = False  # known on the host (GradScaler skipped the optimizer step)
     tail: bool = False  # only the update slot is meaningful (last manual update)
     primary: bool = True  # the run's primary optimizer took this step (else metric@serial)
+    sampled: bool = True  # parameter and update norms were read at this step
 
 
 @dataclass

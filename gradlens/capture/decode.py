@@ -60,11 +60,15 @@ class ChunkDecoder:
         full = np.array([not i.tail for i in infos])
         gnorm, pnorm = rows[:, layout.block(0)], rows[:, layout.block(1)]
         update, nonfinite = rows[:, layout.block(2)], rows[:, layout.block(3)]
+        # NaN: not counted on the device; a tensor is flagged when its norm is not finite
+        flags = (~np.isfinite(gnorm)).astype(np.float64)
+        nonfinite = np.where(np.isnan(nonfinite), flags, nonfinite)
+        sampled = np.array([i.sampled for i in infos], dtype=bool)  # θ and Δθ norms read
         layers = _LayerRows(np.array(layout.names, dtype=object))
-        self._updates(layers, steps, update, pnorm, layout.update_lag)
+        self._updates(layers, steps[sampled], update[sampled], pnorm[sampled], layout.update_lag)
         s, g, p, nf = steps[full], gnorm[full], pnorm[full], nonfinite[full]
         layers.add(s, "grad_norm", g)
-        layers.add(s, "param_norm", p)
+        layers.add(s[sampled[full]], "param_norm", p[sampled[full]])
         layers.add(s, "nonfinite", nf)
         kept = [info for info in infos if not info.tail]
         total = np.sqrt(np.sum(g**2, axis=1))

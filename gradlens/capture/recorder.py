@@ -7,6 +7,7 @@ rows go to the host with one asynchronous copy and are handed to ``sink`` (the w
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,13 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradlens.capture.chunk import HEAD, Chunk, Layout, StepInfo
+from gradlens.capture.chunk import Chunk, Layout, StepInfo
 from gradlens.functional.norms import NormPlan, nonfinite_counts, tensor_norms
 
 __all__ = ["StepRecorder"]
-
-# A pending row: the HEAD scalars, then the per-tensor blocks, then this rank's loss.
-_UPDATE = len(HEAD) + 2
 
 
 class StepRecorder:
@@ -78,10 +76,13 @@ class StepRecorder:
         self._nan = torch.full((1,), float("nan"), dtype=f32, device=dev)
         self._zero = torch.zeros(1, dtype=f32, device=dev)
         self._zeros_p = torch.zeros(len(self.params), dtype=f32, device=dev)
+        self._nans_p = torch.full((len(self.params),), float("nan"), dtype=f32, device=dev)
+        self._sampled = True  # the step being recorded also reads parameter/update norms
         self._cpu_nonfinite = self.device.type == "cpu"
         # FSDP2 shards are DTensors: the foreach math runs on their local tensors.
         self._sharded = any(callable(getattr(p, "to_local", None)) for p in self.params)
         self._norms = NormPlan(self._values())
+        self._norms_both = NormPlan([*self._values(), *self._values()])
 
     # -- hot path --------------------------------------------------------------------------------
 
@@ -91,29 +92,33 @@ class StepRecorder:
         grad_scale: Tensor | None = None,
         skipped: Tensor | None = None,
         amp_scale: Tensor | None = None,
+        sample: bool = True,
     ) -> None:
         """Read gradients and parameters of the step about to be applied.
 
         ``grad_scale`` divides the gradient norms (fused AMP optimizers see scaled gradients);
-        ``skipped`` is a device flag set when the step will not be applied.
+        ``skipped`` is a device flag set when the step will not be applied. ``sample=False``
+        records gradient norms only: parameter and update norms are sampled steps' work
+        (one fused norm call, one stack and the row write is all an unsampled step costs).
         """
+        sample = sample or bool(self.layout.update_lag)
         with torch.no_grad():
-            _, gnorm, nonfinite = self._grad_norms()
+            gnorm, pnorm, nonfinite = self._grad_norms(with_params=sample)
             clipped, coef = self._nan, self._nan
             if self._preclip is not None:
                 gnorm, clipped, coef = self._clip_slots(gnorm)
-            pnorm = self._norms(self._values())
             if grad_scale is not None:
                 gnorm = gnorm / grad_scale.to(self.device, torch.float32, non_blocking=True)
             if self.reduce:
                 gnorm, pnorm = gnorm * gnorm, pnorm * pnorm
+            update = self._nans_p
             if self.layout.update_lag:
                 update = self._update_since_saved()
                 self._save()
-            else:
-                update = None
-                if self.track_updates:
-                    self._save()
+            elif self.track_updates and sample:
+                self._save()
+                update = self._zeros_p  # what a step GradScaler skips moved
+            self._sampled = sample
             loss_slot = _scalar(loss, self._nan, self.device)
             head = [
                 loss_slot,
@@ -122,9 +127,7 @@ class StepRecorder:
                 clipped,
                 coef,
             ]
-            self._pending = [*head, gnorm, pnorm, self._zeros_p, nonfinite, loss_slot]
-            if update is not None:
-                self._pending[_UPDATE] = update
+            self._pending = [*head, gnorm, pnorm, update, nonfinite, loss_slot]
 
     def before_clip(self) -> None:
         """A clipping call is about to change the gradients: keep their norms as the step's
@@ -133,7 +136,7 @@ class StepRecorder:
             self._clip_coef = None  # the coefficient is then read off the final gradients
             return
         with torch.no_grad():
-            self._preclip = self._grad_norms()[1]
+            self._preclip = self._grad_norms(with_params=False)[0]
         self._clip_coef = None
 
     def after_clip(self, total: Tensor | None, max_norm: float | None) -> None:
@@ -150,9 +153,10 @@ class StepRecorder:
         if self._pending is None:
             return
         with torch.no_grad():
-            if applied and self.track_updates and not self.layout.update_lag:
-                self._pending[_UPDATE] = self._update_since_saved()
+            if applied and self.track_updates and self._sampled and not self.layout.update_lag:
+                self._pending[-3] = self._update_since_saved()  # [..., update, nonfinite, loss]
             self._applied = applied
+            info.sampled = self._sampled
             self._push(self._pending, info)
         self._pending = None
 
@@ -162,8 +166,8 @@ class StepRecorder:
             return
         with torch.no_grad():
             row = [self._nan, self._zero, self._nan, self._nan, self._nan]
-            row += [self._nan_p(), self._nan_p()]
-            row += [self._update_since_saved(), self._nan_p(), self._nan]
+            row += [self._nans_p, self._nans_p]
+            row += [self._update_since_saved(), self._nans_p, self._nan]
             info.tail = True
             self._push(row, info)
 
@@ -173,6 +177,8 @@ class StepRecorder:
         After the step the saved copy holds θ_before − θ_after; this returns its negation.
         """
         if self._saved is None or self.layout.update_lag or not self.track_updates:
+            return None
+        if not self._sampled:  # the update of an unsampled step was not kept
             return None
         if not self._applied:  # skipped by GradScaler: nothing moved
             return [torch.zeros_like(s) for s in self._saved]
@@ -239,16 +245,24 @@ class StepRecorder:
         ):
             self.flush()
 
-    def _grad_norms(self) -> tuple[list[Tensor], Tensor, Tensor]:
-        """(gradients present, per-tensor norms, per-tensor non-finite counts); a tensor
-        without a gradient this step reads 0."""
+    def _grad_norms(self, with_params: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """(per-tensor gradient norms, parameter norms or NaN, non-finite slots); a tensor
+        without a gradient this step reads 0. Gradients and parameters go through one fused
+        norm call when every gradient is there."""
         grads, missing = self._grads()
+        pnorm = self._nans_p
         if not missing:
-            gnorm = self._norms(grads)
-            return grads, gnorm, self._nonfinite(grads, gnorm)
+            if with_params:
+                both = self._norms_both([*grads, *self._values()])
+                gnorm, pnorm = both[: len(grads)], both[len(grads) :]
+            else:
+                gnorm = self._norms(grads)
+            return gnorm, pnorm, self._nonfinite(grads, gnorm)
         gnorm = tensor_norms(grads, self.device) if grads else self._zeros_p
         nonfinite = self._expand(self._nonfinite(grads, gnorm), missing)
-        return grads, self._expand(gnorm, missing), nonfinite
+        if with_params:
+            pnorm = self._norms(self._values())
+        return self._expand(gnorm, missing), pnorm, nonfinite
 
     def _clip_slots(self, final: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(pre-clip norms, norm after clipping, coefficient) of a step with a clipping call."""
@@ -286,11 +300,16 @@ class StepRecorder:
         return full
 
     def _nonfinite(self, grads: list[Tensor], gnorm: Tensor) -> Tensor:
+        """Non-finite entries per tensor. ‖g‖ is finite iff every entry of g is, so: on the
+        CPU (where reading one number is free) entries are counted only on a step whose norms
+        are not all finite; on an accelerator the slot is NaN and the writer thread flags each
+        tensor whose norm is not finite (1), without a device kernel or a host sync."""
         if not grads:
             return self._zeros_p[: len(grads)]
-        # On the CPU reading one number is free: count entries only when something is off.
-        if self._cpu_nonfinite and torch.isfinite(gnorm).all().item():
-            return torch.zeros(len(grads), dtype=torch.float32)
+        if not self._cpu_nonfinite:
+            return self._nans_p[: len(grads)]
+        if math.isfinite(gnorm.sum().item()):  # a sum of norms is finite iff each is
+            return self._zeros_p[: len(grads)]
         return nonfinite_counts(grads, self.device)
 
     def _save(self) -> None:
@@ -313,9 +332,6 @@ class StepRecorder:
             return self.params
         return [_local(p.detach()) for p in self.params]
 
-    def _nan_p(self) -> Tensor:
-        return self._nan.expand(len(self.params))
-
 
 def _local(t: Tensor) -> Tensor:
     to_local = getattr(t, "to_local", None)
@@ -325,4 +341,6 @@ def _local(t: Tensor) -> Tensor:
 def _scalar(value: Tensor | None, default: Tensor, device: torch.device) -> Tensor:
     if value is None:
         return default
-    return value.detach().reshape(1).to(device, torch.float32, non_blocking=True)
+    if value.requires_grad:
+        value = value.detach()
+    return value.reshape(1).to(device, torch.float32, non_blocking=True)

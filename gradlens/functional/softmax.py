@@ -179,9 +179,11 @@ def grad_weight_cosine(
 
     Naive loss minimisation (Prieto et al. 2025) shows as ``cos(g, w) → −1``: the descent
     direction ``−g`` points along ``+w``, which only scales the logits; ``cos²`` is the share
-    of the gradient that ⊥Grad removes. Norms with one fused ``_foreach_norm``, one dot per
-    tensor (accumulated in float32 at least); no host synchronisation. ``include_global``
-    appends the cosine of the concatenated parameters and gradients.
+    of the gradient that ⊥Grad removes. A fixed number of fused ``_foreach`` kernels whatever
+    the number of tensors, no host synchronisation: with unit vectors ``ŵ = w/‖w‖`` and
+    ``ĝ = g/‖g‖``, ``cos = (‖ŵ + ĝ‖² − 2)/2`` (scaling first keeps the small gradient's
+    direction from drowning in the weights' rounding). ``include_global`` appends the cosine
+    of the concatenated parameters and gradients.
 
     Example:
         >>> w = torch.tensor([1.0, 0.0])
@@ -192,30 +194,51 @@ def grad_weight_cosine(
         raise ValueError(f"{len(params)} params but {len(grads)} grads")
     if not params:
         return torch.zeros(int(include_global))
-    ws = [w.detach() for w in params]
-    # A missing gradient is an empty tensor: norm 0, so cosine 0 (no index tensor to copy).
-    gs = [w.new_zeros(0) if g is None else g.detach() for w, g in zip(ws, grads, strict=True)]
-    device = ws[0].device
-    zero = torch.zeros((), dtype=torch.float32, device=device)
-    dots = [_dot(w, g) if g.numel() else zero for w, g in zip(ws, gs, strict=True)]
-    if len({(d.device, d.dtype) for d in dots}) == 1:
-        dot = torch.stack(dots).to(device, torch.float64)
-    else:
-        dot = torch.stack([d.to(device, torch.float64) for d in dots])
-    w_norms = tensor_norms(ws, device).double()
-    g_norms = tensor_norms(gs, device).double()
-    out = _safe_cosine(dot, w_norms, g_norms)
-    if include_global:
-        total = _safe_cosine(
-            dot.sum(), w_norms.square().sum().sqrt(), g_norms.square().sum().sqrt()
-        )
-        out = torch.cat([out, total[None]])
+    device = params[0].device
+    present = [i for i, g in enumerate(grads) if g is not None and g.numel()]
+    with torch.no_grad():
+        ws = [_wide(params[i]) for i in present]
+        gs = [_wide(grads[i]) for i in present]  # type: ignore[arg-type]
+        out = torch.zeros(len(params), dtype=torch.float64, device=device)
+        w_norms = torch.zeros(len(params), dtype=torch.float64, device=device)
+        g_norms = torch.zeros(len(params), dtype=torch.float64, device=device)
+        if ws:
+            n = len(ws)
+            norms = tensor_norms([*ws, *gs], device).double()
+            wn, gn = norms[:n], norms[n:]
+            tiny = torch.finfo(torch.float32).tiny
+            units = torch._foreach_div(ws, list(torch.unbind(wn.clamp_min(tiny).float())))
+            torch._foreach_add_(
+                units, torch._foreach_div(gs, list(torch.unbind(gn.clamp_min(tiny).float())))
+            )
+            sums = tensor_norms(units, device).double()
+            cos = torch.where((wn > 0) & (gn > 0), (sums.square() - 2) / 2, 0.0).clamp(-1, 1)
+            index = _index(tuple(present), device)
+            out.index_copy_(0, index, cos)
+            w_norms.index_copy_(0, index, wn)
+            g_norms.index_copy_(0, index, gn)
+        if include_global:
+            dot = (out * w_norms * g_norms).sum()
+            total = _safe_cosine(dot, w_norms.square().sum().sqrt(), g_norms.square().sum().sqrt())
+            out = torch.cat([out, total[None]])
     return out.float()
 
 
-def _dot(w: Tensor, g: Tensor) -> Tensor:
-    wide = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32
-    return torch.dot(w.reshape(-1).to(wide), g.reshape(-1).to(wide))
+def _wide(t: Tensor) -> Tensor:
+    """float32 at least (a half-precision unit vector is too coarse for a cosine); called
+    under ``no_grad``, so nothing is recorded for autograd."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+_INDEX: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}
+
+
+def _index(present: tuple[int, ...], device: torch.device) -> Tensor:
+    """Positions as a device tensor, cached (no host-to-device copy per call)."""
+    key = (present, device)
+    if key not in _INDEX:
+        _INDEX[key] = torch.tensor(present, device=device)
+    return _INDEX[key]
 
 
 def _safe_cosine(dot: Tensor, a: Tensor, b: Tensor) -> Tensor:

@@ -38,7 +38,7 @@ def test_exact_per_layer_values_and_scalars(runs_dir):
     names = [n for n, _ in model.named_parameters()]
     params = list(model.parameters())
     oracle = {"grad": [], "param": [], "update": [], "loss": [], "lr": []}
-    with gradlens.Lens(model, opt, runs_dir=runs_dir, name="exact", every=5) as lens:
+    with gradlens.Lens(model, opt, runs_dir=runs_dir, name="exact", every=5, param_every=1) as lens:
         for step in range(12):
             for group in opt.param_groups:
                 group["lr"] = 0.1 / (1 + step)
@@ -112,7 +112,7 @@ def test_grad_scaler_true_magnitudes_and_skipped_steps(runs_dir, fused):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     params = list(model.parameters())
     true_norms = []
-    with gradlens.Lens(model, opt, runs_dir=runs_dir) as lens:
+    with gradlens.Lens(model, opt, runs_dir=runs_dir, param_every=1) as lens:
         for step in range(6):
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
@@ -215,3 +215,66 @@ def test_exception_marks_run_failed_and_keeps_rows(runs_dir):
     run = gradlens.open_run(lens.run_dir)
     assert run.status == "failed" and "boom" in run.meta["error"]
     assert run.steps == 7
+
+
+def test_sampled_parameter_norms_and_softmax(runs_dir):
+    """Defaults: gradient norms every step; ‖θ‖, ‖Δθ‖ every 10th step; softmax every 20th."""
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.Lens(model, opt, runs_dir=runs_dir, every=7) as lens:
+        for _ in range(25):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    steps = {m: sorted(set(run.table("layers", filters=[("metric", "==", m)]).step))
+             for m in ("grad_norm", "param_norm", "update_norm", "update_ratio")}  # fmt: skip
+    assert steps["grad_norm"] == list(range(25))
+    assert steps["param_norm"] == steps["update_norm"] == steps["update_ratio"] == [0, 10, 20]
+    softmax = run.table("softmax", filters=[("metric", "==", "num_samples")])
+    assert sorted(softmax.step) == [0, 20]
+
+
+def test_dispatch_count_per_step_is_flat_in_the_number_of_tensors(runs_dir):
+    """The capture's cost floor, counted (deterministic): extra aten ops per optimizer step
+    with the default capture, the same for 4 and for 34 parameter tensors."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    views = {"view", "select", "slice", "detach", "unbind", "alias", "_local_scalar_dense"}
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    def launches(layers: int, watched: bool, steps: int = 40) -> float:
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(layers)], nn.Linear(16, 3))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+        x, y = torch.randn(32, 16), torch.randint(0, 3, (32,))
+        lens = gradlens.Lens(runs_dir=runs_dir) if watched else None
+        if lens:
+            lens.start()
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        count = Count()
+        with count:
+            for _ in range(steps):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+        if lens:
+            lens.close()
+        return sum(n for op, n in count.ops.items() if op not in views) / steps
+
+    extra = [launches(n, True) - launches(n, False) for n in (1, 16)]
+    assert extra[0] == pytest.approx(extra[1], abs=0.1)
+    assert extra[0] <= 12
