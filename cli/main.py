@@ -157,9 +157,27 @@ def watch(
         bool,
         typer.Option(
             "--updates/--no-updates",
-            help="Record update norms ‖Δθ‖ (one parameter copy per step; the main cost on CPU).",
+            help="Record update norms ‖Δθ‖ (one parameter copy per sampled step).",
         ),
     ] = True,
+    param_every: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            min=1,
+            max=MAX_EVERY,
+            help="Steps between samples of ‖θ‖ and ‖Δθ‖ (gradient norms: every step).",
+        ),
+    ] = 10,
+    softmax_every: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            min=1,
+            max=MAX_EVERY,
+            help="Steps between samples of the softmax signals and gradient/weight cosines.",
+        ),
+    ] = 20,
     probe: Annotated[
         list[str] | None,
         typer.Option(
@@ -187,6 +205,9 @@ def watch(
         probes=probes.value,
         status=status.value,
         track_updates=updates,
+        param_every=param_every,
+        softmax_every=softmax_every,
+        cos_every=softmax_every,
         probe_options=probe_options,
     )
     if status is not StatusMode.off:

@@ -742,11 +742,7 @@ class Lens:
             self._status.update(stats)
 
     def _summary(self, status: str) -> str:
-        stats = self._last_stats
-        return (
-            f"gradlens: run {self.name!r} {status} after {self.step} steps "
-            f"({stats.spikes} spikes, {stats.nonfinite} non-finite) → {self.run_dir}"
-        )
+        return f"gradlens: run {self.name!r} {status} after {self.step} steps → {self.run_dir}"
 
     def _initial_meta(self) -> dict[str, Any]:
         return {
