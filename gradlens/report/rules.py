@@ -113,6 +113,26 @@ def run_status(data: RunData, t: Thresholds) -> list[Finding]:
     return []
 
 
+@rule("gradlens_health", "every gradlens feature ran (none disabled, no signal unavailable)")
+def gradlens_health(data: RunData, t: Thresholds) -> list[Finding]:
+    """gradlens switched a feature off after an internal error (the numbers it would have
+    recorded are missing), or could not get a signal on this run (said why)."""
+    meta = data.run.meta
+    findings = []
+    for key, severity, message in (
+        ("disabled", "warning", "gradlens disabled {} after an internal error"),
+        ("unavailable", "info", "{} unavailable on this run"),
+    ):
+        entries = meta.get(key)
+        if not isinstance(entries, dict):
+            continue
+        for feature, reason in sorted(entries.items()):
+            findings.append(
+                Finding("gradlens_health", severity, message.format(feature), str(reason))
+            )
+    return findings[:MAX_FINDINGS_PER_RULE]
+
+
 @rule("nonfinite", "no NaN/Inf loss or gradients", needs=("scalars",))
 def nonfinite(data: RunData, t: Thresholds) -> list[Finding]:
     events = data.events
