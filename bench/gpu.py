@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 
 # seconds per part on the GPU (sum 465 s < 8 min, leaving room for process start-up)
 LIMITS = {"overhead": 75, "hessian": 255, "landscape": 90, "collapse": 45}
-SMOKE_LIMITS = {"overhead": 240, "hessian": 400, "landscape": 240, "collapse": 120}
+SMOKE_LIMITS = {"overhead": 600, "hessian": 900, "landscape": 600, "collapse": 300}  # busy CPUs
 
 
 # -- parts (each runs in a child process) ------------------------------------------------------
