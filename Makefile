@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 RUNS ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser demo test lint format sample-runs bench browser-test clean
+.PHONY: help install browser demo test lint format sample-runs bench browser-test floors clean
 
 help:
 	@echo "make demo          set up, watch examples/mlp_classifier.py, print the report"
@@ -22,6 +22,7 @@ help:
 	@echo "make sample-runs   regenerate sample_runs/ from examples/ with gradlens watch"
 	@echo "make bench         run the benchmarks in bench/ (side-by-side ratios)"
 	@echo "make browser-test  the dashboard's headless-Chromium tests only"
+	@echo "make floors        the report/store/dashboard tests with every dependency at its floor"
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,9 @@ test: install browser
 
 browser-test: install browser
 	$(PY) -m pytest tests/dashboard -m browser --headless -p no:cacheprovider
+
+floors:
+	bash .ci/floors
 
 lint: install
 	$(BIN)/ruff check .
