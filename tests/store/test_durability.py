@@ -307,3 +307,24 @@ def test_a_failing_disk_is_not_retried_with_a_new_file_per_flush(runs_dir, capsy
     assert list((run_dir / "scalars").iterdir()) == []  # the empty journal is gone too
     assert len(capsys.readouterr().err.splitlines()) == 1
     assert open_run(run_dir).table("scalars").empty
+
+
+def test_tagged_writers_fold_merge_and_compact_only_their_own_files(runs_dir):
+    run_dir = _new_run(runs_dir, status="running")
+    writers = [RunWriter(run_dir, strict=True, min_interval=0, tag=t) for t in ("", "r1")]
+    for block in range(2 * MERGE_FANOUT + 3):
+        for rank, writer in enumerate(writers):
+            steps = range(block * 2, block * 2 + 2)
+            rows = {"step": list(steps), "rank": [rank] * 2, "metric": ["loss"] * 2}
+            writer.write("ranks", {**rows, "value": [1.0] * 2})
+            writer.sync()
+    frame = open_run(run_dir).table("ranks")
+    assert len(frame) == 2 * 2 * (2 * MERGE_FANOUT + 3)
+    writers[1].close()
+    names = sorted(p.name for p in (run_dir / "ranks").iterdir())
+    assert "compact-r1-000018.parquet" in names and any(n.startswith("part-0") for n in names)
+    writers[0].close()
+    names = sorted(p.name for p in (run_dir / "ranks").iterdir())
+    assert names == ["compact-000018.parquet", "compact-r1-000018.parquet"]
+    frame = open_run(run_dir).table("ranks")
+    assert frame.groupby("rank").size().tolist() == [2 * (2 * MERGE_FANOUT + 3)] * 2
