@@ -27,7 +27,8 @@ symmetric eigenvalue problems*, SIAM J. Matrix Anal. Appl. 22(2).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -94,17 +95,30 @@ def tridiagonal_eigh(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
     return _small_eigh(t)
 
 
-def _small_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
-    """eigh of a small host matrix on one thread: multi-threaded LAPACK on a 64×64 matrix
+def _squared_norm(x: Tensor) -> Tensor:
+    """‖x‖² as a 1-element tensor, through a matrix-vector product: MKL's threaded ``dot``
+    took 8–10 ms on a busy 2-core machine whatever the length (``mv``: microseconds)."""
+    return torch.mv(x.unsqueeze(0), x)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Small host linear algebra on one thread: multi-threaded LAPACK/BLAS on a 64×64 matrix
     took 40 ms on a busy 2-core machine against 0.3 ms on one thread (measured)."""
     threads = torch.get_num_threads()
-    if threads == 1 or matrix.device.type != "cpu":
-        return torch.linalg.eigh(matrix)
+    if threads == 1:
+        yield
+        return
     torch.set_num_threads(1)
     try:
-        return torch.linalg.eigh(matrix)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _small_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    with _one_thread():
+        return torch.linalg.eigh(matrix)
 
 
 def _order(theta: Tensor, which: str) -> Tensor:
@@ -171,7 +185,7 @@ class _Krylov:
         w = w - coef @ basis
         again = self.total(basis @ w)
         w = w - again @ basis
-        beta = self.total((w @ w).reshape(1)).sqrt()
+        beta = self.total(_squared_norm(w)).sqrt()
         self.proj[: self.n, j] = (coef + again).to(torch.float64)
         if self.n == self.rows.shape[0]:
             self._grow()
@@ -226,11 +240,16 @@ class _Ritz:
 
 
 def _ritz(m: int, block: Tensor, locked_theta: Tensor, locked_res: Tensor) -> _Ritz:
+    with _one_thread():
+        return _ritz_pairs(m, block, locked_theta, locked_res)
+
+
+def _ritz_pairs(m: int, block: Tensor, locked_theta: Tensor, locked_res: Tensor) -> _Ritz:
     nl = locked_theta.numel()
     square = block[:m, :m]
     sym = 0.5 * (square + square.T)
     beta = float(block[m, m - 1]) if m >= 1 else 0.0
-    theta, y = _small_eigh(sym[nl:, nl:])
+    theta, y = torch.linalg.eigh(sym[nl:, nl:])
     coupling = sym[:nl, nl:] @ y  # locked-to-active couplings enter the residual
     residual = torch.sqrt((beta * y[-1]) ** 2 + (coupling**2).sum(0))
     return _Ritz(
@@ -316,7 +335,7 @@ def lanczos(
     if start is None:
         start = torch.randn(dim, generator=generator, dtype=torch.float64)
     q = start.to(device, dtype)
-    q = q / _total(allreduce, (q @ q).reshape(1))[0].sqrt()
+    q = q / _total(allreduce, _squared_norm(q))[0].sqrt()
     first = q.clone()
     where = torch.device(basis_device or device)
     rows = int(max_basis) if restarted and max_basis is not None else limit + 1
@@ -402,14 +421,15 @@ def _thick_restart(
     selected = newly + keep
     y = ritz.vectors[:, selected]  # (m − nl, c)
     c = len(selected)
-    z = torch.zeros(m, nl + c, dtype=torch.float64)
-    z[:nl, :nl] = torch.eye(nl, dtype=torch.float64)
-    z[nl:, nl:] = y
-    rebuilt = torch.zeros(nl + c + 1, nl + c + 1, dtype=torch.float64)
-    rebuilt[: nl + c, : nl + c] = z.T @ ritz.sym @ z
-    coupling = ritz.beta * z[m - 1]
-    rebuilt[nl + c, : nl + c] = coupling
-    rebuilt[: nl + c, nl + c] = coupling
+    with _one_thread():
+        z = torch.zeros(m, nl + c, dtype=torch.float64)
+        z[:nl, :nl] = torch.eye(nl, dtype=torch.float64)
+        z[nl:, nl:] = y
+        rebuilt = torch.zeros(nl + c + 1, nl + c + 1, dtype=torch.float64)
+        rebuilt[: nl + c, : nl + c] = z.T @ ritz.sym @ z
+        coupling = ritz.beta * z[m - 1]
+        rebuilt[nl + c, : nl + c] = coupling
+        rebuilt[: nl + c, nl + c] = coupling
     krylov.restart(m, nl, y, rebuilt)
     locked_theta = torch.cat([locked_theta, active[newly]])
     locked_res = torch.cat([locked_res, res[newly]])
