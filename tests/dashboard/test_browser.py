@@ -239,6 +239,8 @@ def test_runs_page_health_sort_filter_and_unreadable_runs(browser, server):
 
 
 def test_run_page_from_a_spike_to_its_layer(browser, server):
+    from selenium.webdriver.common.action_chains import ActionChains
+
     seconds = _open(browser, server + "/run/grokking")
     charts = ("loss-graph", "gradnorm-graph", "lr-graph", "heatmap-graph")
     for graph_id in charts:
@@ -253,28 +255,39 @@ def test_run_page_from_a_spike_to_its_layer(browser, server):
     # grokking has spike events: the heatmap colours each layer against its own baseline
     heat = _traces(browser, "heatmap-graph")[0]
     assert "baseline" in heat["title"] and "steps %{customdata[1]}" in heat["hover"]
-    assert browser.title == "grokking · run — gradlens"
-    # hovering the loss shows the values at that step on the other curves too
-    from selenium.webdriver.common.action_chains import ActionChains
+    _until(lambda: browser.title == "grokking · run — gradlens", what="the tab title")
 
-    plot = browser.find_element("css selector", "#loss-graph .nsewdrag")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", plot)
-    ActionChains(browser).move_to_element(plot).pause(0.2).move_by_offset(5, 0).perform()
-    _until(
-        lambda: browser.find_elements("css selector", "#gradnorm-graph .hoverlayer .hovertext"),
-        what="linked hover",
-    )
+    # hovering the loss shows the values at that step on the other curves too
+    offsets = iter(range(5, 400, 17))
+
+    def hover_links() -> bool:  # retried: a refresh may redraw the charts under the mouse
+        plot = browser.find_element("css selector", "#loss-graph .nsewdrag")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", plot)
+        step = next(offsets)  # a new position each try, so plotly sees a new hover
+        ActionChains(browser).move_to_element(plot).pause(0.2).move_by_offset(step, 0).perform()
+        time.sleep(0.2)
+        return bool(browser.find_elements("css selector", "#gradnorm-graph .hoverlayer .hovertext"))
+
+    _until(hover_links, what="linked hover")
     _shot(browser, "run")
+
     # click the gradient-spike finding: every chart zooms to its steps, its layer opens
-    finding = next(
-        b
-        for b in browser.find_elements("css selector", "#findings-rows button")
-        if b.text.startswith("1972")
-    )
-    _click(browser, finding)
-    _until(
-        lambda: "head.weight" in _traces(browser, "layer-graph")[0]["title"], what="layer opened"
-    )
+    # (clicked in the page: the findings re-render while the report is refreshed)
+    def click_finding() -> bool:  # retried: a click on a button being replaced is lost
+        clicked = browser.execute_script(
+            "const b = Array.from(document.querySelectorAll('#findings-rows button'))"
+            ".find(b => b.innerText.startsWith('1972'));"
+            "if (!b) return false; b.scrollIntoView({block: 'center'}); b.click(); return true;"
+        )
+        deadline = time.monotonic() + 4
+        while clicked and time.monotonic() < deadline:
+            traces = _traces(browser, "layer-graph")
+            if traces and "head.weight" in traces[0]["title"]:
+                return True
+            time.sleep(0.1)
+        return False
+
+    _until(click_finding, timeout=30, what="the finding opens its layer")
     for graph_id in (*charts, "layer-graph"):
         lo, hi = _until(lambda g=graph_id: _axis(browser, g), what=graph_id)["range"]
         _until(
@@ -295,8 +308,14 @@ def test_run_page_from_a_spike_to_its_layer(browser, server):
             what=f"{graph_id} follows the zoom",
         )
     # the URL holds the view: reopening it shows the same layer and zoom
-    url = browser.current_url
-    assert "layer=head.weight" in url and "range=100" in url
+    url = _until(
+        lambda: (
+            "layer=head.weight" in browser.current_url
+            and "range=100" in browser.current_url
+            and browser.current_url
+        ),
+        what="the view in the URL",
+    )
     _open(browser, url)
     _until(lambda: "head.weight" in _traces(browser, "layer-graph")[0]["title"])
     _until(lambda: _same(_axis(browser, "loss-graph")["range"], [100, 300]), what="zoom kept")
@@ -315,13 +334,23 @@ def test_heatmap_row_click_and_controls(browser, server):
     assert "× baseline" in spike["hover"]  # ratio and baseline on hover
     heat = _drawn(browser, "heatmap-graph")
     assert heat[0]["type"] == "heatmap" and heat[0]["n"] == 6 * 300
-    plot = browser.find_element("css selector", "#heatmap-graph .nsewdrag")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", plot)
-    top_row = -plot.size["height"] // 2 + 8  # rows top-down in model order: body.0.weight
-    ActionChains(browser).move_to_element(plot).pause(0.3).move_by_offset(3, top_row).pause(
-        0.3
-    ).click().perform()  # plotly needs the hover before the click
-    _until(lambda: _traces(browser, "layer-graph")[0]["title"] == "layer body.0.weight")
+
+    def click_top_row() -> bool:  # retried: a refresh may redraw the heatmap mid-click
+        plot = browser.find_element("css selector", "#heatmap-graph .nsewdrag")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", plot)
+        top_row = -plot.size["height"] // 2 + 8  # rows top-down in model order: body.0.weight
+        ActionChains(browser).move_to_element(plot).pause(0.3).move_by_offset(3, top_row).pause(
+            0.3
+        ).click().perform()  # plotly needs the hover before the click
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            traces = _traces(browser, "layer-graph")
+            if traces and traces[0]["title"] == "layer body.0.weight":
+                return True
+            time.sleep(0.1)
+        return False
+
+    _until(click_top_row, timeout=30, what="a heatmap row opens its layer")
     # log y on every curve; wall-clock x on every chart, the heatmap included
     _click(browser, browser.find_element("css selector", "#logy input[value='log']"))
     _until(lambda: _traces(browser, "loss-graph")[0]["yaxis"] == "log")
@@ -398,7 +427,7 @@ def test_probe_pages_render_fast_with_controls_that_act(browser, server):
         ),
         what="log y off on every softmax panel",
     )
-    assert "logy=0" in browser.current_url  # the view is in the URL here too
+    _until(lambda: "logy=0" in browser.current_url, what="log y in the URL")
     _shot(browser, "collapse")
 
     timings["landscape"] = _open(browser, server + "/landscape/mlp")
