@@ -387,7 +387,8 @@ def test_values_read_on_the_compare_page_are_the_stored_ones(browser, server, ru
         ".flat()"
     )
     assert len(set(colours)) == 1  # one colour per run on every chart
-    _until(lambda: "weight_decay" in _text(browser, "#config-diff-rows") or True)
+    diff = _until(lambda: _text(browser, "#config-diff-rows"), what="the config diff")
+    assert "argv" in diff  # grokking-wd was started with --weight-decay
     _shot(browser, "compare")
     _no_console_errors(browser)
 
