@@ -435,7 +435,7 @@ class Lens:
 
     def _capture(self, optimizer: torch.optim.Optimizer, scale: Tensor | None) -> None:
         if self._discovery.enabled and self._roles.all:  # a step after the first
-            self._settle_discovery()
+            self._settle_discovery()  # (off before any forward if the new owner was called)
         tracked = self._tracked_for(optimizer)
         if tracked is None:
             return
@@ -505,13 +505,16 @@ class Lens:
         """Watch the modules that own the optimizers' parameters, found without a global
         module hook: one left on during a compiled forward makes torch.compile recompile
         once it is removed."""
-        self._discovery.disable()
+        if self._discovery.enabled:
+            self._discovery.disable()
         params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
         for root in owning_roots(params):
             self._roots.add(root)
 
     def _root_before(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         self._root_calls += 1
+        if self._discovery.enabled and self._roles.all:  # a watched owner is called after all:
+            self._discovery.disable()  # off before this (maybe compiled) forward runs
         self._root_depth += 1
         if self._root_depth > 1 or interception.is_suspended():
             return
@@ -568,8 +571,13 @@ class Lens:
         if not params:
             return None
         self._settle_discovery()
-        if self.auto and not self._root_calls:  # the owner is not what the script calls
-            self._discovery.enable()  # (e.g. a LightningModule's inner model): find it
+        if self.auto and not self._root_calls:
+            # What the script calls is not the owner watched so far: torch.compile(model) or
+            # DDP(model) wrapped it after the optimizer was made (look again), or the script
+            # calls an inner module (a LightningModule's model): the next step's forward
+            # finds it (the global hook is then on for one step only).
+            self._watch_owners([optimizer])
+            self._discovery.enable()
         self._serials += 1
         names = self._names(params, optimizer)
         recorder, decoder = self._recorder(params, names, self._serials)
