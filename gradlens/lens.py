@@ -24,6 +24,7 @@ import atexit
 import gc
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +49,7 @@ from gradlens.capture.recorder import StepRecorder
 from gradlens.capture.roles import Roles, Tracked
 from gradlens.capture.softmax import SoftmaxCapture
 from gradlens.capture.spikes import SpikeConfig, SpikeDetector
+from gradlens.errors import ConfigError
 from gradlens.instrument import interception
 from gradlens.instrument.discovery import ModuleDiscovery, ParameterNamer, owning_roots
 from gradlens.instrument.distributed import (
@@ -60,6 +62,7 @@ from gradlens.instrument.guard import Guard
 from gradlens.instrument.live import MODES, StatusLine
 from gradlens.instrument.probe_set import ProbeSet, batch_size_of
 from gradlens.instrument.roots import RootCalls
+from gradlens.instrument.signals import HeldSignals, exit_code_for
 from gradlens.objective import Objective
 from gradlens.probes import make_probes
 from gradlens.probes.runner import ProbeRunner
@@ -184,6 +187,8 @@ class Lens:
         self._roots = RootCalls(self._root_before, self._root_after)
         self._roles = Roles()
         self._serials = 0
+        self._hyperparameters: list[dict[str, Any]] = []  # per optimizer, for meta.json
+        self._batch_size: int | None = None
         self._manual: Tracked | None = None
         self._known_optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._handles: list[RemovableHandle] = []
@@ -234,7 +239,10 @@ class Lens:
         self._t0 = self._last_end = time.perf_counter()
         self._wall0 = time.time()
         if self.dist.main:
-            write_meta(self.run_dir, self._initial_meta())
+            try:
+                write_meta(self.run_dir, self._initial_meta())
+            except OSError as exc:  # read-only or full disk: nothing recorded yet, say so
+                raise ConfigError(f"cannot write {self.run_dir / 'meta.json'}: {exc}") from exc
         self._writer = RunWriter(self.run_dir, tag=self.dist.tag)
         if self.track_softmax and self.dist.main:  # rank 0's logits (each rank sees its own)
             self._softmax = SoftmaxCapture(self._writer.submit, self.every, self.cos_every)
@@ -276,13 +284,23 @@ class Lens:
         if self._closed or not self._started:
             return
         atexit.unregister(self._at_exit)
-        try:
+        try:  # final probes stay interruptible; the teardown is atomic w.r.t. signals
             if status == "finished" and self.step > 0 and self._probes is not None:
                 final = self._probes.at_end(self.step - 1)
                 if final:
                     self._run_probes(final, self.step - 1, self._roles.primary)
         finally:
-            self._teardown(status, exit_code, error)
+            with HeldSignals() as held:  # inside watch the outer hold is the one that holds
+                self._teardown(status, exit_code, error)
+                if held.first is not None and status == "finished" and self.dist.main:
+                    assert self.run_dir is not None
+                    name = signal.Signals(held.first).name
+                    update_meta(
+                        self.run_dir,
+                        status="interrupted",
+                        exit_code=exit_code_for(held.first),
+                        error=f"{name} while gradlens closed the run",
+                    )
 
     def _teardown(self, status: str, exit_code: int | None, error: str | None) -> None:
         """Remove every patch and hook, flush, compact and finalize — always, in this order."""
@@ -318,6 +336,11 @@ class Lens:
             world_size=self.dist.world,
             disabled=dict(self._guard.disabled),
             unavailable=dict(self.unavailable),
+            optimizers=self._hyperparameters,
+            hyperparameters={
+                **(self._hyperparameters[0] if self._hyperparameters else {}),
+                "batch_size": self._batch_size,
+            },
         )
         if self._status is not None:
             self._status.stop(self._summary(status))
@@ -524,6 +547,8 @@ class Lens:
 
     def _count_and_keep(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         samples, tokens = batch_size_of(args, kwargs)
+        if self._batch_size is None and samples:
+            self._batch_size = samples
         self._samples += samples
         self._tokens += tokens
         if not self.probe_set.full:
@@ -583,6 +608,7 @@ class Lens:
         recorder, decoder = self._recorder(params, names, self._serials)
         tracked = Tracked(recorder, decoder, self._serials, ids=frozenset(map(id, params)))
         self._roles.add(optimizer, tracked)
+        self._hyperparameters.append(_hyperparameters(optimizer, self._serials))
         self._known_optimizers.add(optimizer)
         return tracked
 
@@ -788,6 +814,22 @@ class Lens:
                 "mode": "auto" if self.auto else "explicit",
             },
         }
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer, serial: int) -> dict[str, Any]:
+    """The optimizer's class and the first group's settings, as JSON values."""
+    out: dict[str, Any] = {"optimizer": type(optimizer).__name__, "serial": serial}
+    group = optimizer.param_groups[0] if optimizer.param_groups else {}
+    for key in ("lr", "betas", "momentum", "weight_decay", "eps", "nesterov"):
+        value = group.get(key)
+        if isinstance(value, Tensor) and value.numel() == 1:
+            value = float(value)
+        elif isinstance(value, tuple):
+            value = [float(v) for v in value]
+        if isinstance(value, bool | int | float | list):
+            out[key] = value
+    out["param_groups"] = len(optimizer.param_groups)
+    return out
 
 
 def _scaler_enabled(scaler: Any) -> bool:

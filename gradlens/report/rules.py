@@ -137,21 +137,25 @@ def gradlens_health(data: RunData, t: Thresholds) -> list[Finding]:
 def nonfinite(data: RunData, t: Thresholds) -> list[Finding]:
     events = data.events
     bad = events[events["kind"].isin(["nonfinite_loss", "nonfinite_grad"])]
-    if bad.empty:
+    # A norm can overflow to inf before any entry does: the scalars say so, events do not.
+    norm = data.scalar("grad_norm")
+    overflow = {int(step) for step in norm.index[~np.isfinite(norm.to_numpy())]}
+    bad_steps = {int(step) for step in bad["step"]} | overflow
+    if not bad_steps:
         return []
-    first = int(bad["step"].min())
-    steps = bad["step"].nunique()
+    first, last = min(bad_steps), max(bad_steps)
+    steps = len(bad_steps)
     grads = bad[bad["kind"] == "nonfinite_grad"]
     layer = None
     evidence = f"{steps} step(s) with non-finite values, first at step {first}"
+    if overflow and min(overflow) == first:
+        evidence += " (the gradient norm)"
     if not grads.empty:
         row = grads.iloc[0]
         layer = str(row["layer"])
         evidence += f"; first NaN/Inf gradients in {layer} ({int(row['value'])} entries)"
     if (bad["kind"] == "nonfinite_loss").any():
-        evidence += (
-            f"; loss non-finite from step {int(bad[bad.kind == 'nonfinite_loss'].step.min())}"
-        )
+        evidence += f"; loss from step {int(bad[bad.kind == 'nonfinite_loss'].step.min())}"
     return [
         Finding(
             "nonfinite",
@@ -159,7 +163,7 @@ def nonfinite(data: RunData, t: Thresholds) -> list[Finding]:
             "non-finite loss or gradients",
             evidence,
             first,
-            int(bad["step"].max()),
+            last,
             layer,
             float(steps),
             0.0,

@@ -38,7 +38,7 @@ def test_every_line_fits_and_the_sparkline_is_one_line():
 
 def test_evidence_wraps_in_a_wide_column_not_five_lines():
     out = _render(report_renderable(_report("mlp-diverged"))).splitlines()
-    start = next(i for i, line in enumerate(out) if re.match(r"error +nonfinite  steps 12", line))
+    start = next(i for i, line in enumerate(out) if re.match(r"error +nonfinite  steps 6", line))
     evidence = []
     for line in out[start + 1 :]:
         if not line.startswith("        "):
