@@ -41,7 +41,6 @@ import gradlens
 CPU_CASES = ["mlp", "gpt-cpu"]
 GPU_CASES = ["resnet18", "gpt", "nanogpt"]
 EVERY = 50
-VIEWS = {"view", "select", "slice", "detach", "unbind", "alias", "_local_scalar_dense"}
 
 
 def _sync(device: str) -> None:
@@ -83,25 +82,12 @@ def _count(model, opt, batch, loss_fn, steps: int, device: str) -> tuple[float, 
             _train(model, opt, batch, loss_fn, steps, device)
         kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
         return kernels / steps, kernels / steps
-    from collections import Counter
+    from gradlens.capture.cost import DispatchCount
 
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ops: Counter[str] = Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops[func.overloadpacket.__name__] += 1
-            return func(*args, **(kwargs or {}))
-
-    count = Count()
+    count = DispatchCount()
     with count:
         _train(model, opt, batch, loss_fn, steps, device)
-    ops = sum(count.ops.values())
-    launches = sum(n for op, n in count.ops.items() if op not in VIEWS)
-    return ops / steps, launches / steps
+    return count.total / steps, count.launches / steps
 
 
 def _added(model, opt, batch, loss_fn, device: str, runs_dir: Path) -> tuple[float, float]:
