@@ -339,7 +339,8 @@ def lanczos(
     first = q.clone()
     where = torch.device(basis_device or device)
     rows = int(max_basis) if restarted and max_basis is not None else limit + 1
-    krylov = _Krylov(dim, dtype, where, min(rows, 64) if not restarted else rows, rows, allreduce)
+    capacity = min(rows, 64) if not restarted else rows
+    krylov = _Krylov(q.numel(), dtype, where, capacity, rows, allreduce)  # local slice length
     krylov.push(q)
     lag = pipeline if pipeline is not None else where.type == "cuda"
     pinned = lag and where.type == "cuda"

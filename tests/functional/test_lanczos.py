@@ -383,3 +383,24 @@ def test_pipelined_run_honours_min_iter_for_quadrature():
     assert res.hvps == 30 and res.steps == 30 and res.restarts == 0
     _, weights = quadrature(res)
     assert float(weights.sum()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("max_basis", [None, 16])
+def test_sharded_vectors_keep_their_local_length(max_basis):
+    """Two identical 'ranks' (allreduce doubles partial sums): the operator is diag(H, H)
+    on global vectors [x; x], of dimension 2n, while each process holds n entries."""
+    h = _outlier_matrix(150)
+    start = torch.randn(150, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    res = lanczos(
+        lambda v: h @ v,
+        300,
+        3,
+        tol=1e-8,
+        start=start,
+        dtype=torch.float64,
+        max_basis=max_basis,
+        max_iter=500,
+        allreduce=lambda t: 2 * t,
+    )
+    assert res.eigenvectors.shape == (3, 150) and res.converged
+    torch.testing.assert_close(res.eigenvalues, _ordered(h, "LA", 3), rtol=1e-8, atol=1e-12)
