@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -245,9 +246,14 @@ def test_run_page_from_a_spike_to_its_layer(browser, server):
     charts = ("loss-graph", "gradnorm-graph", "lr-graph", "heatmap-graph")
     for graph_id in charts:
         _drawn(browser, graph_id)
+
     # every chart: the same plot area and x range, so a step sits at one pixel column
+    # (retried: the page's scrollbar may appear after the first charts were laid out)
+    def one_plot_area() -> bool:
+        return len({(a["offset"], a["length"]) for a in map(partial(_axis, browser), charts)}) == 1
+
+    _until(one_plot_area, what="one plot area for every chart")
     axes = [_axis(browser, g) for g in charts]
-    assert len({(a["offset"], a["length"]) for a in axes}) == 1, axes
     assert all(_same(a["range"], axes[0]["range"]) for a in axes), axes
     # the learning rate is constant: its axis is around 0.01, not −1…+1
     lo, hi = _axis(browser, "lr-graph", "yaxis")["range"]
