@@ -17,13 +17,15 @@ from torch.nn import functional as F
 parser = argparse.ArgumentParser()
 parser.add_argument("--out")
 parser.add_argument("--compile", default="")  # a backend name, e.g. aot_eager
-parser.add_argument("--dtype", default="float32")  # float32 | bfloat16
+parser.add_argument("--dtype", default="float32")  # float32 | bfloat16 | float16
+parser.add_argument("--device", default="cpu")  # cuda: the GPU check of bench/gpu.py
 parser.add_argument("--iters", type=int, default=8)
 args = parser.parse_args()
 
 torch.manual_seed(1337)
-device_type = "cpu"
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+device = args.device
+device_type = "cuda" if "cuda" in device else "cpu"
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
 ctx = nullcontext() if args.dtype == "float32" else torch.amp.autocast(device_type, ptdtype)
 block_size, vocab_size, batch_size, n_embd = 16, 48, 4, 32
 gradient_accumulation_steps, grad_clip, learning_rate = 2, 1.0, 6e-3
@@ -98,7 +100,7 @@ def get_batch(split):
     ix = torch.randint(len(data) - block_size, (batch_size,))
     x = torch.stack([data[i : i + block_size] for i in ix])
     y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix])
-    return x, y
+    return x.to(device), y.to(device)
 
 
 @torch.no_grad()
@@ -159,4 +161,4 @@ for it in range(args.iters):
 checkpoint = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "iter_num": it}
 with tempfile.TemporaryDirectory() as tmp:
     torch.save(checkpoint, os.path.join(tmp, "ckpt.pt"))
-trace.save(raw_model.state_dict())
+trace.save({k: v.cpu() for k, v in raw_model.state_dict().items()})
