@@ -54,7 +54,7 @@ def hessian_section(data: RunData) -> Section | None:
             f"{number(_value(last, 'lambda_min'))} "
             f"(residual {number(_value(last, 'lambda_min_residual'))})",
         ),
-        ("trace", f"{number(_value(last, 'trace'))} ± {number(_value(last, 'trace_stderr'))}"),
+        ("trace", _trace_text(last)),
         (
             "sharpness: first → max → last" if len(sharp) > 1 else "sharpness",
             f"{number(sharp.iloc[0])} → {number(sharp.max())} → {number(sharp.iloc[-1])}"
@@ -64,7 +64,31 @@ def hessian_section(data: RunData) -> Section | None:
         ("λmax·lr/2 (edge of stability at 1)", f"max {number(eos.max())}" if len(eos) else "-"),
         ("HVPs per probe", number(_value(last, "hvps"))),
     ]
+    engine = _engine_text(last)
+    if engine:
+        rows.append(("HVP engine", engine))
     return Section("Hessian", rows)
+
+
+def _trace_text(last: pd.DataFrame) -> str:
+    text = f"{number(_value(last, 'trace'))} ± {number(_value(last, 'trace_stderr'))}"
+    if _value(last, "trace_reached") == 0:
+        text += " (the HVP budget could not reach the requested error)"
+    return text
+
+
+def _engine_text(last: pd.DataFrame) -> str:
+    """The engine the probe chose and its finite-difference check, when it recorded them."""
+    rows = last[last["metric"] == "hvp_engine"]
+    if rows.empty:
+        return ""
+    text = str(rows["layer"].iloc[-1])
+    error = last[last["metric"] == "fd_check_error"]["value"]
+    if len(error):
+        passed = _value(last, "fd_check_passed") == 1
+        verdict = "passed" if passed else "failed, not used"
+        text += f"; finite differences {verdict} (rel. error {number(float(error.iloc[-1]))})"
+    return text
 
 
 def _series(df: pd.DataFrame, metric: str) -> pd.Series:
@@ -160,7 +184,12 @@ def landscape_section(data: RunData) -> Section | None:
             (
                 str(name),
                 f"centre loss {number(float(centre['value'].iloc[0])) if len(centre) else '-'}, "
-                f"roughness {number(values.get('roughness'))}, curvature {curv or '-'}",
+                f"roughness {number(values.get('roughness'))}, curvature {curv or '-'}"
+                + (
+                    f", check error {number(values['check_error'])}"
+                    if "check_error" in values
+                    else ""
+                ),
             )
         )
     return Section("Loss landscape", rows)

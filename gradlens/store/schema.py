@@ -22,7 +22,8 @@ _layer = pa.field("layer", pa.string())
 _value64 = pa.field("value", pa.float64())
 
 SCHEMAS: dict[str, pa.Schema] = {
-    # loss, grad_norm, lr (index = param group), step_time, samples_per_s, skipped, ...
+    # loss, grad_norm (before clipping), grad_norm_clipped, clip_coef, lr (index = param
+    # group), step_time, samples_per_s, skipped, ...
     "scalars": pa.schema([_step, _metric, pa.field("index", pa.int32()), _value64]),
     # per parameter tensor: grad_norm, param_norm, update_norm, update_ratio, nonfinite
     "layers": pa.schema([_step, _layer, _metric, pa.field("value", pa.float32())]),
@@ -42,7 +43,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     # multi-process runs: what differs between ranks (loss, step_time, samples_per_s, …)
     "ranks": pa.schema([_step, pa.field("rank", pa.int32()), _metric, _value64]),
     # Hessian probe: top_eigenvalue/top_residual (index = k), bottom_*, hvps, trace,
-    # trace_stderr, lambda_min, sharpness, eos_ratio; layer = block for per-block spectra
+    # trace_stderr, trace_reached (0: the budget fell short), trace_deflated, lambda_min,
+    # sharpness, eos_ratio, hvp_seconds/hvp_engine (layer = engine), fd_check_error,
+    # fd_check_passed; layer = block for per-block spectra
     "hessian": pa.schema([_step, _metric, _layer, pa.field("index", pa.int32()), _value64]),
     # spectral density by SLQ: kind "quadrature" (x = node, value = weight) or "density"
     # (x = grid point, value = density)
