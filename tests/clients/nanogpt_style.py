@@ -25,7 +25,9 @@ args = parser.parse_args()
 torch.manual_seed(1337)
 device = args.device
 device_type = "cuda" if "cuda" in device else "cpu"
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+    args.dtype
+]
 ctx = nullcontext() if args.dtype == "float32" else torch.amp.autocast(device_type, ptdtype)
 block_size, vocab_size, batch_size, n_embd = 16, 48, 4, 32
 gradient_accumulation_steps, grad_clip, learning_rate = 2, 1.0, 6e-3
