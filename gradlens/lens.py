@@ -429,6 +429,7 @@ class Lens:
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         if interception.is_suspended() or _compiling() or not self._guard.active(CAPTURE):
             return None
+        self._closure_done = False  # a step that raised after its closure left it set
         # args = (optimizer, *step's arguments): torch passes ``self`` along
         closure = kwargs.get("closure") if "closure" in kwargs else (args[1:2] or [None])[0]
         if callable(closure):  # capture once the closure has produced this step's gradients
