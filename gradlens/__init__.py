@@ -18,6 +18,7 @@ __all__ = [  # noqa: RUF022 (grouped by purpose)
     # recording
     "Lens",
     "SpikeConfig",
+    "log",
     # analysing a trained model
     "hessian_density",
     "hessian_eigenvalues",
@@ -43,6 +44,7 @@ _LAZY = {
     "loss_landscape": "gradlens.landscape",
     "neural_collapse": "gradlens.collapse",
     "SpikeConfig": "gradlens.capture.spikes",
+    "log": "gradlens.user_log",
     "Run": "gradlens.store",
     "list_runs": "gradlens.store",
     "open_run": "gradlens.store",
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from gradlens.landscape import loss_landscape
     from gradlens.lens import Lens
     from gradlens.store import Run, list_runs, open_run
+    from gradlens.user_log import log
 
 
 def __getattr__(name: str) -> Any:

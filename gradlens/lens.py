@@ -42,6 +42,7 @@ from torch.optim.optimizer import (
 )
 from torch.utils.hooks import RemovableHandle
 
+from gradlens import user_log
 from gradlens._version import __version__
 from gradlens.capture.chunk import Chunk, StepInfo
 from gradlens.capture.decode import ChunkDecoder, LiveStats
@@ -49,6 +50,7 @@ from gradlens.capture.recorder import StepRecorder
 from gradlens.capture.roles import Roles, Tracked
 from gradlens.capture.softmax import SoftmaxCapture
 from gradlens.capture.spikes import SpikeConfig, SpikeDetector
+from gradlens.capture.user import UserMetrics
 from gradlens.errors import ConfigError
 from gradlens.instrument import interception
 from gradlens.instrument.discovery import ModuleDiscovery, ParameterNamer, owning_roots
@@ -75,6 +77,7 @@ PRESETS = ("cheap", "standard", "full")
 
 # Feature names (what the guard switches off, what meta.json lists under "disabled").
 CAPTURE, SOFTMAX, ROOTS, CLIP = "capture", "softmax signals", "model calls", "clip capture"
+USER = "user metrics"
 
 
 def default_runs_dir() -> Path:
@@ -177,6 +180,7 @@ class Lens:
         self._guard.quiet = not self.dist.main
         self._said: set[str] = set()
         self._softmax: SoftmaxCapture | None = None
+        self._user: UserMetrics | None = None
         self._probes: ProbeRunner | None = None
         self._status_mode = status
         self._status: StatusLine | None = None
@@ -254,6 +258,9 @@ class Lens:
             self._say_once,
             writes=self.dist.main,
         )
+        if self.dist.main:
+            self._user = UserMetrics(self._writer.submit, self._say_once)
+            user_log.attach(self._log_user)
         self._status = StatusLine(self.name, self._status_mode if self.dist.main else "off")
         self._status.start()
         interception.install(self)
@@ -318,6 +325,9 @@ class Lens:
             self._guard.call(CAPTURE, tracked.recorder.flush)
         if self._softmax is not None:
             self._guard.call(SOFTMAX, self._softmax.flush)
+        user_log.detach(self._log_user)
+        if self._user is not None:
+            self._guard.call(USER, self._user.flush)
         assert self._writer is not None and self.run_dir is not None
         self._writer.close(compact=True)
         if not self.dist.main:
@@ -511,6 +521,12 @@ class Lens:
         recorder.before_update(loss)
         recorder.after_update(self._info(self._manual))
         self._end_step()
+
+    def _log_user(self, values: Any, step: int | None) -> None:
+        """``gradlens.log``: at the last optimizer step (or ``step``)."""
+        if self._user is not None:
+            at = max(self.step - 1, 0) if step is None else step
+            self._guard.call(USER, self._user.add, values, at)
 
     def _sampled(self, tracked: Tracked) -> bool:
         """Whether this step also reads parameter and update norms (probes need Δθ)."""
@@ -709,6 +725,8 @@ class Lens:
         self.step += 1
         if self._softmax is not None:
             self._guard.call(SOFTMAX, self._softmax.end_step, done)
+        if self._user is not None and done % self.every == self.every - 1:
+            self._guard.call(USER, self._user.flush)
         self._scaled = None
         self._samples = self._tokens = 0
         if self._probes is not None:

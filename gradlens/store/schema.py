@@ -60,6 +60,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
     # neural collapse: nc1, cdnv, nc2_equinorm, nc2_equiangular, nc2_etf_distance, nc3, nc4
     "collapse": pa.schema([_step, _metric, _value64]),
+    # the script's own scalars, from gradlens.log({...}) (metric = the name it gave)
+    "user": pa.schema([_step, _metric, _value64]),
     # softmax collapse: saturated_fraction, zero_loss_fraction, max_logit_gap, log_z, ...;
     # layer set for per-layer signals (grad_weight_cos)
     "softmax": pa.schema([_step, _metric, _layer, _value64]),

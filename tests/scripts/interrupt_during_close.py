@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import gradlens.instrument.signals as signals
 import gradlens.store.writer as writer
 
 presses = int(sys.argv[1])
@@ -34,8 +35,17 @@ def ctrl_c_while_writing(table, columns):
         main = threading.main_thread().ident
         assert main is not None
         for _ in range(presses):
+            held = signals._active[0] if signals._active else None
+            seen = len(held.received) if held is not None else 0
             signal.pthread_kill(main, signal.SIGINT)
-            time.sleep(0.2)  # each press handled before the next (they would merge)
+            # each press handled before the next (they would merge): wait for the handler,
+            # however slowly a loaded machine schedules the main thread
+            deadline = time.monotonic() + 10
+            while held is not None and len(held.received) == seen:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            time.sleep(0.05)
     return to_arrow(table, columns)
 
 

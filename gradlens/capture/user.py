@@ -1,0 +1,79 @@
+"""The script's own scalars (``gradlens.log``), buffered without host syncs, written in blocks
+to the ``user`` table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["UserMetrics"]
+
+Sink = Callable[[Callable[[], dict[str, dict[str, Any]]]], None]
+
+
+class UserMetrics:
+    """Buffers ``(step, name, value)``; tensors stay on their device until :meth:`flush`."""
+
+    def __init__(self, sink: Sink, say: Callable[[str], None], limit: int = 256) -> None:
+        self.sink = sink
+        self.say = say
+        self.limit = limit
+        self._rows: list[tuple[int, str, float | Tensor]] = []
+
+    def add(self, values: Mapping[str, Any], step: int) -> None:
+        if not isinstance(values, Mapping):
+            self.say("gradlens.log takes a mapping of names to numbers; ignored")
+            return
+        for name, value in values.items():
+            number = _number(value)
+            if number is None:
+                self.say(f"gradlens.log: {name!r} is not a number or a one-element tensor; skipped")
+                continue
+            self._rows.append((int(step), str(name), number))
+        if len(self._rows) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        tensors = [v for _, _, v in rows if isinstance(v, Tensor)]
+        host = torch.stack(tensors).to("cpu", non_blocking=True) if tensors else None
+        ready = None
+        if tensors and tensors[0].device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record()
+
+        def job() -> dict[str, dict[str, Any]]:
+            if ready is not None:
+                ready.synchronize()
+            copied = iter(host.double().tolist() if host is not None else [])
+            values = [next(copied) if isinstance(v, Tensor) else v for _, _, v in rows]
+            return {
+                "user": {
+                    "step": [s for s, _, _ in rows],
+                    "metric": [n for _, n, _ in rows],
+                    "value": values,
+                }
+            }
+
+        self.sink(job)
+
+
+def _number(value: Any) -> float | Tensor | None:
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex():
+            return None
+        if value.device.type == "cpu":  # reading a CPU number costs no sync
+            return float(value.detach())
+        return value.detach().reshape(()).float()
+    if isinstance(value, bool | int | float) or hasattr(value, "__float__"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        return number
+    return None
