@@ -29,6 +29,7 @@ __all__ = [  # noqa: RUF022 (grouped by purpose)
     "Run",
     "list_runs",
     "open_run",
+    "open_runs",
     # errors
     "GradlensError",
     "RunNotFoundError",
@@ -48,6 +49,7 @@ _LAZY = {
     "Run": "gradlens.store",
     "list_runs": "gradlens.store",
     "open_run": "gradlens.store",
+    "open_runs": "gradlens.store",
     "GradlensError": "gradlens.errors",
     "RunNotFoundError": "gradlens.errors",
     "TableError": "gradlens.errors",
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
     from gradlens.hessian import hessian_density, hessian_eigenvalues, hessian_trace
     from gradlens.landscape import loss_landscape
     from gradlens.lens import Lens
-    from gradlens.store import Run, list_runs, open_run
+    from gradlens.store import Run, list_runs, open_run, open_runs
     from gradlens.user_log import log
 
 

@@ -178,6 +178,40 @@ def list_runs(runs_dir: str | Path) -> list[Run]:
     return sorted(runs, key=lambda r: (r.start_time or 0.0, r.name))
 
 
+def open_runs(
+    runs_dir: str | Path,
+    table: str = "scalars",
+    columns: Sequence[str] | None = None,
+    filters: Sequence[Filter] | None = None,
+    runs: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """One tidy frame of ``table`` over the runs in ``runs_dir``, with a ``run`` column.
+
+    Reads only ``columns`` (plus ``run``) and the rows ``filters`` keep, run by run; unreadable
+    runs and runs without the table are left out. ``runs`` restricts to those names.
+
+    Example:
+        >>> df = open_runs("runs", filters=[("metric", "==", "loss")])  # doctest: +SKIP
+        >>> df.pivot_table(index="step", columns="run", values="value")
+    """
+    frames = []
+    wanted = set(runs) if runs is not None else None
+    for run in list_runs(runs_dir):
+        if run.unreadable or (wanted is not None and run.name not in wanted):
+            continue
+        try:
+            frame = run.table(table, columns=columns, filters=filters)
+        except TableError:
+            continue
+        if len(frame):
+            frames.append(frame.assign(run=run.name))
+    if not frames:
+        empty = SCHEMAS[table].empty_table().to_pandas() if table in SCHEMAS else pd.DataFrame()
+        empty = empty[list(columns)] if columns else empty
+        return empty.assign(run=pd.Series(dtype=str))
+    return pd.concat(frames, ignore_index=True)
+
+
 def _short(message: str, run_dir: Path) -> str:
     """The reason without the path (the run's folder shows it already)."""
     prefix = f"{run_dir / 'meta.json'}: "

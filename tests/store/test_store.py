@@ -168,3 +168,24 @@ def test_list_runs_sorted_by_start(runs_dir):
 def test_meta_is_json(runs_dir):
     run_dir = _new_run(runs_dir)
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "finished"
+
+
+def test_open_runs_is_one_tidy_frame_over_a_folder(tmp_path):
+    import shutil
+
+    from gradlens.store import open_runs
+    from tests.conftest import ROOT
+
+    runs = tmp_path / "runs"
+    shutil.copytree(ROOT / "sample_runs", runs)
+    (runs / "broken").mkdir()
+    (runs / "broken" / "meta.json").write_text("{not json")
+    loss = open_runs(runs, filters=[("metric", "==", "loss")], columns=["step", "value"])
+    assert list(loss.columns) == ["step", "value", "run"]
+    assert set(loss.run) == {"mlp", "mlp-spiky", "mlp-diverged", "tiny-gpt", "grokking",
+                             "grokking-wd"}  # fmt: skip
+    mlp = loss[loss.run == "mlp"]
+    assert mlp.step.tolist() == list(range(300))
+    only = open_runs(runs, "hessian", runs=["mlp", "tiny-gpt"])
+    assert set(only.run) <= {"mlp", "tiny-gpt"} and len(only)
+    assert open_runs(runs, "user").empty
