@@ -202,6 +202,7 @@ class Lens:
         self._closure_done = False  # this step's closure ran; later calls are line search
         self._root_depth = 0
         self._root_calls = 0
+        self._unowned: set[int] = set()  # id() of clipped tensors no optimizer owns
         self._root_loss_seen = False
         self._samples = self._tokens = 0
         self._t0 = self._last_end = 0.0
@@ -415,6 +416,7 @@ class Lens:
         self._post_step(optimizer, (), {}, skipped=True)
 
     def on_optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
+        self._unowned.clear()
         if self.auto:
             self._known_optimizers.add(optimizer)
             self._roles.created(optimizer)
@@ -596,11 +598,12 @@ class Lens:
         if not params or not self._guard.active(CAPTURE):
             return None
         tracked = self._roles.owner_of(params[0])
-        if tracked is not None:
+        if tracked is not None or id(params[0]) in self._unowned:
             return tracked
         for optimizer in list(self._known_optimizers):
             if any(p is params[0] for g in optimizer.param_groups for p in g["params"]):
                 return self._tracked_for(optimizer)
+        self._unowned.add(id(params[0]))  # no scan per step (cleared by a new optimizer)
         return None
 
     def _tracked_for(self, optimizer: torch.optim.Optimizer) -> Tracked | None:
