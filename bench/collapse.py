@@ -43,13 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import GPT, MLP
 
-from gradlens.collapse import (
+from gradlens.analysis.collapse import (
     classifier_parameters,
     find_classifier,
     neural_collapse,
     stream_collapse,
 )
-from gradlens.objective import Batch
+from gradlens.analysis.objective import Batch
 
 CPU_CASES = ["cnn", "lm", "mlp"]
 GPU_CASES = ["cnn", "lm", "mlp"]

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import GPT, ResNet18
 
-import gradlens.hessian as gh
+import gradlens.analysis.hessian as gh
+from gradlens.analysis.hessian.hvp import HVP
+from gradlens.analysis.objective import Objective, batches_from_data
 from gradlens.functional.trace import hutchpp
-from gradlens.hessian.hvp import HVP
-from gradlens.objective import Objective, batches_from_data
 
 warnings.filterwarnings("ignore")
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import ResNet18
 
-from gradlens.landscape import filter_directions, loss_landscape
+from gradlens.analysis.landscape import filter_directions, loss_landscape
 
 
 class SmallCNN(nn.Module):

@@ -39,11 +39,11 @@ __all__ = [  # noqa: RUF022 (grouped by purpose)
 
 _LAZY = {
     "Lens": "gradlens.lens",
-    "hessian_density": "gradlens.hessian",
-    "hessian_eigenvalues": "gradlens.hessian",
-    "hessian_trace": "gradlens.hessian",
-    "loss_landscape": "gradlens.landscape",
-    "neural_collapse": "gradlens.collapse",
+    "hessian_density": "gradlens.analysis.hessian",
+    "hessian_eigenvalues": "gradlens.analysis.hessian",
+    "hessian_trace": "gradlens.analysis.hessian",
+    "loss_landscape": "gradlens.analysis.landscape",
+    "neural_collapse": "gradlens.analysis.collapse",
     "SpikeConfig": "gradlens.capture.spikes",
     "log": "gradlens.user_log",
     "Run": "gradlens.store",
@@ -56,11 +56,11 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from gradlens.analysis.collapse import neural_collapse
+    from gradlens.analysis.hessian import hessian_density, hessian_eigenvalues, hessian_trace
+    from gradlens.analysis.landscape import loss_landscape
     from gradlens.capture.spikes import SpikeConfig
-    from gradlens.collapse import neural_collapse
     from gradlens.errors import GradlensError, RunNotFoundError, TableError
-    from gradlens.hessian import hessian_density, hessian_eigenvalues, hessian_trace
-    from gradlens.landscape import loss_landscape
     from gradlens.lens import Lens
     from gradlens.store import Run, list_runs, open_run, open_runs
     from gradlens.user_log import log

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradlens
-import gradlens.hessian as gh
+import gradlens.analysis.hessian as gh
 
 pytestmark = [
     pytest.mark.gpu,

@@ -23,7 +23,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic)
     "neural_collapse_metrics",
     # softmax collapse
     "SOFTMAX_STATS",
-    "ghost_radius",
+    "ghost_radius_from_derivative",
     "grad_weight_cosine",
     "softmax_collapse",
     "softmax_collapse_stats",
@@ -43,7 +43,7 @@ _MODULES = {
     "NeuralCollapseAccumulator": "collapse",
     "neural_collapse_metrics": "collapse",
     "SOFTMAX_STATS": "softmax",
-    "ghost_radius": "softmax",
+    "ghost_radius_from_derivative": "softmax",
     "grad_weight_cosine": "softmax",
     "softmax_collapse": "softmax",
     "softmax_collapse_stats": "softmax",
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from gradlens.functional.slq import gaussian_density
     from gradlens.functional.softmax import (
         SOFTMAX_STATS,
-        ghost_radius,
+        ghost_radius_from_derivative,
         grad_weight_cosine,
         softmax_collapse,
         softmax_collapse_stats,

@@ -9,26 +9,25 @@
   the logits); :func:`grad_weight_cosine` measures ``cos(g, w)`` per tensor, the component
   ⊥Grad removes.
 - Ghosts of softmax (Sao, arXiv 2603.13552): the radius ``ρ = π/Δ_a`` along an update
-  direction, from one JVP (:func:`ghost_radius`), and the normalised step ``r = ‖Δθ‖/ρ``.
+  direction and the normalised step ``r = ‖Δθ‖/ρ``, from the logits' directional derivative
+  (:func:`ghost_radius_from_derivative`; the JVP through a model is
+  ``gradlens.analysis.softmax.ghost_radius``).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import functional_call, jvp
+from torch import Tensor
 
 from gradlens.functional.norms import tensor_norms
 
 __all__ = [
     "SOFTMAX_STATS",
-    "ghost_radius",
+    "ghost_radius_from_derivative",
     "grad_weight_cosine",
     "saturation_gap",
     "softmax_collapse",
@@ -246,72 +245,26 @@ def _safe_cosine(dot: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(denom > 0, dot / torch.where(denom > 0, denom, 1.0), 0.0)
 
 
-def ghost_radius(
-    model: nn.Module,
-    inputs: Any,
-    direction: Mapping[str, Tensor],
-    *,
-    kwargs: Mapping[str, Any] | None = None,
-    output_fn: Callable[[Any], Tensor] | None = None,
-) -> dict[str, float]:
-    """Ghosts-of-softmax radius along ``direction`` (Sao 2026, arXiv 2603.13552), one JVP.
-
-    ``direction`` maps parameter names (``model.named_parameters()``) to the update ``Δθ``
-    (others are held fixed). With ``v = Δθ/‖Δθ‖`` and ``a = ∂z/∂θ · v`` (the logits'
-    directional derivative, one ``torch.func.jvp`` through ``functional_call``):
+def ghost_radius_from_derivative(dlogits: Tensor, step: float | Tensor) -> dict[str, float]:
+    """The ghosts-of-softmax radius (Sao 2026, arXiv 2603.13552) from the logits' directional
+    derivative ``dlogits`` (…, C) along a unit direction and the step length ``‖Δθ‖``.
 
     - ``delta_a`` = max over samples of ``max_k a_k − min_k a_k``;
-    - ``rho = π/delta_a`` (``delta_a`` floored at 1e-12), the step length along ``v`` within
-      which the softmax has no complex singularity;
-    - ``step = ‖Δθ‖``, and ``r = step/rho`` (collapse was seen once ``r ≥ 1``).
+    - ``rho = π/delta_a`` (``delta_a`` floored at 1e-12), the step length along the direction
+      within which the softmax has no complex singularity;
+    - ``step``, and ``r = step/rho`` (collapse was seen once ``r ≥ 1``).
 
-    The model runs as it is: put it in ``eval()`` first so BatchNorm statistics stay put.
-    ``output_fn`` picks the logits out of the model output (default: the output itself, its
-    first element, its ``"logits"`` entry or ``.logits``).
+    Example:
+        >>> ghost_radius_from_derivative(torch.tensor([[0.0, math.pi]]), 0.5)["r"]
+        0.5
     """
-    names = list(direction)
-    named = dict(model.named_parameters())
-    missing = [n for n in names if n not in named]
-    if missing:
-        raise ValueError(f"direction names unknown parameters: {missing[:3]}")
-    if not names:
-        raise ValueError("direction is empty")
-    tangents = {n: direction[n].detach().to(named[n].dtype) for n in names}
-    step = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(t.double()) for t in tangents.values()])
-    )
-    unit = {
-        n: t / step.to(t.dtype).clamp_min(torch.finfo(t.dtype).tiny) for n, t in tangents.items()
-    }
-    primals = {n: named[n].detach() for n in names}
-    args = inputs if isinstance(inputs, tuple) else (inputs,)
-    pick = output_fn or _logits
-
-    def logits_at(params: dict[str, Tensor]) -> Tensor:
-        return pick(functional_call(model, params, args, dict(kwargs or {}), strict=False))
-
-    with warnings.catch_warnings():  # torch.func's first jvp scripts a decomposition
-        warnings.filterwarnings("ignore", ".*torch.jit.script.*", DeprecationWarning)
-        dlogits = jvp(logits_at, (primals,), (unit,))[1]
     a = dlogits.detach().reshape(-1, dlogits.shape[-1]).double()
     delta_a = (a.amax(-1) - a.amin(-1)).amax()
     rho = math.pi / delta_a.clamp_min(1e-12)
+    step = float(step)
     return {
         "delta_a": float(delta_a),
         "rho": float(rho),
-        "step": float(step),
+        "step": step,
         "r": float(step / rho),
     }
-
-
-def _logits(output: Any) -> Tensor:
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
-        return output["logits"]
-    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
-        return output[0]
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    raise ValueError("cannot find the logits in the model output; pass output_fn")

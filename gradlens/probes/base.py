@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from gradlens.objective import MODES, Objective
+from gradlens.analysis.objective import MODES, Objective
 
 __all__ = ["PRESET_ORDER", "Probe", "ProbeContext", "Rows"]
 

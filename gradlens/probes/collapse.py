@@ -1,6 +1,6 @@
 """The ``collapse`` probe: neural-collapse metrics of the penultimate features on a schedule.
 
-One streaming pass over the probe batches (``gradlens.collapse.stream_collapse``: a forward
+One streaming pass over the probe batches (``gradlens.analysis.collapse.stream_collapse``: a forward
 pre-hook on the classifier layer, float64 accumulators), labelled by the targets of the
 recorded loss calls. Rows: ``collapse`` (step, metric, value) with nc1, cdnv, nc2_*, nc3, nc4.
 """
@@ -11,7 +11,7 @@ import math
 
 from torch import Tensor
 
-from gradlens.collapse import classifier_parameters, find_classifier, stream_collapse
+from gradlens.analysis.collapse import classifier_parameters, find_classifier, stream_collapse
 from gradlens.functional.collapse import NeuralCollapseAccumulator
 from gradlens.probes.base import Probe, ProbeContext, Rows
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
+from gradlens.analysis.hessian.api import density_runs, top_eigenpairs
+from gradlens.analysis.hessian.hvp import HVP, METHODS
+from gradlens.analysis.hessian.sharded import ShardedHVP, is_sharded
 from gradlens.functional.lanczos import WHICH, LanczosResult, lanczos
 from gradlens.functional.operator import restrict
 from gradlens.functional.trace import hutchpp
-from gradlens.hessian.api import density_runs, top_eigenpairs
-from gradlens.hessian.hvp import HVP, METHODS
-from gradlens.hessian.sharded import ShardedHVP, is_sharded
 from gradlens.probes.base import Probe, ProbeContext, Rows
 
 __all__ = ["HessianProbe"]

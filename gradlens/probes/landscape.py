@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from gradlens.analysis.landscape import landscape, landscape_rows
 from gradlens.functional.landscape import IGNORES, NORMS
-from gradlens.landscape import landscape, landscape_rows
 from gradlens.probes.base import Probe, ProbeContext, Rows
 
 __all__ = ["LandscapeProbe"]

@@ -9,10 +9,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from gradlens.analysis.objective import Batch, Objective, batches_from_probe_set
 from gradlens.instrument.distributed import unwrap_data_parallel
 from gradlens.instrument.guard import Guard
 from gradlens.instrument.probe_set import ProbeSet
-from gradlens.objective import Batch, Objective, batches_from_probe_set
 from gradlens.probes.base import Probe, ProbeContext
 
 __all__ = ["ProbeRunner"]

@@ -9,7 +9,7 @@ with update tracking); skipped otherwise.
 from __future__ import annotations
 
 from gradlens._attention import with_math_fallback
-from gradlens.functional.softmax import ghost_radius
+from gradlens.analysis.softmax import ghost_radius
 from gradlens.probes.base import Probe, ProbeContext, Rows
 
 __all__ = ["GhostProbe"]

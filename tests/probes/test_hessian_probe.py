@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradlens
-import gradlens.hessian as gh
+import gradlens.analysis.hessian as gh
 from tests.conftest import EXAMPLES, SCRIPTS, cli_env, gradlens_cli
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradlens
-from gradlens.objective import Objective, batches_from_data
+from gradlens.analysis.objective import Objective, batches_from_data
 from gradlens.probes import ProbeContext, make_probes
 from gradlens.probes.landscape import LandscapeProbe
 
@@ -109,7 +109,7 @@ def test_update_direction_from_the_context():
 
 
 def test_hessian_direction_curvature_is_the_top_eigenvalue():
-    hessian = pytest.importorskip("gradlens.hessian")
+    hessian = pytest.importorskip("gradlens.analysis.hessian")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))

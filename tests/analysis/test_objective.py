@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradlens.instrument.watch import watch_script
-from gradlens.objective import (
+from gradlens.analysis.objective import (
     Objective,
     batches_from_data,
     batches_from_probe_set,
     extract_loss,
     restored_state,
 )
+from gradlens.instrument.watch import watch_script
 from tests.conftest import EXAMPLES
 
 

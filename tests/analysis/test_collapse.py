@@ -1,4 +1,4 @@
-"""``gradlens.collapse``: the model-level API equals the pure function on features computed
+"""``gradlens.analysis.collapse``: the model-level API equals the pure function on features computed
 directly, finds the classifier, handles LM targets, and leaves the model and training alone."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradlens.collapse import find_classifier, neural_collapse, stream_collapse
+from gradlens.analysis.collapse import find_classifier, neural_collapse, stream_collapse
+from gradlens.analysis.objective import Batch, batches_from_data
 from gradlens.functional.collapse import neural_collapse_metrics
 from gradlens.instrument import interception
-from gradlens.objective import Batch, batches_from_data
 
 
 @pytest.fixture(autouse=True)

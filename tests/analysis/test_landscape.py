@@ -12,8 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from gradlens.landscape import CHECK_POINTS, filter_directions, landscape_rows, loss_landscape
-from gradlens.objective import Objective, batches_from_data
+from gradlens.analysis.landscape import (
+    CHECK_POINTS,
+    filter_directions,
+    landscape_rows,
+    loss_landscape,
+)
+from gradlens.analysis.objective import Objective, batches_from_data
 from gradlens.store.schema import SCHEMAS, to_arrow
 
 F64 = torch.float64
@@ -478,7 +483,7 @@ def test_arguments_are_checked():
 
 
 def test_hessian_axes_of_a_quadratic_are_its_eigenvectors():
-    pytest.importorskip("gradlens.hessian")
+    pytest.importorskip("gradlens.analysis.hessian")
     model = Quadratic(0)
     theta = _flat(dict(model.named_parameters())).detach()
     q, _ = torch.linalg.qr(
@@ -522,7 +527,7 @@ def test_cuda_engines_agree_with_the_cpu():
 
 
 def test_automatic_engine_choice_and_memory_cap(monkeypatch):
-    import gradlens.landscape as landscape_module
+    import gradlens.analysis.landscape.evaluate as evaluate_module
 
     model, (x, y), _, _ = _engines_case("mlp")
     small = loss_landscape(model, F.cross_entropy, (x, y), dims=2, steps=5, roughness=0)
@@ -541,11 +546,11 @@ def test_automatic_engine_choice_and_memory_cap(monkeypatch):
         "loop"
     )
     # a point costs its flat parameters (652 B) + 4 × the largest activation (24×16 floats)
-    monkeypatch.setattr(landscape_module, "_CPU_BUDGET", 70_000)
+    monkeypatch.setattr(evaluate_module, "_CPU_BUDGET", 70_000)
     capped = loss_landscape(model, F.cross_entropy, (x, y), dims=2, steps=5, roughness=0)
     assert capped.attrs["engine"] == "vmap" and 8 <= capped.attrs["batch_points"] < 25
     np.testing.assert_allclose(capped["loss"], small["loss"], rtol=1e-5)
-    monkeypatch.setattr(landscape_module, "_CPU_BUDGET", 20_000)  # under 8 points: loop
+    monkeypatch.setattr(evaluate_module, "_CPU_BUDGET", 20_000)  # under 8 points: loop
     looped = loss_landscape(model, F.cross_entropy, (x, y), dims=2, steps=5, roughness=0)
     assert looped.attrs["engine"] == "loop"
 
@@ -585,10 +590,10 @@ def test_auto_records_its_engine_and_the_measured_check_error(batch_points):
 
 
 def test_auto_rejects_a_faster_precision_outside_tol(monkeypatch):
-    import gradlens.landscape as gl
+    import gradlens.analysis.landscape.precision as gl
 
-    bf16 = gl._Precision("bfloat16", torch.bfloat16)
-    monkeypatch.setattr(gl, "_candidates", lambda obj, dtype, cl: [gl._Precision("float32"), bf16])
+    bf16 = gl.Precision("bfloat16", torch.bfloat16)
+    monkeypatch.setattr(gl, "_candidates", lambda obj, dtype, cl: [gl.Precision("float32"), bf16])
     model, data, _, _ = _engines_case("mlp")
     kwargs = dict(dims=2, steps=5, roughness=0)
     strict = loss_landscape(model, F.cross_entropy, data, check_tol=1e-7, **kwargs)

@@ -20,15 +20,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradlens.analysis.hessian.hvp import HVP
+from gradlens.analysis.objective import Objective, batches_from_data
 from gradlens.functional.lanczos import LanczosResult, default_max_basis, lanczos
 from gradlens.functional.slq import Density, gaussian_density
 from gradlens.functional.trace import TraceResult, hutchinson, hutchpp
-from gradlens.hessian.hvp import HVP
-from gradlens.objective import Objective, batches_from_data
 
 __all__ = [
     "EigenResult",
     "hessian_density",
+    "hessian_directions",
     "hessian_eigenvalues",
     "hessian_trace",
     "top_eigenpairs",
@@ -224,6 +225,20 @@ def hessian_eigenvalues(
             max_basis=max_basis,
             seed=seed,
         )
+
+
+def hessian_directions(
+    objective: Objective, k: int, *, seed: int = 0
+) -> tuple[list[dict[str, Tensor]], list[float]]:
+    """The top-``k`` Hessian eigenvectors (dicts parameter name → tensor, unit norm over all
+    parameters) and eigenvalues of ``objective``, by Lanczos with the ``auto`` engine.
+
+    Runs in its own ``objective.isolated()`` (nesting is fine), so the caller's RNG states
+    and model are as before: the directions of a ``"hessian"`` landscape slice.
+    """
+    with objective.isolated():
+        result = top_eigenpairs(HVP(objective), k=k, which="LA", seed=seed)
+    return list(result.eigenvectors), [float(v) for v in result.eigenvalues]
 
 
 def hessian_trace(

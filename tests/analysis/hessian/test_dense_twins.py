@@ -11,9 +11,9 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import gradlens.hessian as gh
-from gradlens.hessian.hvp import HVP
-from gradlens.objective import Objective, batches_from_data
+import gradlens.analysis.hessian as gh
+from gradlens.analysis.hessian.hvp import HVP
+from gradlens.analysis.objective import Objective, batches_from_data
 
 
 def _dense(model, loss_fn, batches, train=False):

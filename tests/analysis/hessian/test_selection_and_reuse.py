@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import gradlens.hessian as gh
-import gradlens.hessian.api as api
+import gradlens.analysis.hessian as gh
+import gradlens.analysis.hessian.api as api
+from gradlens.analysis.hessian.hvp import HVP
+from gradlens.analysis.objective import Objective, batches_from_data
 from gradlens.functional.operator import DenseOperator, restrict
-from gradlens.hessian.hvp import HVP
-from gradlens.objective import Objective, batches_from_data
-from tests.hessian.test_dense_twins import _data, _dense, _mlp
+from tests.analysis.hessian.test_dense_twins import _data, _dense, _mlp
 
 
 class _FastFiniteDifferences(HVP):

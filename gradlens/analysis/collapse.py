@@ -1,8 +1,8 @@
 """Neural collapse of a model on a probe set: classifier-input features, one streaming pass.
 
 :func:`neural_collapse` is the user-facing call; :func:`stream_collapse` is the feature capture
-on replayable :class:`~gradlens.objective.Batch` objects, shared with the scheduled probe. The
-math lives in :mod:`gradlens.functional.collapse`; see ``docs/collapse.md``.
+on replayable :class:`~gradlens.analysis.objective.Batch` objects, shared with the scheduled
+probe. The math lives in :mod:`gradlens.functional.collapse`; see ``docs/collapse.md``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from gradlens.analysis.objective import MODES, Batch, restored_state
 from gradlens.functional.collapse import NeuralCollapseAccumulator
 from gradlens.instrument import interception
-from gradlens.objective import MODES, Batch, restored_state
 
 __all__ = ["classifier_parameters", "find_classifier", "neural_collapse", "stream_collapse"]
 

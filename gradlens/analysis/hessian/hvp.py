@@ -1,4 +1,4 @@
-"""Hessian-vector products of an :class:`~gradlens.objective.Objective`, on flat vectors.
+"""Hessian-vector products of an :class:`~gradlens.analysis.objective.Objective`, on flat vectors.
 
 Engines (``method``):
 - ``double_backward``: reverse-over-reverse. With one batch the gradient graph is built once
@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from gradlens._attention import math_attention, unsupported
-from gradlens.objective import Batch, Objective
+from gradlens.analysis.objective import Batch, Objective
 
 __all__ = ["HVP", "METHODS", "HVPUnavailable"]
 
@@ -223,11 +223,11 @@ class HVP:
         return best, out
 
     def _note(self, message: str) -> None:
-        """Routine information: to ``log`` when given, else the ``gradlens.hessian`` logger."""
+        """Routine information: to ``log`` when given, else the package logger."""
         if self.log is not None:
             self.log(message)
         else:
-            logging.getLogger("gradlens.hessian").info(message)
+            logging.getLogger("gradlens.analysis.hessian").info(message)
 
     def _say(self, message: str) -> None:
         if self.log is not None:

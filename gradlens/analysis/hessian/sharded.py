@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from gradlens.analysis.objective import Objective
 from gradlens.instrument.distributed import all_reduce_sum
-from gradlens.objective import Objective
 
 __all__ = ["ShardedHVP", "is_sharded"]
 

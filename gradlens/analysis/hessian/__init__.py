@@ -1,7 +1,7 @@
 """Hessian spectra: HVP engines, eigenpairs, trace and spectral density (issue: Lanczos on
 Hessian-vector products). The pure algorithms are in ``gradlens.functional``."""
 
-from gradlens.hessian.api import (
+from gradlens.analysis.hessian.api import (
     EigenResult,
     density_runs,
     hessian_density,
@@ -9,7 +9,7 @@ from gradlens.hessian.api import (
     hessian_trace,
     top_eigenpairs,
 )
-from gradlens.hessian.hvp import HVP, METHODS
+from gradlens.analysis.hessian.hvp import HVP, METHODS
 
 __all__ = [
     "HVP",

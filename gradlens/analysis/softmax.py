@@ -1,0 +1,84 @@
+"""The ghosts-of-softmax radius of a model along an update direction (Sao 2026,
+arXiv 2603.13552), from one JVP of its logits; the arithmetic on the logits' directional
+derivative is :func:`gradlens.functional.softmax.ghost_radius_from_derivative`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+
+from gradlens.functional.softmax import ghost_radius_from_derivative
+
+__all__ = ["ghost_radius"]
+
+
+def ghost_radius(
+    model: nn.Module,
+    inputs: Any,
+    direction: Mapping[str, Tensor],
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    output_fn: Callable[[Any], Tensor] | None = None,
+) -> dict[str, float]:
+    """Ghosts-of-softmax radius along ``direction`` (Sao 2026, arXiv 2603.13552), one JVP.
+
+    ``direction`` maps parameter names (``model.named_parameters()``) to the update ``Δθ``
+    (others are held fixed). With ``v = Δθ/‖Δθ‖`` and ``a = ∂z/∂θ · v`` (the logits'
+    directional derivative, one ``torch.func.jvp`` through ``functional_call``):
+
+    - ``delta_a`` = max over samples of ``max_k a_k − min_k a_k``;
+    - ``rho = π/delta_a`` (``delta_a`` floored at 1e-12), the step length along ``v`` within
+      which the softmax has no complex singularity;
+    - ``step = ‖Δθ‖``, and ``r = step/rho`` (collapse was seen once ``r ≥ 1``).
+
+    The model runs as it is: put it in ``eval()`` first so BatchNorm statistics stay put.
+    ``output_fn`` picks the logits out of the model output (default: the output itself, its
+    first element, its ``"logits"`` entry or ``.logits``).
+
+    Example:
+        >>> ghost_radius(model, x, {"fc.weight": update})["r"]  # doctest: +SKIP
+    """
+    names = list(direction)
+    named = dict(model.named_parameters())
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise ValueError(f"direction names unknown parameters: {missing[:3]}")
+    if not names:
+        raise ValueError("direction is empty")
+    tangents = {n: direction[n].detach().to(named[n].dtype) for n in names}
+    step = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(t.double()) for t in tangents.values()])
+    )
+    unit = {
+        n: t / step.to(t.dtype).clamp_min(torch.finfo(t.dtype).tiny) for n, t in tangents.items()
+    }
+    primals = {n: named[n].detach() for n in names}
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    pick = output_fn or _logits
+
+    def logits_at(params: dict[str, Tensor]) -> Tensor:
+        return pick(functional_call(model, params, args, dict(kwargs or {}), strict=False))
+
+    with warnings.catch_warnings():  # torch.func's first jvp scripts a decomposition
+        warnings.filterwarnings("ignore", ".*torch.jit.script.*", DeprecationWarning)
+        dlogits = jvp(logits_at, (primals,), (unit,))[1]
+    return ghost_radius_from_derivative(dlogits, step)
+
+
+def _logits(output: Any) -> Tensor:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise ValueError("cannot find the logits in the model output; pass output_fn")

@@ -1,0 +1,94 @@
+"""``gradlens.analysis.softmax.ghost_radius``: the ghosts-of-softmax radius of a model along a
+direction, against an explicit Jacobian and finite differences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gradlens.analysis.softmax import ghost_radius
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(5, 7)
+        self.out = nn.Linear(7, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.hidden(x)))
+
+
+def _explicit_radius(model: nn.Module, x: torch.Tensor, direction: dict[str, torch.Tensor]):
+    """a = J v with the explicit Jacobian of the logits w.r.t. the named parameters."""
+    names = list(direction)
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    sizes = [base[n].numel() for n in names]
+    flat0 = torch.cat([base[n].flatten() for n in names])
+
+    def logits(flat: torch.Tensor) -> torch.Tensor:
+        params = dict(base)
+        for n, chunk in zip(names, flat.split(sizes), strict=True):
+            params[n] = chunk.view_as(base[n])
+        return torch.func.functional_call(model, params, (x,))
+
+    jac = torch.autograd.functional.jacobian(logits, flat0)  # (..., V, P)
+    v = torch.cat([direction[n].flatten() for n in names])
+    step = v.norm()
+    a = (jac @ (v / step)).reshape(-1, jac.shape[-2])
+    delta = float((a.amax(-1) - a.amin(-1)).max())
+    # central finite differences of the logits along v/‖v‖
+    eps = 1e-6
+    fd = ((logits(flat0 + eps * v / step) - logits(flat0 - eps * v / step)) / (2 * eps)).reshape(
+        a.shape
+    )
+    return delta, float(step), fd
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_ghost_radius_against_explicit_jacobian(subset: bool) -> None:
+    torch.manual_seed(0)
+    model = _Tiny().double()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    named = dict(model.named_parameters())
+    keys = ["out.weight", "out.bias"] if subset else list(named)
+    direction = {n: 0.01 * torch.randn_like(named[n]) for n in keys}
+    got = ghost_radius(model, x, direction)
+    delta, step, fd = _explicit_radius(model, x, direction)
+    assert got["delta_a"] == pytest.approx(delta, rel=1e-10)
+    assert got["step"] == pytest.approx(step, rel=1e-12)
+    assert got["rho"] == pytest.approx(math.pi / delta, rel=1e-10)
+    assert got["r"] == pytest.approx(step * delta / math.pi, rel=1e-10)
+    fd_delta = float((fd.amax(-1) - fd.amin(-1)).max())
+    assert got["delta_a"] == pytest.approx(fd_delta, rel=1e-6)
+
+
+def test_ghost_radius_sequence_model_and_output_fn() -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Embedding(11, 6), nn.Linear(6, 11)).double()
+    idx = torch.randint(0, 11, (2, 5))
+    direction = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    got = ghost_radius(model, idx, direction)
+    delta, _, _ = _explicit_radius(model, idx, direction)
+    assert got["delta_a"] == pytest.approx(delta, rel=1e-10)
+    last = ghost_radius(model, idx, direction, output_fn=lambda out: out[:, -1])
+    wrapped = _LastPosition(model)
+    inner = {f"inner.{n}": v for n, v in direction.items()}
+    assert last["delta_a"] == pytest.approx(_explicit_radius(wrapped, idx, inner)[0], rel=1e-10)
+    assert last["delta_a"] <= got["delta_a"]
+    with pytest.raises(ValueError, match="unknown"):
+        ghost_radius(model, idx, {"nope": torch.zeros(1)})
+
+
+class _LastPosition(nn.Module):
+    """``inner`` followed by taking the last position (the oracle for ``output_fn``)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)[:, -1]
