@@ -44,11 +44,13 @@ from torch.utils.hooks import RemovableHandle
 
 from gradlens import user_log
 from gradlens._version import __version__
+from gradlens.analysis.objective import Objective
 from gradlens.capture.chunk import Chunk, StepInfo
 from gradlens.capture.decode import ChunkDecoder, LiveStats
 from gradlens.capture.recorder import StepRecorder
 from gradlens.capture.roles import Roles, Tracked
-from gradlens.capture.softmax import SoftmaxCapture
+from gradlens.capture.signals import Guarded
+from gradlens.capture.softmax import SoftmaxSignal
 from gradlens.capture.spikes import SpikeConfig, SpikeDetector
 from gradlens.capture.user import UserMetrics
 from gradlens.errors import ConfigError
@@ -65,7 +67,6 @@ from gradlens.instrument.live import MODES, StatusLine
 from gradlens.instrument.probe_set import ProbeSet, batch_size_of
 from gradlens.instrument.roots import RootCalls
 from gradlens.instrument.signals import HeldSignals, exit_code_for
-from gradlens.objective import Objective
 from gradlens.probes import make_probes
 from gradlens.probes.runner import ProbeRunner
 from gradlens.store import RunWriter, create_run_dir, update_meta, write_meta
@@ -179,7 +180,7 @@ class Lens:
         self._guard = Guard(self._on_disabled)
         self._guard.quiet = not self.dist.main
         self._said: set[str] = set()
-        self._softmax: SoftmaxCapture | None = None
+        self._softmax: SoftmaxSignal | None = None
         self._user: UserMetrics | None = None
         self._probes: ProbeRunner | None = None
         self._status_mode = status
@@ -250,7 +251,7 @@ class Lens:
                 raise ConfigError(f"cannot write {self.run_dir / 'meta.json'}: {exc}") from exc
         self._writer = RunWriter(self.run_dir, tag=self.dist.tag)
         if self.track_softmax and self.dist.main:  # rank 0's logits (each rank sees its own)
-            self._softmax = SoftmaxCapture(self._writer.submit, self.every, self.cos_every)
+            self._softmax = SoftmaxSignal(self.cos_every)
         self._probes = ProbeRunner(
             self.scheduled,
             self.probe_set,
@@ -324,8 +325,6 @@ class Lens:
             self._guard.call(CAPTURE, lambda: manual.recorder.final_update(self._info(manual)))
         for tracked in self._all_tracked():
             self._guard.call(CAPTURE, tracked.recorder.flush)
-        if self._softmax is not None:
-            self._guard.call(SOFTMAX, self._softmax.flush)
         user_log.detach(self._log_user)
         if self._user is not None:
             self._guard.call(USER, self._user.flush)
@@ -476,12 +475,6 @@ class Lens:
         if tracked is None:
             return
         self.step = self._roles.decide(optimizer, tracked, self.step)
-        if tracked.primary and self._softmax is not None:
-            recorder = tracked.recorder
-            softmax = self._softmax
-            self._guard.call(
-                SOFTMAX, softmax.gradients, self.step, recorder.layout.names, recorder.params
-            )
         loss = self._take_loss()  # what was backpropagated for this optimizer's step
         tracked.has_loss = loss is not None
         tracked.recorder.before_update(
@@ -490,6 +483,8 @@ class Lens:
             skipped=getattr(optimizer, "found_inf", None),
             amp_scale=scale,
             sample=self._sampled(tracked),
+            step=self.step,
+            primary=tracked.primary,
         )
 
     def _post_step(
@@ -513,14 +508,9 @@ class Lens:
             if self._manual is None:
                 return
         recorder = self._manual.recorder
-        if self._softmax is not None:
-            softmax = self._softmax
-            self._guard.call(
-                SOFTMAX, softmax.gradients, self.step, recorder.layout.names, recorder.params
-            )
         loss = self._take_loss()
         self._manual.has_loss = loss is not None
-        recorder.before_update(loss)
+        recorder.before_update(loss, step=self.step)
         recorder.after_update(self._info(self._manual))
         self._end_step()
 
@@ -683,7 +673,10 @@ class Lens:
             self._device = _describe_device(params[0].device)
         detector = SpikeDetector(names, self.spike_config)
         on_stats = self._on_stats if self.dist.main else None
-        decoder = ChunkDecoder(detector, on_stats, serial=serial, rank=self.dist.rank)
+        signals = [Guarded(self._softmax, self._guard, SOFTMAX)] if self._softmax else []
+        decoder = ChunkDecoder(
+            detector, on_stats, serial=serial, rank=self.dist.rank, signals=signals
+        )
         world = self.dist.world if self.dist.active and group_ready() else 1
         if self.dist.active and world == 1:
             self._say_once("no process group at the first step: each rank records its own values")
@@ -702,6 +695,7 @@ class Lens:
             update_lag=update_lag,
             track_updates=self.track_updates,
             reduce_world=world,
+            signals=signals,
         )
         return recorder, decoder
 
@@ -726,8 +720,6 @@ class Lens:
     def _end_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         done = self.step
         self.step += 1
-        if self._softmax is not None:
-            self._guard.call(SOFTMAX, self._softmax.end_step, done)
         if self._user is not None and done % self.every == self.every - 1:
             self._guard.call(USER, self._user.flush)
         self._scaled = None

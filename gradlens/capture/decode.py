@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from gradlens.capture.chunk import HEAD, Chunk, Layout, StepInfo
+from gradlens.capture.chunk import Chunk, Layout, StepInfo
+from gradlens.capture.signals import StepSignal, Tables
 from gradlens.capture.spikes import SpikeDetector
 from gradlens.store.schema import Coded
 
@@ -41,25 +42,28 @@ class ChunkDecoder:
         on_stats: Callable[[LiveStats], None] | None = None,
         serial: int = 0,
         rank: int = 0,
+        signals: Sequence[StepSignal] = (),
     ) -> None:
         self.spikes = spikes
+        self.signals = list(signals)  # beyond the built-ins: decoded by themselves
         self.on_stats = on_stats  # fed from the primary's rows only
         self.serial = serial  # rows taken while not primary are written as metric@serial
         self.rank = rank  # multi-process: only rank 0 writes the run-wide tables
         self.stats = LiveStats()
         self._prev: tuple[int, np.ndarray] | None = None  # (step, param norms) for lagged updates
 
-    def __call__(self, chunk: Chunk) -> dict[str, dict[str, Any]]:
+    def __call__(self, chunk: Chunk) -> list[tuple[str, dict[str, Any]]]:
         chunk.wait()
         layout, infos = chunk.layout, chunk.infos
-        rows = _unreduced(chunk.rows.numpy().astype(np.float64), layout)
+        rows = layout.unreduce(chunk.rows.numpy().astype(np.float64))
         steps = np.array([i.step for i in infos], dtype=np.int64)
-        ranks = _rank_rows(rows, infos, steps, self.rank) if layout.world > 1 else None
+        local_loss = layout.column(rows, "local_loss")
+        ranks = _rank_rows(local_loss, infos, steps, self.rank) if layout.world > 1 else None
         if self.rank != 0:
-            return {"ranks": ranks} if ranks is not None else {}
+            return [("ranks", ranks)] if ranks is not None else []
         full = np.array([not i.tail for i in infos])
-        gnorm, pnorm = rows[:, layout.block(0)], rows[:, layout.block(1)]
-        update, nonfinite = rows[:, layout.block(2)], rows[:, layout.block(3)]
+        gnorm, pnorm = layout.column(rows, "grad_norm"), layout.column(rows, "param_norm")
+        update, nonfinite = layout.column(rows, "update_norm"), layout.column(rows, "nonfinite")
         # NaN: not counted on the device; a tensor is flagged when its norm is not finite
         flags = (~np.isfinite(gnorm)).astype(np.float64)
         nonfinite = np.where(np.isnan(nonfinite), flags, nonfinite)
@@ -72,10 +76,13 @@ class ChunkDecoder:
         layers.add(s, "nonfinite", nf)
         kept = [info for info in infos if not info.tail]
         total = np.sqrt(np.sum(g**2, axis=1))
-        skipped = np.array([i.skipped for i in kept], dtype=bool) | (rows[full, 1] > 0)
+        head = {
+            name: layout.column(rows, name)[full]
+            for name in ("loss", "skipped", "amp_scale", "grad_norm_clipped", "clip_coef")
+        }
+        skipped = np.array([i.skipped for i in kept], dtype=bool) | (head["skipped"] > 0)
         has_loss = np.array([i.has_loss for i in kept], dtype=bool)
-        loss = rows[full, 0]
-        head = {name: rows[full, i] for i, name in enumerate(HEAD)}
+        loss = head["loss"]
         scalars = self._scalars(kept, s, loss, has_loss, total, skipped, nf, head)
         events = []
         for i, info in enumerate(kept):
@@ -100,11 +107,13 @@ class ChunkDecoder:
             )
         if self.on_stats is not None and primary:
             self.on_stats(self.stats)
-        out = {"scalars": scalars, "layers": layers.build()}
+        out = [("scalars", scalars), ("layers", layers.build())]
         if ranks is not None:
-            out["ranks"] = ranks
+            out.append(("ranks", ranks))
         if events:
-            out["events"] = {k: np.array([e[k] for e in events]) for k in events[0]}
+            out.append(("events", {k: np.array([e[k] for e in events]) for k in events[0]}))
+        for signal in self.signals:
+            out += _signal_rows(signal, layout, rows, infos, steps)
         return out
 
     def _scalars(
@@ -229,29 +238,27 @@ class _LayerRows:
         }
 
 
-def _unreduced(rows: np.ndarray, layout: Layout) -> np.ndarray:
-    """Undo the cross-rank SUM of squared norms (see ``chunk.Layout``)."""
-    if layout.factors is None:
-        return rows
-    factors = np.asarray(layout.factors)
-    rows = rows.copy()
-    for block in range(3):  # grad, param, update norms: sqrt of the global squared norm
-        part = rows[:, layout.block(block)]
-        rows[:, layout.block(block)] = np.sqrt(np.maximum(part / factors, 0.0))
-    rows[:, layout.block(3)] /= factors  # non-finite counts
-    rows[:, 0 : len(HEAD)] /= layout.world  # loss (mean over ranks), flags, scale, clipping
-    return rows
+def _signal_rows(
+    signal: StepSignal, layout: Layout, rows: np.ndarray, infos: list[StepInfo], steps: np.ndarray
+) -> list[tuple[str, dict[str, Any]]]:
+    """The primary optimizer's rows of an added signal, decoded by the signal itself."""
+    picked = np.array([i.primary and not i.tail for i in infos], dtype=bool)
+    if not picked.any():
+        return []
+    columns = {s.metric: layout.column(rows, s.metric)[picked] for s in signal.slots}
+    tables: Tables = signal.decode(steps[picked], columns, layout.names)
+    return list(tables.items())
 
 
 def _rank_rows(
-    rows: np.ndarray, infos: list[StepInfo], steps: np.ndarray, rank: int
+    local_loss: np.ndarray, infos: list[StepInfo], steps: np.ndarray, rank: int
 ) -> dict[str, Any]:
     """This rank's own loss, step time and throughput (they differ between ranks)."""
     columns: dict[str, list[Any]] = {"step": [], "rank": [], "metric": [], "value": []}
-    for row, info, step in zip(rows, infos, steps, strict=True):
+    for own, info, step in zip(local_loss, infos, steps, strict=True):
         if info.tail:
             continue
-        values = {"loss": row[-1] if info.has_loss else np.nan, "step_time": info.step_time}
+        values = {"loss": own if info.has_loss else np.nan, "step_time": info.step_time}
         if info.step_time:
             values["samples_per_s"] = info.samples / info.step_time if info.samples else None
             values["tokens_per_s"] = info.tokens / info.step_time if info.tokens else None

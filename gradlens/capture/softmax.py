@@ -1,59 +1,57 @@
-"""Softmax-collapse signals at every step, from the logits entering cross-entropy.
+"""Softmax-collapse signals, a :class:`~gradlens.capture.signals.StepSignal` of the step row.
 
 Each training call of ``F.cross_entropy`` (also through ``nn.CrossEntropyLoss`` and inside a
-model's ``forward``) adds its stats (``gradlens.functional.softmax.softmax_collapse_stats``,
-sync-free, on at most ``max_rows`` evenly strided rows) to the step's accumulator:
-sample-weighted means, maxima for the max entries. At
-the end of the step the row joins a device buffer; every ``every`` steps the buffer goes to the
-host asynchronously and the writer thread turns it into ``softmax`` rows, adding the drifts
-(log Z and logit norm relative to the first step). Every ``cos_every`` steps the per-tensor
-cosine between gradient and weights (the naive-loss-minimisation direction ⊥Grad removes) is
-added, from the same pre-step hook that reads the gradients.
+model's ``forward``) on a sampled step adds its stats
+(``gradlens.functional.softmax.softmax_collapse_stats``, sync-free, on at most ``max_rows``
+evenly strided rows) to the step's accumulator: sample-weighted means, maxima for the max
+entries. At the primary optimizer's pre-step hook the accumulator becomes the signal's slots of
+that step's row, with, every ``cos_every`` steps, the per-tensor cosine between gradient and
+weights (the naive-loss-minimisation direction ⊥Grad removes). The writer thread turns them
+into ``softmax`` rows, adding the drifts (log Z and logit norm relative to the first step).
+The slots are this rank's own (``reduce="local"``): rank 0's logits are the ones written.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from gradlens.capture.signals import Slot, StepSignal, StepView, Tables
 from gradlens.functional.softmax import SOFTMAX_STATS, grad_weight_cosine, softmax_collapse_stats
 from gradlens.store.schema import Coded
 
-__all__ = ["SoftmaxCapture"]
+__all__ = ["SoftmaxSignal"]
 
 _MAXIMA = {"max_logit_gap", "log_z_max"}
 _IS_MAX = torch.tensor([name in _MAXIMA for name in SOFTMAX_STATS])
 _COUNT = SOFTMAX_STATS.index("num_samples")
+_COS, _COS_ALL = "grad_weight_cos", "grad_weight_cos_all"
 
-Sink = Callable[[Callable[[], dict[str, dict[str, Any]]]], None]
 
+class SoftmaxSignal(StepSignal):
+    """Accumulates the step's softmax stats on the device; they join the step's row."""
 
-class SoftmaxCapture:
-    """Accumulates per-step softmax stats on the device; hands rows to ``sink`` in blocks."""
+    slots = (
+        *(Slot(name, reduce="local") for name in SOFTMAX_STATS),
+        Slot(_COS, per_tensor=True, reduce="local"),
+        Slot(_COS_ALL, reduce="local"),
+    )
 
-    def __init__(
-        self, sink: Sink, every: int = 50, cos_every: int = 10, max_rows: int = 256
-    ) -> None:
+    def __init__(self, cos_every: int = 10, max_rows: int = 256) -> None:
         if cos_every < 0:
             raise ValueError(f"cos_every must be >= 0, got {cos_every}")
-        self.sink = sink
-        self.every = every
         self.cos_every = cos_every
         self.max_rows = max_rows
         self._sum: Tensor | None = None
         self._max: Tensor | None = None
         self._count: Tensor | None = None
         self._is_max: dict[torch.device, Tensor] = {}
-        self._rows: list[Tensor] = []
-        self._steps: list[int] = []
-        self._cos: list[tuple[int, Tensor]] = []
-        self._names: list[str] = []
-        self._first: dict[str, float] = {}
+        self._first: dict[str, float] = {}  # writer thread: the drifts' reference values
 
     # -- hot path --------------------------------------------------------------------------------
 
@@ -73,98 +71,71 @@ class SoftmaxCapture:
             self._max = torch.maximum(self._max, stats)
             self._count = self._count + weight
 
-    def gradients(self, step: int, names: Sequence[str], params: Sequence[Tensor]) -> None:
-        """At the pre-step hook: the gradient/weight cosines, every ``cos_every`` steps."""
-        if self.cos_every and step % self.cos_every == 0:
-            if any(hasattr(p, "placements") for p in params):
-                return  # sharded (FSDP2): a local shard's cosine is not the tensor's
-            self._names = list(names)
-            cos = grad_weight_cosine(params, [p.grad for p in params], include_global=True)
-            self._cos.append((step, cos))
-
-    def end_step(self, step: int) -> None:
+    def before(self, view: StepView) -> Mapping[str, Tensor]:
+        """The primary optimizer's step takes the stats observed since the last one."""
+        if not view.primary:
+            return {}
+        out: dict[str, Tensor] = {}
         if self._sum is not None and self._max is not None and self._count is not None:
             is_max = self._is_max.get(self._sum.device)
             if is_max is None:  # cached: no host-to-device copy per step
                 is_max = self._is_max[self._sum.device] = _IS_MAX.to(self._sum.device)
             row = torch.where(is_max, self._max, self._sum / self._count.clamp_min(1.0))
             row[_COUNT] = self._count
-            self._rows.append(row)
-            self._steps.append(step)
+            row = row.to(view.device, torch.float32, non_blocking=True)
+            out.update({name: row[i : i + 1] for i, name in enumerate(SOFTMAX_STATS)})
         self._sum = self._max = self._count = None
-        if len(self._rows) >= self.every:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._rows and not self._cos:
-            return
-        rows = torch.stack(self._rows) if self._rows else None
-        cos = torch.stack([c for _, c in self._cos]) if self._cos else None
-        ready = None
-        host_rows = rows.to("cpu", non_blocking=True) if rows is not None else None
-        host_cos = cos.to("cpu", non_blocking=True) if cos is not None else None
-        for tensor in (rows, cos):
-            if tensor is not None and tensor.device.type == "cuda":
-                ready = torch.cuda.Event()
-                ready.record()
-        steps, cos_steps = self._steps, [s for s, _ in self._cos]
-        names = list(self._names)
-        self._rows, self._steps, self._cos = [], [], []
-
-        def job() -> dict[str, dict[str, Any]]:
-            if ready is not None:
-                ready.synchronize()
-            return {"softmax": self._decode(steps, host_rows, cos_steps, host_cos, names)}
-
-        self.sink(job)
+        sharded = any(hasattr(p, "placements") for p in view.params)  # a shard's cosine is not
+        if self.cos_every and view.step % self.cos_every == 0 and not sharded:  # the tensor's
+            cos = grad_weight_cosine(view.params, view.grads(), include_global=True)
+            cos = cos.to(view.device, torch.float32, non_blocking=True)
+            out[_COS], out[_COS_ALL] = cos[:-1], cos[-1:]
+        return out
 
     # -- writer thread ---------------------------------------------------------------------------
 
-    def _decode(
-        self,
-        steps: list[int],
-        rows: Tensor | None,
-        cos_steps: list[int],
-        cos: Tensor | None,
-        names: list[str],
-    ) -> dict[str, Any]:
+    def decode(
+        self, steps: np.ndarray, columns: Mapping[str, np.ndarray], names: Sequence[str]
+    ) -> Tables:
         step_col: list[np.ndarray] = []
         metric_col: list[np.ndarray] = []
         layer_col: list[np.ndarray] = []
         values: list[np.ndarray] = []
-        metrics = [*SOFTMAX_STATS, "log_z_drift", "logit_norm_growth", "grad_weight_cos"]
-        layers = ["", *names]
-        if rows is not None and len(steps):
-            data = rows.double().numpy()
-            table = {name: data[:, i] for i, name in enumerate(SOFTMAX_STATS)}
+        metrics = [*SOFTMAX_STATS, "log_z_drift", "logit_norm_growth", _COS]
+        seen = np.isfinite(columns["num_samples"])
+        if seen.any():
+            table = {name: columns[name][seen] for name in SOFTMAX_STATS}
             for name in ("log_z_mean", "logit_norm"):
                 if name not in self._first and np.isfinite(table[name]).any():
                     self._first[name] = float(table[name][np.isfinite(table[name])][0])
             table["log_z_drift"] = table["log_z_mean"] - self._first.get("log_z_mean", math.nan)
             first_norm = self._first.get("logit_norm", math.nan)
+            n_seen = int(seen.sum())
             table["logit_norm_growth"] = (
-                table["logit_norm"] / first_norm if first_norm else (np.full(len(steps), math.nan))
+                table["logit_norm"] / first_norm if first_norm else np.full(n_seen, math.nan)
             )
             for i, name in enumerate(metrics[:-1]):
-                step_col.append(np.asarray(steps, dtype=np.int64))
-                metric_col.append(np.full(len(steps), i))
-                layer_col.append(np.zeros(len(steps), dtype=np.int64))
+                step_col.append(steps[seen])
+                metric_col.append(np.full(n_seen, i))
+                layer_col.append(np.zeros(n_seen, dtype=np.int64))
                 values.append(table[name])
-        if cos is not None and len(cos_steps):
-            data = cos.double().numpy()  # (steps, layers + 1): per tensor, then global
-            n = len(names)
-            for j, step in enumerate(cos_steps):
-                step_col.append(np.full(n + 1, step, dtype=np.int64))
-                metric_col.append(np.full(n + 1, len(metrics) - 1))
-                layer_col.append(np.array([*range(1, n + 1), 0]))
-                values.append(data[j, : n + 1])
+        cos = np.concatenate([columns[_COS_ALL][:, None], columns[_COS]], axis=1)
+        at = np.isfinite(cos[:, 0])  # (steps, 1 + layers): global, then per tensor
+        if at.any():
+            n = cos.shape[1]
+            step_col.append(np.repeat(steps[at], n))
+            metric_col.append(np.full(int(at.sum()) * n, len(metrics) - 1))
+            layer_col.append(np.tile(np.arange(n), int(at.sum())))
+            values.append(cos[at].reshape(-1))
         if not values:
-            return {"step": [], "metric": [], "layer": [], "value": []}
+            return {}
         return {
-            "step": np.concatenate(step_col),
-            "metric": Coded(np.concatenate(metric_col), metrics),
-            "layer": Coded(np.concatenate(layer_col), layers),
-            "value": np.concatenate(values),
+            "softmax": {
+                "step": np.concatenate(step_col),
+                "metric": Coded(np.concatenate(metric_col), metrics),
+                "layer": Coded(np.concatenate(layer_col), ["", *names]),
+                "value": np.concatenate(values),
+            }
         }
 
 

@@ -57,8 +57,8 @@ __all__ = [
     "write_grouped",
 ]
 
-# table name -> column name -> values
-Rows = Mapping[str, Mapping[str, Any]]
+# table name -> column name -> values; or (table, columns) pairs where a table repeats
+Rows = Mapping[str, Mapping[str, Any]] | Sequence[tuple[str, Mapping[str, Any]]]
 Job = Callable[[], Rows]
 
 _STOP = object()  # fold the journals and stop
@@ -201,7 +201,8 @@ class RunWriter:
 
     @staticmethod
     def _run_job(job: Job, rows: dict[str, list[pa.Table]]) -> None:
-        for table, columns in job().items():
+        result = job()  # {table: columns}, or (table, columns) pairs (a table may repeat)
+        for table, columns in result.items() if isinstance(result, Mapping) else result:
             arrow = to_arrow(table, columns)
             if arrow.num_rows:
                 rows.setdefault(table, []).append(arrow)

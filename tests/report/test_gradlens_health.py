@@ -10,7 +10,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import gradlens  # noqa: E402
-from gradlens.capture.softmax import SoftmaxCapture  # noqa: E402
+from gradlens.capture.softmax import SoftmaxSignal  # noqa: E402
 from gradlens.report import build_report  # noqa: E402
 from gradlens.report.build import exit_code  # noqa: E402
 
@@ -20,7 +20,7 @@ def test_a_disabled_feature_is_a_warning_with_its_reason(runs_dir, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setenv("GRADLENS_STRICT", "0")
-    monkeypatch.setattr(SoftmaxCapture, "observe", broken)
+    monkeypatch.setattr(SoftmaxSignal, "observe", broken)
     model = nn.Linear(4, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gradlens.Lens(model, opt, runs_dir=runs_dir, name="half") as lens:

@@ -1,0 +1,224 @@
+"""The norm signal: per-tensor gradient, parameter and update norms, non-finite entries and
+gradient clipping, with a few fused ``_foreach`` kernels per step and no host sync."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from gradlens.capture.signals import Slot, StepSignal, StepView, as_slot
+from gradlens.functional.norms import NormPlan, nonfinite_counts, tensor_norms
+
+__all__ = ["NormSignal"]
+
+
+class NormSignal(StepSignal):
+    """‖g‖, ‖θ‖, ‖Δθ‖ and non-finite entries of each tensor; the clipping a step applied.
+
+    ``grad_norm`` is the gradient the model produced: a clipping call seen during the step
+    (:meth:`before_clip`, :meth:`after_clip`) keeps the norms from before it and adds
+    ``grad_norm_clipped``/``clip_coef``. ``‖θ‖`` and ``‖Δθ‖`` are read on sampled steps only
+    (``StepView.sample``); ``‖Δθ‖`` keeps one copy of the parameters on their device. With
+    ``update_lag=1`` (manual updates) the update is the change since the previous step.
+    """
+
+    slots = (
+        Slot("grad_norm", per_tensor=True, reduce="norm"),
+        Slot("param_norm", per_tensor=True, reduce="norm"),
+        Slot("update_norm", per_tensor=True, reduce="norm"),
+        Slot("nonfinite", per_tensor=True, reduce="count"),
+        Slot("grad_norm_clipped"),
+        Slot("clip_coef"),
+    )
+
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        device: torch.device,
+        *,
+        update_lag: int = 0,
+        track_updates: bool = True,
+        squared: bool = False,
+    ) -> None:
+        self.params = list(params)
+        self.device = device
+        self.update_lag = update_lag
+        self.track_updates = track_updates
+        self.squared = squared  # multi-process: squared norms, summed over ranks
+        self.sampled = True  # the step being recorded also read parameter/update norms
+        self._saved: list[Tensor] | None = None
+        self._applied = True
+        self._present: dict[tuple[int, ...], Tensor] = {}
+        self._preclip: Tensor | None = None  # gradient norms before a clipping call
+        self._clip_coef: Tensor | None = None
+        n, f32 = len(self.params), torch.float32
+        self._zeros = torch.zeros(n, dtype=f32, device=device)
+        self._nans = torch.full((n,), math.nan, dtype=f32, device=device)
+        self._cpu_nonfinite = device.type == "cpu"
+        # FSDP2 shards are DTensors: the foreach math runs on their local tensors.
+        self.sharded = any(callable(getattr(p, "to_local", None)) for p in self.params)
+        self._norms = NormPlan(self._values())
+        self._norms_both = NormPlan([*self._values(), *self._values()])
+
+    # -- StepSignal ------------------------------------------------------------------------------
+
+    def before(self, view: StepView) -> Mapping[str, Tensor]:
+        sample = view.sample or bool(self.update_lag)
+        gnorm, pnorm, nonfinite = self._grad_norms(with_params=sample)
+        out: dict[str, Tensor] = {}
+        if self._preclip is not None:
+            gnorm, out["grad_norm_clipped"], out["clip_coef"] = self._clip_slots(gnorm)
+        if view.grad_scale is not None:
+            gnorm = gnorm / as_slot(view.grad_scale, self.device)
+        if self.squared:
+            gnorm, pnorm = gnorm * gnorm, pnorm * pnorm
+        out.update(grad_norm=gnorm, param_norm=pnorm, nonfinite=nonfinite)
+        if self.update_lag:
+            out["update_norm"] = self._update_since_saved()
+            self._save()
+        elif self.track_updates and sample:
+            self._save()
+            out["update_norm"] = self._zeros  # what a step GradScaler skips moved
+        self.sampled = sample
+        return out
+
+    def after(self, view: StepView) -> Mapping[str, Tensor]:
+        self._applied = view.applied
+        if view.tail:  # manual updates: the update applied after the last seen step
+            if not self.update_lag or self._saved is None:
+                return {}
+            return {"update_norm": self._update_since_saved()}
+        if view.applied and self.track_updates and self.sampled and not self.update_lag:
+            return {"update_norm": self._update_since_saved()}
+        return {}
+
+    # -- clipping --------------------------------------------------------------------------------
+
+    def before_clip(self) -> None:
+        """A clipping call is about to change the gradients: keep their norms as the step's
+        ``grad_norm`` (the model's own gradient). A second call in one step keeps the first."""
+        if self._preclip is not None or self.sharded:
+            self._clip_coef = None  # the coefficient is then read off the final gradients
+            return
+        self._preclip = self._grad_norms(with_params=False)[0]
+        self._clip_coef = None
+
+    def after_clip(self, total: Tensor | None, max_norm: float | None) -> None:
+        """``clip_grad_norm_`` over exactly these parameters returned ``total``: the factor it
+        applied is ``min(1, max_norm / (total + 1e-6))`` (no need to read the gradients again)."""
+        if self._preclip is None or total is None or max_norm is None:
+            return
+        total = total.detach().to(self.device, torch.float32, non_blocking=True).reshape(1)
+        self._clip_coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
+
+    # -- for probes ------------------------------------------------------------------------------
+
+    def last_update(self) -> list[Tensor] | None:
+        """Δθ of the step just applied (optimizer mode, right after the post-step), else None.
+
+        After the step the saved copy holds θ_before − θ_after; this returns its negation.
+        """
+        if self._saved is None or self.update_lag or not self.track_updates:
+            return None
+        if not self.sampled:  # the update of an unsampled step was not kept
+            return None
+        if not self._applied:  # skipped by GradScaler: nothing moved
+            return [torch.zeros_like(s) for s in self._saved]
+        return [-s for s in self._saved]
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _grad_norms(self, with_params: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """(per-tensor gradient norms, parameter norms or NaN, non-finite slots); a tensor
+        without a gradient this step reads 0. Gradients and parameters go through one fused
+        norm call when every gradient is there."""
+        grads, missing = self._grads()
+        pnorm = self._nans
+        if not missing:
+            if with_params:
+                both = self._norms_both([*grads, *self._values()])
+                gnorm, pnorm = both[: len(grads)], both[len(grads) :]
+            else:
+                gnorm = self._norms(grads)
+            return gnorm, pnorm, self._nonfinite(grads, gnorm)
+        gnorm = tensor_norms(grads, self.device) if grads else self._zeros
+        nonfinite = self._expand(self._nonfinite(grads, gnorm), missing)
+        if with_params:
+            pnorm = self._norms(self._values())
+        return self._expand(gnorm, missing), pnorm, nonfinite
+
+    def _clip_slots(self, final: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(pre-clip norms, norm after clipping, coefficient) of a step with a clipping call."""
+        pre, coef = self._preclip, self._clip_coef
+        self._preclip = self._clip_coef = None
+        assert pre is not None
+        pre_total = pre.square().sum().sqrt().reshape(1)
+        if coef is not None:
+            clipped = pre_total * coef
+        else:  # clip_grad_value_, a subset of the tensors, or several calls: measure
+            clipped = final.square().sum().sqrt().reshape(1)
+            coef = clipped / pre_total
+        return pre, clipped, coef
+
+    def _grads(self) -> tuple[list[Tensor], list[int]]:
+        grads, missing = [], []
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                missing.append(i)
+            else:
+                grads.append(_local(p.grad) if self.sharded else p.grad)
+        return grads, missing
+
+    def _expand(self, values: Tensor, missing: list[int]) -> Tensor:
+        """Put zeros at the positions of parameters that had no gradient this step."""
+        full = torch.zeros(len(self.params), dtype=torch.float32, device=self.device)
+        key = tuple(missing)
+        index = self._present.get(key)
+        if index is None:  # cached per pattern: no host-to-device copy on later steps
+            absent = set(missing)
+            present = [i for i in range(len(self.params)) if i not in absent]
+            index = self._present[key] = torch.tensor(present, device=self.device)
+        if index.numel():
+            full.index_copy_(0, index, values)
+        return full
+
+    def _nonfinite(self, grads: list[Tensor], gnorm: Tensor) -> Tensor:
+        """Non-finite entries per tensor. ‖g‖ is finite iff every entry of g is, so: on the
+        CPU (where reading one number is free) entries are counted only on a step whose norms
+        are not all finite; on an accelerator the slot is NaN and the writer thread flags each
+        tensor whose norm is not finite (1), without a device kernel or a host sync."""
+        if not grads:
+            return self._zeros[:0]
+        if not self._cpu_nonfinite:
+            return self._nans[: len(grads)]
+        if math.isfinite(gnorm.sum().item()):  # a sum of norms is finite iff each is
+            return self._zeros[: len(grads)]
+        return nonfinite_counts(grads, self.device)
+
+    def _save(self) -> None:
+        if self._saved is None:
+            self._saved = [p.detach().clone() for p in self._values()]
+        else:
+            torch._foreach_copy_(self._saved, self._values())
+
+    def _update_since_saved(self) -> Tensor:
+        if self._saved is None:
+            return self._zeros
+        # In place: the saved copy is refreshed before it is needed again.
+        torch._foreach_sub_(self._saved, self._values())
+        norms = self._norms(self._saved)
+        return norms * norms if self.squared else norms
+
+    def _values(self) -> list[Tensor]:
+        """The parameters' values: local shards for DTensors (FSDP2), else the parameters."""
+        if not self.sharded:
+            return self.params
+        return [_local(p.detach()) for p in self.params]
+
+
+def _local(t: Tensor) -> Tensor:
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
