@@ -91,6 +91,22 @@ def test_probe_options_are_checked_before_the_script_runs(cli, tmp_path, probe, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_bad_run_name_runs_folder_and_output_file(cli, tmp_path):
+    pytest.importorskip("torch")  # watch is torch code (absent in the floors check)
+    script = tmp_path / "train.py"
+    script.write_text("raise SystemExit('the script must not run')\n")
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    for args in (
+        ["watch", "--runs-dir", tmp_path / "runs", "--name", "bad name", script],
+        ["watch", "--runs-dir", a_file, script],
+        ["watch", "--probe", "hessian.which=XX", script],
+        ["report", SAMPLES / "mlp", "-o", tmp_path / "missing" / "r.txt"],
+    ):
+        _one_line_exit_2(cli(*args))
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("every", ["1000001", str(10**20), "2000000000"])
 def test_every_is_bounded(cli, tmp_path, every):
     script = tmp_path / "train.py"

@@ -128,6 +128,15 @@ def test_crashed_and_running_runs_are_reported_as_such(tmp_path):
     assert any(f["rule"] == "run_status" and f["severity"] == "error" for f in data["findings"])
 
 
+def test_a_run_without_a_training_step_is_a_finding_not_a_pass(runs_dir, tmp_path):
+    pytest.importorskip("torch")  # watch is torch code (absent in the floors check)
+    script = tmp_path / "nothing.py"
+    script.write_text("import torch\nprint('no training')\n")
+    assert gradlens_cli("watch", "--runs-dir", str(runs_dir), str(script)).returncode == 0
+    report = gradlens_cli("report", str(runs_dir / "nothing"))
+    assert report.returncode == 1 and "no training step recorded" in report.stdout
+
+
 def test_compare_side_by_side():
     result = gradlens_cli("compare", str(SAMPLES / "mlp"), str(SAMPLES / "mlp-spiky"), "-f", "json")
     assert result.returncode == 0, result.stderr

@@ -82,3 +82,13 @@ def test_names_through_the_real_cli():
     assert result.stderr == (
         f"gradlens: error: no run 'mlp-spikey' in {SAMPLES}; did you mean 'mlp-spiky'?\n"
     )
+
+
+def test_watch_names_the_run_after_its_script_without_a_leading_underscore(tmp_path):
+    pytest.importorskip("torch")  # watch is torch code (absent in the floors check)
+    script = tmp_path / "_train.py"
+    script.write_text("print('ok')\n")
+    runs = tmp_path / "runs"
+    result = gradlens_cli("watch", "--runs-dir", str(runs), str(script))
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in runs.iterdir()] == ["train"]

@@ -1,4 +1,5 @@
-"""The Lens API against per-step oracles computed in the training loop itself."""
+"""The Lens API against per-step oracles computed in the training loop itself; its arguments,
+its exit paths (exceptions, ``sys.exit``) and how it reads learning rates."""
 
 from __future__ import annotations
 
@@ -215,6 +216,29 @@ def test_exception_marks_run_failed_and_keeps_rows(runs_dir):
     run = gradlens.open_run(lens.run_dir)
     assert run.status == "failed" and "boom" in run.meta["error"]
     assert run.steps == 7
+
+
+@pytest.mark.parametrize("code,status", [(0, "finished"), (None, "finished"), (3, "failed")])
+def test_sys_exit_inside_a_lens_sets_the_status_from_its_code(runs_dir, code, status):
+    lens = gradlens.Lens(nn.Linear(2, 2), runs_dir=runs_dir, name="exit")
+    with pytest.raises(SystemExit), lens:
+        raise SystemExit(code)
+    assert gradlens.open_run(lens.run_dir).status == status
+
+
+def test_tensor_learning_rate_on_the_cpu_is_read_per_step(runs_dir):
+    """A scheduler updates a tensor lr in place: each step records the value it had then."""
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.1))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    with gradlens.Lens(model, opt, runs_dir=runs_dir) as lens:
+        for _ in range(4):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    lr = gradlens.open_run(lens.run_dir).table("scalars", filters=[("metric", "==", "lr")])
+    np.testing.assert_allclose(lr.value, [0.1, 0.05, 0.025, 0.0125])
 
 
 def test_sampled_parameter_norms_and_softmax(runs_dir):
