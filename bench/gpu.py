@@ -64,9 +64,9 @@ def part_hessian(device: str, smoke: bool) -> dict:
         torch.manual_seed(0)
         gpt = GPT(vocab=32, block=8, d=16, layers=1, heads=2).eval()
         out["gpt"] = hb.measure(gpt, hb._gpt_batch(32, 4, 8, g), hb.lm_loss, device)
-        import gradlens.analysis.hessian.api as api
+        import gradlens.analysis.hessian.spectra as spectra
 
-        api.FULL_BASIS_LIMIT = 1  # as for 124M parameters: the bounded, restarted basis
+        spectra.FULL_BASIS_LIMIT = 1  # as for 124M parameters: the bounded, restarted basis
         out["scale"] = hb.scale(g, device, vocab=64, block=16, d=32, layers=2, heads=2, batch=2)
         return out
     torch.manual_seed(0)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import GPT, ResNet18
 
 import gradlens.analysis.hessian as gh
-from gradlens.analysis.hessian.hvp import HVP
+from gradlens.analysis.hessian import DoubleBackwardHVP, choose_hvp
 from gradlens.analysis.objective import Objective, batches_from_data
 from gradlens.functional.trace import hutchpp
 
@@ -80,7 +80,7 @@ def exact_trace(model: nn.Module, batch, loss_fn) -> float:
     data = tuple(t.double() if t.is_floating_point() else t for t in batch)
     objective = Objective(m64, batches_from_data(data, loss_fn))
     with objective.isolated():
-        engine = HVP(objective, "double_backward")
+        engine = DoubleBackwardHVP(objective)
         total = 0.0
         for i in range(engine.dim):
             e = torch.zeros(engine.dim, dtype=torch.float64)
@@ -148,7 +148,9 @@ def _gradlens(model, batch, loss_fn, device: str, k: int):
     with objective.isolated():
         _sync(device)
         start = time.perf_counter()
-        engine = HVP(objective, "auto", log=lambda msg: out.setdefault("notes", []).append(msg))
+        engine = choose_hvp(
+            objective, "auto", log=lambda msg: out.setdefault("notes", []).append(msg)
+        )
         _sync(device)
         out["setup_seconds"] = time.perf_counter() - start
         out["method"] = engine.method + (" (math attention)" if engine.math_attention else "")

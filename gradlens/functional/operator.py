@@ -1,8 +1,9 @@
 """Symmetric linear operators on flat vectors: what the Hessian algorithms take.
 
 An operator has ``dim``, ``dtype``, ``device``, ``__call__(v) -> Av`` and
-``matmat(V) -> (A vᵢ)ᵢ`` for the rows of ``V`` (m, dim). The HVP engines in
-``gradlens.hessian`` are operators; :class:`DenseOperator` is the test twin;
+``matmat(V) -> (A vᵢ)ᵢ`` for the rows of ``V`` (m, dim). :class:`BaseOperator` is the base
+whose subclasses implement one method, ``_matvec`` (the HVP engines of
+``gradlens.analysis.hessian`` are such subclasses); :class:`DenseOperator` is the test twin;
 :func:`restrict` gives a diagonal block (e.g. one layer's Hessian). Modelled on curvlinops'
 ``PyTorchLinearOperator``.
 
@@ -14,13 +15,14 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["DenseOperator", "Operator", "as_operator", "restrict"]
+__all__ = ["BaseOperator", "DenseOperator", "Operator", "as_operator", "restrict"]
 
 
 @runtime_checkable
@@ -32,6 +34,26 @@ class Operator(Protocol):
     def __call__(self, v: Tensor) -> Tensor: ...
 
     def matmat(self, vectors: Tensor) -> Tensor: ...
+
+
+class BaseOperator(ABC):
+    """An :class:`Operator` from one method: subclasses set ``dim``, ``dtype`` and ``device``
+    and implement ``_matvec``; ``matmat`` applies it row by row unless a subclass has a
+    batched product."""
+
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return self._matvec(v)
+
+    def matmat(self, vectors: Tensor) -> Tensor:
+        return torch.stack([self(v) for v in vectors])
+
+    @abstractmethod
+    def _matvec(self, v: Tensor) -> Tensor:
+        """A v for one flat vector ``v`` (returned in ``v``'s dtype)."""
 
 
 class _Wrapped:
@@ -76,8 +98,10 @@ def as_operator(
     return _Wrapped(matvec, int(size), kind, where)
 
 
-class DenseOperator:
-    """An explicit symmetric matrix as an operator (the dense twin of an HVP engine)."""
+class DenseOperator(BaseOperator):
+    """An explicit symmetric matrix as an operator (the dense twin of an HVP engine).
+
+    ``count`` is the number of products taken (a ``matmat`` of m rows counts m)."""
 
     def __init__(self, matrix: Tensor) -> None:
         if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
@@ -88,7 +112,7 @@ class DenseOperator:
         self.device = matrix.device
         self.count = 0
 
-    def __call__(self, v: Tensor) -> Tensor:
+    def _matvec(self, v: Tensor) -> Tensor:
         self.count += 1
         return (self.matrix @ v.to(self.dtype)).to(v.dtype)
 
@@ -97,7 +121,7 @@ class DenseOperator:
         return (vectors.to(self.dtype) @ self.matrix.T).to(vectors.dtype)
 
 
-class _Restricted:
+class _Restricted(BaseOperator):
     def __init__(self, op: Operator, index: Tensor) -> None:
         self.op = op
         self.index = index.to(op.device)
@@ -112,7 +136,7 @@ class _Restricted:
         full[..., self.index] = vectors
         return full
 
-    def __call__(self, v: Tensor) -> Tensor:
+    def _matvec(self, v: Tensor) -> Tensor:
         return self.op(self._embed(v))[self.index]
 
     def matmat(self, vectors: Tensor) -> Tensor:

@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from gradlens.analysis.hessian.api import density_runs, top_eigenpairs
-from gradlens.analysis.hessian.hvp import HVP, METHODS
-from gradlens.analysis.hessian.sharded import ShardedHVP, is_sharded
+from gradlens.analysis.hessian.choose import choose_hvp
+from gradlens.analysis.hessian.hvp import METHODS, HessianOperator
+from gradlens.analysis.hessian.sharded import ShardedHVP
+from gradlens.analysis.hessian.spectra import density_runs, top_eigenpairs
 from gradlens.functional.lanczos import WHICH, LanczosResult, lanczos
 from gradlens.functional.operator import restrict
 from gradlens.functional.trace import hutchpp
@@ -78,11 +79,11 @@ class HessianProbe(Probe):
         self._math_attention = False
 
     def compute(self, ctx: ProbeContext) -> Rows:
-        if is_sharded(ctx.objective.params):
-            return self._sharded(ctx)
-        engine = HVP(
+        engine = choose_hvp(
             ctx.objective, self.method, math_attention=self._math_attention, world=ctx.world
         )
+        if isinstance(engine, ShardedHVP):
+            return self._sharded(ctx, engine)
         self.method, self._math_attention = engine.method, engine.math_attention  # reuse choice
         eig = top_eigenpairs(
             engine, self.k, self.which, self.tol, max_iter=self.max_iter, seed=self.seed + ctx.step
@@ -95,14 +96,10 @@ class HessianProbe(Probe):
             sketch = max(1, min(self.k, (self.trace_hvps - 2) // 4))
             tr = hutchpp(  # reuses the eigen run: its converged pairs are deflated exactly
                 engine,
-                engine.dim,
                 sketch=sketch,
                 tol=self.trace_tol,
                 max_hvps=self.trace_hvps,
-                matmat=engine.matmat,
                 generator=generator,
-                dtype=engine.dtype,
-                device=engine.device,
                 known=eig.converged_pairs(max(self.tol, 1e-2)),
             )
             rows.add("trace", tr.estimate)
@@ -128,21 +125,18 @@ class HessianProbe(Probe):
         out["hessian"] = rows.columns
         return out
 
-    def _sharded(self, ctx: ProbeContext) -> Rows:
+    def _sharded(self, ctx: ProbeContext, engine: ShardedHVP) -> Rows:
         """FSDP2: finite-difference products through the sharded backward, Lanczos summing
         its inner products over ranks (every rank takes the same steps)."""
-        engine = ShardedHVP(ctx.objective)
         generator = torch.Generator().manual_seed(self.seed + ctx.step + 1000 * dist_rank())
         start = torch.randn(engine.local_dim, generator=generator, dtype=torch.float64)
         run = lanczos(
             engine,
-            engine.dim,
-            self.k,
-            self.which,
-            self.tol,
-            self.max_iter,
+            k=self.k,
+            which=self.which,
+            tol=self.tol,
+            max_iter=self.max_iter,
             start=start,
-            device=engine.device,
             allreduce=engine.allreduce,
         )
         rows = _Rows(ctx.step)
@@ -202,19 +196,12 @@ def _selection_rows(rows: _Rows, selection: dict[str, Any]) -> None:
         rows.add("fd_check_passed", float(check["passed"]))
 
 
-def _block_tops(engine: HVP, tol: float, seed: int) -> dict[str, float]:
+def _block_tops(engine: HessianOperator, tol: float, seed: int) -> dict[str, float]:
     """Top eigenvalue of each module's diagonal Hessian block (one Lanczos per block)."""
-    blocks: dict[str, list[int]] = defaultdict(list)
-    for i, name in enumerate(engine.names):
-        blocks[name.rsplit(".", 1)[0] if "." in name else name].append(i)
-    offsets = [0]
-    for n in engine.numels:
-        offsets.append(offsets[-1] + n)
     out = {}
-    for block, members in blocks.items():
-        index = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members])
+    for block, index in engine.module_blocks().items():
         run = lanczos(
-            restrict(engine, index.to(engine.device)),
+            restrict(engine, index),
             k=1,
             which="LA",
             tol=tol,

@@ -12,57 +12,25 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gradlens.analysis.hessian.hvp import HVP
+from gradlens.analysis.hessian.choose import choose_hvp
+from gradlens.analysis.hessian.hvp import HessianOperator
+from gradlens.analysis.hessian.spectra import EigenResult, density_runs, top_eigenpairs
 from gradlens.analysis.objective import Objective, batches_from_data
-from gradlens.functional.lanczos import LanczosResult, default_max_basis, lanczos
-from gradlens.functional.slq import Density, gaussian_density
+from gradlens.functional.slq import Density
 from gradlens.functional.trace import TraceResult, hutchinson, hutchpp
 
 __all__ = [
-    "EigenResult",
     "hessian_density",
     "hessian_directions",
     "hessian_eigenvalues",
     "hessian_trace",
-    "top_eigenpairs",
 ]
-
-
-@dataclass
-class EigenResult:
-    """Eigenpairs with their residuals ‖Hv − λv‖ and the HVPs they cost.
-
-    ``eigenvectors`` are dicts parameter name → tensor (unit norm over all parameters).
-    ``lambda_min``/``lambda_min_residual`` come from the same Krylov space (an estimate; its
-    residual says how good). ``hvps`` excludes the ``setup_hvps`` spent choosing the engine.
-    """
-
-    eigenvalues: Tensor
-    residuals: Tensor
-    eigenvectors: list[dict[str, Tensor]]
-    hvps: int
-    setup_hvps: int
-    converged: bool
-    method: str
-    lambda_min: float
-    lambda_min_residual: float
-    run: LanczosResult
-    selection: dict[str, Any] = field(default_factory=dict)
-    basis: str = ""
-
-    def converged_pairs(self, tol: float) -> tuple[Tensor, Tensor]:
-        """Flat eigenvectors (rows) and eigenvalues of the pairs with ‖Hv − λv‖ ≤ tol·|λ|
-        (what a deflated trace may reuse)."""
-        ok = self.residuals <= tol * self.eigenvalues.abs()
-        return self.run.eigenvectors[ok.to(self.run.eigenvectors.device)], self.eigenvalues[ok]
 
 
 def _objective(
@@ -71,123 +39,11 @@ def _objective(
     return Objective(model, batches_from_data(data, loss_fn), mode)
 
 
-def top_eigenpairs(
-    engine: HVP,
-    k: int = 5,
-    which: str = "LA",
-    tol: float = 1e-3,
-    *,
-    max_iter: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    basis_device: torch.device | str | None = None,
-    max_basis: int | None = None,
-    seed: int = 0,
-) -> EigenResult:
-    """Lanczos on an HVP engine (inside the caller's isolation).
-
-    The basis is planned after a first product has shown what the HVP needs: every Krylov
-    vector when that is small (fewest products), else a thick-restarted basis of
-    ``max_basis`` (default ``max(2k + 10, 24)``) vectors next to the model, else — the last
-    resort, said on stderr — that bounded basis on the CPU.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    if basis_device is None:
-        basis_device, max_basis, basis = _basis_plan(engine, k, max_iter, dtype, max_basis)
-    else:
-        basis = f"{'bounded' if max_basis else 'full'} on {basis_device}"
-    run = lanczos(
-        engine,
-        engine.dim,
-        k,
-        which,
-        tol,
-        max_iter,
-        generator=generator,
-        dtype=dtype,
-        device=engine.device,
-        basis_device=basis_device,
-        max_basis=max_basis,
-    )
-    vectors = [
-        dict(zip(engine.names, engine._split(row.to(engine.dtype)), strict=True))
-        for row in run.eigenvectors
-    ]
-    return EigenResult(
-        eigenvalues=run.eigenvalues.to(torch.float64),
-        residuals=run.residuals.to(torch.float64),
-        eigenvectors=vectors,
-        hvps=run.hvps,
-        setup_hvps=engine.setup_count,
-        converged=run.converged,
-        method=engine.method,
-        lambda_min=float(run.ritz[0]),
-        lambda_min_residual=float(run.ritz_residuals[0]),
-        run=run,
-        selection=dict(getattr(engine, "selection", {})),
-        basis=basis,
-    )
-
-
-FULL_BASIS_LIMIT = 8 << 30  # bytes: above this an unbounded basis is not worth its memory
-
-
-def _basis_plan(
-    engine: HVP,
-    k: int,
-    max_iter: int | None,
-    dtype: torch.dtype,
-    max_basis: int | None,
-) -> tuple[torch.device, int | None, str]:
-    """(device, max_basis, description) from the memory left after one product."""
-    device = torch.device(engine.device)
-    vector = engine.dim * torch.empty((), dtype=dtype).element_size()
-    steps = min(engine.dim, max_iter if max_iter is not None else max(20, 10 * k + 40))
-    bounded = max_basis or default_max_basis(k)
-    available = _available_after_product(engine, device)
-    if max_basis is None and (steps + 1) * vector <= min(available // 4, FULL_BASIS_LIMIT):
-        return device, None, f"full ({steps + 1} vectors max) on {device.type}"
-    if bounded * vector <= available // 2:
-        return device, bounded, f"restarted ({bounded} vectors) on {device.type}"
-    engine._say(
-        f"a Lanczos basis of {bounded} vectors ({bounded * vector / 2**30:.1f} GiB) does not "
-        f"fit next to the model ({available / 2**30:.1f} GiB free after a product): keeping it "
-        f"on the CPU (slower reorthogonalisation, same answer)"
-    )
-    return torch.device("cpu"), bounded, f"restarted ({bounded} vectors) on cpu (offloaded)"
-
-
-def _available_after_product(engine: HVP, device: torch.device) -> int:
-    """Bytes a basis may use on ``device``: measured after one product on CUDA (the
-    allocator's free blocks count, the product's transient peak does not); MemAvailable on
-    the host."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        v = torch.randn(
-            engine.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64
-        ).to(engine.device, engine.dtype)
-        engine._apply(engine.method, v)
-        engine.setup_count += 1
-        del v
-        torch.cuda.synchronize(device)
-        transient = torch.cuda.max_memory_allocated(device) - before
-        free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return max(0, int(free + cached - transient))
-    return _host_available()
-
-
-def _host_available() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
-    return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 1 << 34
+def _engine(objective: Objective, method: str) -> HessianOperator:
+    engine = choose_hvp(objective, method)
+    if not isinstance(engine, HessianOperator):
+        raise ValueError("FSDP-sharded parameters: use the hessian probe under gradlens watch")
+    return engine
 
 
 def hessian_eigenvalues(
@@ -213,7 +69,7 @@ def hessian_eigenvalues(
     left after a first product (see :func:`top_eigenpairs`)."""
     objective = _objective(model, loss_fn, data, mode)
     with objective.isolated():
-        engine = HVP(objective, method)
+        engine = _engine(objective, method)
         return top_eigenpairs(
             engine,
             k,
@@ -237,7 +93,7 @@ def hessian_directions(
     and model are as before: the directions of a ``"hessian"`` landscape slice.
     """
     with objective.isolated():
-        result = top_eigenpairs(HVP(objective), k=k, which="LA", seed=seed)
+        result = top_eigenpairs(_engine(objective, "auto"), k=k, which="LA", seed=seed)
     return list(result.eigenvectors), [float(v) for v in result.eigenvalues]
 
 
@@ -265,20 +121,14 @@ def hessian_trace(
         raise ValueError(f"estimator must be 'hutch++' or 'hutchinson', got {estimator!r}")
     objective = _objective(model, loss_fn, data, mode)
     with objective.isolated():
-        engine = HVP(objective, method)
+        engine = _engine(objective, method)
         generator = torch.Generator().manual_seed(seed)
-        common: dict[str, Any] = dict(
-            tol=tol,
-            max_hvps=max_hvps,
-            matmat=engine.matmat,
-            generator=generator,
-            dtype=engine.dtype,
-            device=engine.device,
-        )
         if estimator == "hutchinson":
-            return hutchinson(engine, engine.dim, **common)
+            return hutchinson(engine, tol=tol, max_hvps=max_hvps, generator=generator)
         known = eigen.converged_pairs(_EIGEN_TOL) if eigen is not None else None
-        return hutchpp(engine, engine.dim, sketch=sketch, known=known, **common)
+        return hutchpp(
+            engine, sketch=sketch, tol=tol, max_hvps=max_hvps, generator=generator, known=known
+        )
 
 
 _EIGEN_TOL = 1e-2  # eigenpairs this accurate are deflated (their error in Σλ is ~residual²)
@@ -300,39 +150,5 @@ def hessian_density(
     """Spectral density by stochastic Lanczos quadrature: ``runs`` × ``steps`` HVPs."""
     objective = _objective(model, loss_fn, data, mode)
     with objective.isolated():
-        engine = HVP(objective, method)
+        engine = _engine(objective, method)
         return density_runs(engine, runs, steps, sigma=sigma, points=points, seed=seed)
-
-
-def density_runs(
-    engine: HVP,
-    runs: int,
-    steps: int,
-    *,
-    sigma: float | None = None,
-    points: int = 1000,
-    seed: int = 0,
-    reuse: list[LanczosResult] | None = None,
-) -> Density:
-    """SLQ on an engine; ``reuse`` adds Krylov runs already made (e.g. the eigenvalue run)."""
-    if runs < 1 or steps < 2:
-        raise ValueError(f"need runs >= 1 and steps >= 2, got {runs}, {steps}")
-    generator = torch.Generator().manual_seed(seed + 1)
-    done = [run for run in reuse or [] if run.restarts == 0]  # a restart loses T
-    steps = min(steps, engine.dim)
-    while len(done) < runs:
-        done.append(
-            lanczos(
-                engine,
-                engine.dim,
-                1,
-                "LA",
-                1e-12,
-                steps,
-                min_iter=steps,
-                generator=generator,
-                dtype=torch.float64 if engine.dtype == torch.float64 else torch.float32,
-                device=engine.device,
-            )
-        )
-    return gaussian_density(done, sigma=sigma, points=points)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from gradlens.analysis.objective import Objective
+from gradlens.functional.operator import BaseOperator
 from gradlens.instrument.distributed import all_reduce_sum
 
 __all__ = ["ShardedHVP", "is_sharded"]
@@ -30,14 +31,18 @@ def _local(t: Tensor) -> Tensor:
     return to_local() if callable(to_local) else t
 
 
-class ShardedHVP:
-    """v ↦ (Hv)'s local slice, for flat local slices v (float32 or float64)."""
+class ShardedHVP(BaseOperator):
+    """v ↦ (Hv)'s local slice, for flat local slices v (float32 or float64).
+
+    ``dim`` is the global dimension and ``local_dim`` this rank's slice; pass ``allreduce``
+    to Lanczos so its inner products are summed over ranks.
+    """
 
     method = "finite_difference (sharded)"
     math_attention = False
     setup_count = 0
 
-    def __init__(self, objective: Objective, fd_eps: float = 5e-3) -> None:
+    def __init__(self, objective: Objective, *, fd_eps: float = 5e-3) -> None:
         self.objective = objective
         self.params = objective.params
         self.locals = [_local(p.detach()) for p in self.params]
@@ -53,7 +58,7 @@ class ShardedHVP:
     def allreduce(self, partial: Tensor) -> Tensor:
         return all_reduce_sum(partial)
 
-    def __call__(self, v: Tensor) -> Tensor:
+    def _matvec(self, v: Tensor) -> Tensor:
         self.count += 1
         norm = math.sqrt(float(self.allreduce((v.double() @ v.double()).reshape(1))[0]))
         if norm == 0.0:

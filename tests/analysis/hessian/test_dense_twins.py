@@ -12,7 +12,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import gradlens.analysis.hessian as gh
-from gradlens.analysis.hessian.hvp import HVP
+from gradlens.analysis.hessian import choose_hvp
 from gradlens.analysis.objective import Objective, batches_from_data
 
 
@@ -89,7 +89,7 @@ def _check_hvps(model, batches, mode="eval"):
     v = torch.randn(h.shape[0], generator=g, dtype=torch.float64)
     with obj.isolated():
         for method in ("double_backward", "forward_over_reverse", "finite_difference"):
-            engine = HVP(obj, method)
+            engine = choose_hvp(obj, method)
             tol = 1e-5 if method == "finite_difference" else 1e-10
             torch.testing.assert_close(engine(v), h @ v, rtol=tol, atol=tol * float(h.abs().max()))
     return h

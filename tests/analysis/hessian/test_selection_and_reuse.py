@@ -10,19 +10,24 @@ import torch
 import torch.nn.functional as F
 
 import gradlens.analysis.hessian as gh
-import gradlens.analysis.hessian.api as api
-from gradlens.analysis.hessian.hvp import HVP
+import gradlens.analysis.hessian.choose as choose
+import gradlens.analysis.hessian.spectra as spectra
+from gradlens.analysis.hessian import DoubleBackwardHVP, FiniteDifferenceHVP, choose_hvp
 from gradlens.analysis.objective import Objective, batches_from_data
 from gradlens.functional.operator import DenseOperator, restrict
 from tests.analysis.hessian.test_dense_twins import _data, _dense, _mlp
 
 
-class _FastFiniteDifferences(HVP):
-    """Reports finite differences as the fastest engine, whatever the clock says."""
+@pytest.fixture
+def fast_finite_differences(monkeypatch):
+    """Finite differences report themselves as the fastest engine, whatever the clock says."""
+    timed = choose._timed
 
-    def _time(self, method):
-        seconds, out = super()._time(method)
-        return (1e-9 if method == "finite_difference" else seconds), out
+    def fake(engine):
+        seconds, out = timed(engine)
+        return (1e-9 if isinstance(engine, FiniteDifferenceHVP) else seconds), out
+
+    monkeypatch.setattr(choose, "_timed", fake)
 
 
 def _objective(dtype=torch.float64):
@@ -30,10 +35,10 @@ def _objective(dtype=torch.float64):
     return Objective(model, batches_from_data((x.to(dtype), y), F.cross_entropy))
 
 
-def test_finite_differences_chosen_when_fastest_and_accurate():
+def test_finite_differences_chosen_when_fastest_and_accurate(fast_finite_differences):
     obj = _objective()
     with obj.isolated():
-        engine = _FastFiniteDifferences(obj, "auto")
+        engine = choose_hvp(obj, "auto")
     assert engine.method == "finite_difference"
     check = engine.selection["fd_check"]
     assert check["passed"] and check["error"] <= 1e-3
@@ -44,11 +49,11 @@ def test_finite_differences_chosen_when_fastest_and_accurate():
     }
 
 
-def test_finite_differences_rejected_when_their_check_fails():
+def test_finite_differences_rejected_when_their_check_fails(fast_finite_differences):
     obj = _objective()
     messages = []
     with obj.isolated():  # a huge step: fastest, but wrong by far more than 1e-3
-        engine = _FastFiniteDifferences(obj, "auto", fd_eps=3.0, log=messages.append)
+        engine = choose_hvp(obj, "auto", fd_eps=3.0, log=messages.append)
     assert engine.method in ("double_backward", "forward_over_reverse")
     check = engine.selection["fd_check"]
     assert not check["passed"] and check["error"] > 1e-3
@@ -58,17 +63,17 @@ def test_finite_differences_rejected_when_their_check_fails():
     h = _dense(model, F.cross_entropy, [(x, y)])
     v = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with obj.isolated():
-        fd = HVP(obj, "finite_difference", fd_eps=3.0)(v)
+        fd = FiniteDifferenceHVP(obj, fd_eps=3.0)(v)
     exact = h @ v
     assert check["error"] == pytest.approx(float((fd - exact).norm() / exact.norm()), rel=1e-6)
 
 
-def test_probe_rows_carry_the_engine_choice_and_check():
+def test_probe_rows_carry_the_engine_choice_and_check(fast_finite_differences):
     from gradlens.probes.hessian import _Rows, _selection_rows
 
     obj = _objective()
     with obj.isolated():
-        engine = _FastFiniteDifferences(obj, "auto", fd_eps=3.0, log=lambda m: None)
+        engine = choose_hvp(obj, "auto", fd_eps=3.0, log=lambda m: None)
     rows = _Rows(7)
     _selection_rows(rows, engine.selection)
     table = list(zip(rows.columns["metric"], rows.columns["layer"], rows.columns["value"]))
@@ -78,7 +83,7 @@ def test_probe_rows_carry_the_engine_choice_and_check():
 
 
 def test_api_plans_a_bounded_basis_when_the_full_one_is_too_big(monkeypatch):
-    monkeypatch.setattr(api, "FULL_BASIS_LIMIT", 1)  # any full basis is "too big"
+    monkeypatch.setattr(spectra, "FULL_BASIS_LIMIT", 1)  # any full basis is "too big"
     model, (x, y) = _mlp(), _data()
     k = 3
     res = gh.hessian_eigenvalues(
@@ -146,7 +151,7 @@ def test_hvp_engine_is_an_operator_against_its_dense_twin():
     model, (x, y) = _mlp(), _data()
     h = _dense(model, F.cross_entropy, [(x, y)])
     with obj.isolated():
-        engine = HVP(obj, "double_backward")
+        engine = DoubleBackwardHVP(obj)
         assert isinstance(engine, Operator)
         v = torch.randn(
             2, engine.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64
@@ -160,12 +165,12 @@ def test_basis_offloaded_only_as_the_last_resort_and_said(monkeypatch, capsys):
     model, (x, y) = _mlp(), _data()
     obj = Objective(model, batches_from_data((x, y), F.cross_entropy))
     with obj.isolated():
-        engine = HVP(obj, "double_backward")
+        engine = DoubleBackwardHVP(obj)
         vector = engine.dim * 8
         plans = {}
         for label, free in (("roomy", 10**12), ("tight", 100 * vector), ("full", 10 * vector)):
-            monkeypatch.setattr(api, "_available_after_product", lambda e, d, free=free: free)
-            plans[label] = api._basis_plan(engine, 3, None, torch.float64, None)
+            monkeypatch.setattr(spectra, "_available_after_product", lambda e, d, free=free: free)
+            plans[label] = spectra._basis_plan(engine, 3, None, torch.float64, None)
     assert plans["roomy"][1] is None and plans["roomy"][2].startswith("full")
     assert plans["tight"][1] == 24 and plans["tight"][2] == "restarted (24 vectors) on cpu"
     device, max_basis, text = plans["full"]
