@@ -1,0 +1,75 @@
+"""What the watched models' top-level training calls tell: samples and tokens per step, the
+batch size, the batches probes replay, and a loss returned by a forward."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradlens.instrument import interception
+from gradlens.instrument.guard import Guard
+from gradlens.instrument.probe_set import ProbeSet, batch_size_of
+
+__all__ = ["ModelCalls"]
+
+FEATURE = "model calls"
+
+
+class ModelCalls:
+    """Called around each call of a watched model (``instrument.roots``); nested calls and
+    gradlens's own (probes, under ``interception.suspended``) are not counted."""
+
+    def __init__(
+        self,
+        guard: Guard,
+        probe_set: ProbeSet,
+        on_call: Callable[[], None],
+        on_compiled_loss: Callable[[], None],
+    ) -> None:
+        self.guard, self.probe_set = guard, probe_set
+        self.on_call, self.on_compiled_loss = on_call, on_compiled_loss
+        self.depth = 0  # > 0 while a watched model runs (a loss call is then inside forward)
+        self.loss_seen = False  # a loss function was called during this forward
+        self.batch_size: int | None = None  # the first training batch's, for meta.json
+        self.samples = self.tokens = 0  # since the last optimizer step
+
+    def take(self) -> tuple[int, int]:
+        """(samples, tokens) seen since the last call; the counts restart."""
+        out = self.samples, self.tokens
+        self.samples = self.tokens = 0
+        return out
+
+    def before(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        self.on_call()
+        self.depth += 1
+        if self.depth > 1 or interception.is_suspended():
+            return
+        self.loss_seen = False
+        if module.training and torch.is_grad_enabled() and self.guard.active(FEATURE):
+            self.guard.call(FEATURE, self._count_and_keep, module, args, kwargs)
+
+    def after(self, module: nn.Module, output: Any) -> None:
+        self.depth = max(0, self.depth - 1)
+        if self.depth or self.loss_seen or output is None:
+            return
+        if module.training and torch.is_grad_enabled() and not interception.is_suspended():
+            self.guard.call(FEATURE, self._loss_from_output, module, output)
+
+    def _count_and_keep(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        samples, tokens = batch_size_of(args, kwargs)
+        if self.batch_size is None and samples:
+            self.batch_size = samples
+        self.samples += samples
+        self.tokens += tokens
+        if not self.probe_set.full:
+            self.probe_set.record_forward(module, args, kwargs, samples)
+
+    def _loss_from_output(self, module: nn.Module, output: Any) -> None:
+        """No loss call was seen during a forward that returned a loss: it was computed where
+        gradlens does not look (inside a ``torch.compile``d graph, or by a loss gradlens does
+        not intercept). Probes replay the module and read its returned loss."""
+        if self.probe_set.record_output_loss(module, output) and hasattr(module, "_orig_mod"):
+            self.on_compiled_loss()

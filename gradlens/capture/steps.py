@@ -1,0 +1,243 @@
+"""When a step is captured: the optimizer hooks, the loss, AMP scaling, closures and clipping.
+
+Capture happens once per optimizer step: at the optimizer's pre-step hook (gradients are final:
+accumulated over micro-batches, unscaled by GradScaler, all-reduced by DDP), or — for a step
+given a closure (LBFGS, Lightning) — right after the closure produced this step's gradients;
+or when backward completes if the script updates parameters by hand and creates no optimizer.
+The loss of a step is what was backpropagated since the previous one (unscaled when
+GradScaler scaled it); a step GradScaler skips is recorded as skipped with the gradients it
+refused. A ``clip_grad_norm_``/``clip_grad_value_`` call is seen: the norms are taken before
+it and the clipped norm is recorded beside them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradlens.capture.chunk import StepInfo
+from gradlens.capture.facts import learning_rate
+from gradlens.capture.model_calls import ModelCalls
+from gradlens.capture.roles import Tracked
+from gradlens.capture.tracking import Tracking
+from gradlens.instrument import interception
+from gradlens.instrument.guard import Guard
+
+__all__ = ["CAPTURE", "CLIP", "StepCapture"]
+
+CAPTURE, CLIP = "capture", "clip capture"  # features the guard switches off
+
+
+class StepCapture:
+    """The run's step counter and the capture of each optimizer step."""
+
+    def __init__(
+        self,
+        tracking: Tracking,
+        calls: ModelCalls,
+        guard: Guard,
+        *,
+        param_every: int,
+        due: Callable[[int], bool],
+        on_end: Callable[[torch.optim.Optimizer | None], None],
+    ) -> None:
+        self.tracking, self.calls, self.guard = tracking, calls, guard
+        self.param_every = param_every
+        self.due = due  # a probe runs after this step (it needs this step's Δθ)
+        self.on_end = on_end  # after the primary's step: step already advanced
+        self.step = 0
+        self.closure_done = False  # this step's closure ran; later calls are line search
+        self._loss: Tensor | None = None
+        self._scaled: tuple[Tensor, Tensor] | None = None  # (scaled, unscaled)
+        self._scaler_step: list[Any] | None = None  # [scaler, optimizer, pre-hook fired]
+        self._wall0 = time.time()
+        self._last_end = time.perf_counter()
+
+    def start(self, wall0: float) -> None:
+        self._wall0, self._last_end = wall0, time.perf_counter()
+
+    # -- interception events ---------------------------------------------------------------------
+
+    def on_backward(self, tensor: Tensor) -> None:
+        if self.closure_done or not self.guard.active(CAPTURE):
+            return  # a closure's later calls (line search) are not this step's loss
+        if self._scaled is not None and tensor is self._scaled[0]:
+            tensor = self._scaled[1]
+        value = tensor.detach()  # (float32 and shape (1,) when the row is written)
+        self._loss = value if self._loss is None else self._loss.float() + value.float()
+
+    def after_backward(self) -> None:
+        if not self.tracking.known:
+            self.guard.call(CAPTURE, self._capture_manual)
+
+    def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None:
+        self._scaled = (scaled, unscaled)
+
+    def before_scaler_step(self, scaler: Any, optimizer: Any) -> None:
+        self._scaler_step = [scaler, optimizer, False]
+
+    def after_scaler_step(self, scaler: Any, optimizer: Any) -> None:
+        context, self._scaler_step = self._scaler_step, None
+        if context is None or context[2] or not _scaler_enabled(scaler):
+            return
+        # GradScaler found inf/NaN and skipped optimizer.step(): record the step as skipped,
+        # with the (unscaled, non-finite) gradients it refused.
+        self.guard.call(CAPTURE, self._capture, optimizer, scaler._get_scale_async())
+        self.post_step(optimizer, (), {}, skipped=True)
+
+    def before_clip(self, params: list[Tensor]) -> None:
+        tracked = self.guard.call(CLIP, self._owner_of, params)
+        if tracked is not None:
+            self.guard.call(CLIP, tracked.recorder.before_clip)
+
+    def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None:
+        tracked = self.guard.call(CLIP, self._owner_of, params)
+        if tracked is None:
+            return
+        recorder = tracked.recorder
+        exact = len(params) == len(recorder.params) and params[0] is recorder.params[0]
+        if exact and isinstance(total, Tensor) and isinstance(max_norm, int | float):
+            self.guard.call(CLIP, recorder.after_clip, total, float(max_norm))
+
+    # -- optimizer hooks (global: nothing is stored on the optimizer) ---------------------------
+
+    def pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        if interception.is_suspended() or _compiling() or not self.guard.active(CAPTURE):
+            return None
+        self.closure_done = False  # a step that raised after its closure left it set
+        # args = (optimizer, *step's arguments): torch passes ``self`` along
+        closure = kwargs.get("closure") if "closure" in kwargs else (args[1:2] or [None])[0]
+        if callable(closure):  # capture once the closure has produced this step's gradients
+            wrapped = self._after_closure(optimizer, closure)
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": wrapped}
+            return (args[0], wrapped, *args[2:]), kwargs
+        scale = None
+        if self._scaler_step is not None and self._scaler_step[1] is optimizer:
+            self._scaler_step[2] = True
+            scaler = self._scaler_step[0]
+            scale = scaler._get_scale_async() if _scaler_enabled(scaler) else None
+        self.guard.call(CAPTURE, self._capture, optimizer, scale)
+        return None
+
+    def post_step(
+        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any, skipped: bool = False
+    ) -> None:
+        if interception.is_suspended() or _compiling():
+            return
+        self.closure_done = False
+        tracked = self.tracking.roles.by_optimizer.get(optimizer)
+        if tracked is None or not self.guard.active(CAPTURE):
+            return
+        info = self._info(tracked, skipped, optimizer)
+        self.guard.call(CAPTURE, tracked.recorder.after_update, info, not skipped)
+        self.tracking.roles.stepped(tracked)
+        if tracked.primary:
+            self._end_step(optimizer)
+
+    def finish(self) -> None:
+        """At close: the update applied after the last manual-update step, then every row."""
+        manual = self.tracking.manual
+        if manual is not None:
+            self.guard.call(CAPTURE, lambda: manual.recorder.final_update(self._info(manual)))
+        for tracked in self.tracking.all():
+            self.guard.call(CAPTURE, tracked.recorder.flush)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _after_closure(
+        self, optimizer: torch.optim.Optimizer, closure: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        def closure_then_capture(*args: Any, **kwargs: Any) -> Any:
+            result = closure(*args, **kwargs)
+            if not self.closure_done:
+                self.guard.call(CAPTURE, self._capture, optimizer, None)
+                self.closure_done = True
+            return result
+
+        return closure_then_capture
+
+    def _capture(self, optimizer: torch.optim.Optimizer, scale: Tensor | None) -> None:
+        tracking = self.tracking
+        if tracking.discovery.enabled and tracking.roles.all:  # a step after the first
+            tracking.settle_discovery()  # (off before any forward if the new owner was called)
+        tracked = tracking.tracked_for(optimizer)
+        if tracked is None:
+            return
+        self.step = tracking.roles.decide(optimizer, tracked, self.step)
+        loss = self._take_loss()  # what was backpropagated for this optimizer's step
+        tracked.has_loss = loss is not None
+        tracked.recorder.before_update(
+            loss,
+            grad_scale=getattr(optimizer, "grad_scale", None),
+            skipped=getattr(optimizer, "found_inf", None),
+            amp_scale=scale,
+            sample=self._sampled(tracked),
+            step=self.step,
+            primary=tracked.primary,
+        )
+
+    def _capture_manual(self) -> None:
+        manual = self.tracking.track_manual()
+        if manual is None:
+            return
+        loss = self._take_loss()
+        manual.has_loss = loss is not None
+        manual.recorder.before_update(loss, step=self.step)
+        manual.recorder.after_update(self._info(manual))
+        self._end_step(None)
+
+    def _end_step(self, optimizer: torch.optim.Optimizer | None) -> None:
+        self.step += 1
+        self._scaled = None
+        self.on_end(optimizer)
+        self._last_end = time.perf_counter()  # a probe's time is not the next step's
+
+    def _sampled(self, tracked: Tracked) -> bool:
+        """Whether this step also reads parameter and update norms (probes need Δθ)."""
+        if not tracked.primary:
+            return tracked.steps % self.param_every == 0
+        return self.due(self.step) or self.step % self.param_every == 0
+
+    def _take_loss(self) -> Tensor | None:
+        loss, self._loss = self._loss, None
+        return loss
+
+    def _owner_of(self, params: list[Tensor]) -> Tracked | None:
+        """The recorded optimizer whose parameters are being clipped (tracked from now on)."""
+        if not params or not self.guard.active(CAPTURE):
+            return None
+        return self.tracking.owner_of(params)
+
+    def _info(self, tracked: Tracked, skipped: bool = False, optimizer: Any = None) -> StepInfo:
+        now = time.perf_counter()
+        lrs: tuple[Any, ...] = ()
+        if optimizer is not None:
+            lrs = tuple(learning_rate(g.get("lr")) for g in optimizer.param_groups)
+        primary = tracked.primary
+        samples, tokens = self.calls.take() if primary else (0, 0)
+        return StepInfo(
+            step=self.step if primary else tracked.steps,
+            wall_time=time.time() - self._wall0,
+            step_time=now - self._last_end if self.step > 0 and primary else None,
+            samples=samples,
+            tokens=tokens,
+            lrs=lrs,
+            has_loss=tracked.has_loss,
+            skipped=skipped,
+            primary=primary,
+        )
+
+
+def _compiling() -> bool:
+    return bool(torch.compiler.is_compiling())
+
+
+def _scaler_enabled(scaler: Any) -> bool:
+    """``GradScaler(enabled=False)`` has no scale to read (nanoGPT on CPU or in bf16)."""
+    is_enabled = getattr(scaler, "is_enabled", None)
+    return bool(is_enabled()) if callable(is_enabled) else bool(getattr(scaler, "_enabled", True))

@@ -1,0 +1,184 @@
+"""Which parameters are recorded, under which names, by which recorder.
+
+An optimizer is tracked at its first captured step: its trainable parameters get a
+:class:`~gradlens.capture.recorder.StepRecorder` and names from the modules that own them
+(``instrument.discovery``). A script that updates parameters by hand (no optimizer) is tracked
+as one manual-update set over the models seen in forward. The models found are handed to
+``watch`` (the class-level root-call wrapper, ``instrument.roots``) so their calls are
+counted; nothing is attached to the user's objects.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradlens.capture.decode import ChunkDecoder
+from gradlens.capture.facts import hyperparameters
+from gradlens.capture.recorder import StepRecorder
+from gradlens.capture.roles import Roles, Tracked
+from gradlens.instrument.discovery import ModuleDiscovery, ParameterNamer, owning_roots
+
+__all__ = ["Tracking"]
+
+# (parameters, names, serial, update_lag) → the recorder and the decoder of its rows
+MakeRecorder = Callable[[list[Tensor], list[str], int, int], tuple[StepRecorder, ChunkDecoder]]
+
+
+class Tracking:
+    """The optimizers (and manual-update models) being recorded."""
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        make: MakeRecorder,
+        watch: Callable[[nn.Module], Any],
+    ) -> None:
+        self.models, self.optimizers = list(models), list(optimizers)
+        self.auto = not self.models and not self.optimizers
+        self.make, self.watch = make, watch
+        self.roles = Roles()
+        self.discovery = ModuleDiscovery()
+        self.namer = ParameterNamer()
+        self.known: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet(self.optimizers)
+        self.manual: Tracked | None = None
+        self.hyperparameters: list[dict[str, Any]] = []  # per optimizer, for meta.json
+        self.root_calls = 0  # calls of a watched model seen so far
+        self._serials = 0
+        self._unowned: set[int] = set()  # id() of clipped tensors no optimizer owns
+
+    def start(self) -> None:
+        """Watch the given models; in auto mode, find the optimizers made before the start."""
+        if self.auto:
+            # Optimizers made before the Lens started are not announced by Optimizer.__init__:
+            # find them once, so a backward is not taken for a manual update.
+            self.known.update(  # type(), not isinstance: no proxy's __class__ runs
+                o for o in gc.get_objects() if issubclass(type(o), torch.optim.Optimizer)
+            )
+            if self.known:
+                self.watch_owners(list(self.known))
+            else:  # until an optimizer appears: a script may update parameters by hand
+                self.discovery.enable()
+        for model in self.models:
+            self.watch(model)
+
+    def all(self) -> list[Tracked]:
+        return [*self.roles.all, *([self.manual] if self.manual else [])]
+
+    def created(self, optimizer: torch.optim.Optimizer) -> None:
+        """``Optimizer.__init__`` finished (auto mode: recorded from its first step)."""
+        self._unowned.clear()
+        if self.auto:
+            self.known.add(optimizer)
+            self.roles.created(optimizer)
+            self.watch_owners([optimizer])
+
+    def called(self) -> None:
+        """A watched model was called."""
+        self.root_calls += 1
+        if self.discovery.enabled and self.roles.all:  # a watched owner is called after all:
+            self.discovery.disable()  # off before this (maybe compiled) forward runs
+
+    def tracked_for(self, optimizer: torch.optim.Optimizer) -> Tracked | None:
+        """The capture of ``optimizer``, set up at its first step (None: not recorded)."""
+        tracked = self.roles.by_optimizer.get(optimizer)
+        if tracked is not None:
+            return tracked
+        if not self.auto and all(optimizer is not o for o in self.optimizers):
+            return None  # explicit mode: only the optimizers the Lens was given
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        if not params:
+            return None
+        self.settle_discovery()
+        if self.auto and not self.root_calls:
+            # What the script calls is not the owner watched so far: torch.compile(model) or
+            # DDP(model) wrapped it after the optimizer was made (look again), or the script
+            # calls an inner module (a LightningModule's model): the next step's forward
+            # finds it (the global hook is then on for one step only).
+            self.watch_owners([optimizer])
+            self.discovery.enable()
+        self._serials += 1
+        names = self._names(params, optimizer)
+        recorder, decoder = self.make(params, names, self._serials, 0)
+        tracked = Tracked(recorder, decoder, self._serials, ids=frozenset(map(id, params)))
+        self.roles.add(optimizer, tracked)
+        self.hyperparameters.append(hyperparameters(optimizer, self._serials))
+        self.known.add(optimizer)
+        return tracked
+
+    def track_manual(self) -> Tracked | None:
+        """The manual-update set (every trainable parameter of the models seen in forward)."""
+        if self.manual is not None:
+            return self.manual
+        roots = self.settle_discovery()
+        params: list[Tensor] = []
+        seen: set[int] = set()
+        for root in roots:
+            for p in root.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        if not params:
+            return None
+        names = self.namer.names(params, owning_roots(params))
+        recorder, decoder = self.make(params, names, 0, 1)
+        self.manual = Tracked(recorder, decoder, 0, primary=True)
+        return self.manual
+
+    def owner_of(self, params: list[Tensor]) -> Tracked | None:
+        """The recorded optimizer whose parameters are being clipped (tracked from now on)."""
+        if not params:
+            return None
+        tracked = self.roles.owner_of(params[0])
+        if tracked is not None or id(params[0]) in self._unowned:
+            return tracked
+        for optimizer in list(self.known):
+            if any(p is params[0] for g in optimizer.param_groups for p in g["params"]):
+                return self.tracked_for(optimizer)
+        self._unowned.add(id(params[0]))  # no scan per step (cleared by a new optimizer)
+        return None
+
+    def settle_discovery(self) -> list[nn.Module]:
+        """The root modules seen in forward so far (watched from now on)."""
+        if self.discovery.enabled:
+            self.discovery.disable()
+        roots = self.models or self.discovery.roots()
+        for root in roots:
+            self.watch(root)
+        return roots
+
+    def watch_owners(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        """Watch the modules that own the optimizers' parameters, found without a global
+        module hook: one left on during a compiled forward makes torch.compile recompile
+        once it is removed."""
+        if self.discovery.enabled:
+            self.discovery.disable()
+        params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
+        for root in owning_roots(params):
+            self.watch(root)
+
+    def _names(self, params: list[Tensor], optimizer: torch.optim.Optimizer) -> list[str]:
+        """Names from the modules that own ``params``; the first time, the roots of every
+        optimizer alive are named together (GAN: ``Generator.…`` and ``Discriminator.…``)."""
+        scope = list(params)
+        if self._serials == 1:
+            for other in list(self.known):
+                scope += [p for g in other.param_groups for p in g["params"] if p.requires_grad]
+        if self.auto:
+            roots = owning_roots(scope)
+        else:
+            covered = {id(q) for r in self.models for q in r.parameters()}
+            extra = any(id(p) not in covered for p in params)
+            roots = [*self.models, *(owning_roots(params) if extra else [])]
+        given: dict[int, str] = {}  # the optimizer's own param_names, else a unique fallback
+        for g, group in enumerate(optimizer.param_groups):
+            names = group.get("param_names") or []
+            for i, p in enumerate(group["params"]):
+                given[id(p)] = names[i] if i < len(names) else f"opt{self._serials}.group{g}.{i}"
+        return self.namer.names(params, roots, given)
