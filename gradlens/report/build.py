@@ -16,12 +16,21 @@ import pandas as pd
 
 from gradlens.report.config import ReportConfig
 from gradlens.report.data import RunData
+from gradlens.report.evaluation import evaluation_dict
 from gradlens.report.findings import Finding, severity_rank
 from gradlens.report.rules import RULES
 from gradlens.report.summary import RunSummary, summary_of
 from gradlens.store import Run
 
-__all__ = ["PROBE_SECTIONS", "Report", "RuleResult", "Section", "build_report", "exit_code"]
+__all__ = [
+    "PROBE_SECTIONS",
+    "RUN_SECTIONS",
+    "Report",
+    "RuleResult",
+    "Section",
+    "build_report",
+    "exit_code",
+]
 
 SPARK_POINTS = 60
 RANKED = 5  # tensors per ranking (largest, smallest)
@@ -54,6 +63,7 @@ class Report:
     window: float  # the fraction of steps the layer rankings are taken over
     sections: list[Section]
     summary: RunSummary  # the numbers watch, compare, ls and the dashboard show too
+    evaluation: dict[str, Any] | None = None  # evaluation.evaluation_dict; None: no eval rows
 
     @property
     def worst(self) -> str | None:
@@ -76,6 +86,9 @@ def exit_code(report: Report) -> int:
 
 # Probe tables → report sections; the Hessian, collapse and landscape probes register theirs.
 PROBE_SECTIONS: dict[str, Callable[[RunData], Section | None]] = {}
+# Sections of every run, before the probes' (evaluation, the script's logged metrics): None
+# when the run has nothing for them.
+RUN_SECTIONS: list[Callable[[RunData], Section | None]] = []
 
 
 def build_report(run: Run, config: ReportConfig | None = None) -> Report:
@@ -85,7 +98,9 @@ def build_report(run: Run, config: ReportConfig | None = None) -> Report:
     results, findings = [], []
     tables = set(run.tables())
     for r in RULES:
-        if any(need not in tables for need in r.needs):
+        if any(need not in tables for need in r.needs) or (
+            r.applies is not None and not r.applies(data)
+        ):
             results.append(RuleResult(r.name, r.description, "skipped"))
             continue
         found = r.check(data, config.thresholds)
@@ -93,7 +108,7 @@ def build_report(run: Run, config: ReportConfig | None = None) -> Report:
         failing = [f for f in found if severity_rank(f.severity) >= severity_rank("warning")]
         results.append(RuleResult(r.name, r.description, "failed" if failing else "passed", found))
     findings.sort(key=lambda f: (-severity_rank(f.severity), f.step_start or 0, f.rule))
-    sections = []
+    sections = [s for s in (make(data) for make in RUN_SECTIONS) if s is not None]
     for table, summarise in PROBE_SECTIONS.items():
         if table in tables:
             section = summarise(data)
@@ -110,6 +125,7 @@ def build_report(run: Run, config: ReportConfig | None = None) -> Report:
         window=config.thresholds.window_fraction,
         sections=sections,
         summary=summary,
+        evaluation=evaluation_dict(data.evaluation),
     )
 
 

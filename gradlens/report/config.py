@@ -55,6 +55,12 @@ class Thresholds:
     softmax_collapse_fraction: float = 0.2
     softmax_collapse_min_steps: int = 5  # steps at or above the fraction
     nc_regression_ratio: float = 1.5  # final CDNV / best CDNV
+    # evaluation (eval_loss rows): overfitting = eval loss rising while the train loss falls
+    overfit_min_evals: int = 5  # evaluations of a loader before the rule judges it
+    overfit_last_evals: int = 3  # each of the last k evaluations must be above the bar
+    overfit_rise_fraction: float = 0.05  # above its best by more than this fraction of it
+    overfit_noise_multiple: float = 4.0  # and by more than this many eval-noise stds
+    overfit_train_fall_fraction: float = 0.01  # train loss fell this fraction since the best
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -65,7 +71,7 @@ class Thresholds:
 
 
 # May be 0: counts, gaps, and the fractions where 0 means "any".
-_ZERO_ALLOWED = {"amp_skip_max_fraction", "plateau_fraction"}
+_ZERO_ALLOWED = {"amp_skip_max_fraction", "plateau_fraction", "overfit_train_fall_fraction"}
 
 
 def _check_threshold(name: str, value: float) -> None:

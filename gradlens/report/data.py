@@ -7,6 +7,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from gradlens.report.evaluation import EVAL_METRICS, Evaluation, evaluation_of
 from gradlens.store import Run
 
 __all__ = ["RunData", "smooth"]
@@ -48,6 +49,19 @@ class RunData:
     @cached_property
     def loss(self) -> pd.Series:
         return self.scalar("loss")
+
+    @cached_property
+    def evaluation(self) -> Evaluation | None:
+        """Every loader's evaluations (``eval_*`` scalars of any index); None without."""
+        if not self.run.has_table("scalars"):
+            return None
+        rows = self.run.table("scalars", filters=[("metric", "in", list(EVAL_METRICS))])
+        return evaluation_of(rows, self.loss)
+
+    @cached_property
+    def user(self) -> pd.DataFrame:
+        """The script's own scalars (``gradlens.log``): columns step, metric, value."""
+        return self.table("user")
 
     @cached_property
     def events(self) -> pd.DataFrame:

@@ -54,6 +54,7 @@ def report_dict(report: Report) -> dict[str, Any]:
                 {"title": s.title, "rows": [{"label": a, "value": b} for a, b in s.rows]}
                 for s in report.sections
             ],
+            "evaluation": report.evaluation,
         }
     )
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from gradlens.report.config import Thresholds
 from gradlens.report.data import RunData, smooth
+from gradlens.report.evaluation import eval_noise
 from gradlens.report.findings import Finding
 
 __all__ = ["RULES", "Rule", "rule"]
@@ -36,16 +37,23 @@ class Rule:
     description: str
     needs: tuple[str, ...]
     check: Check
+    applies: Callable[[RunData], bool] | None = None  # False: skipped (e.g. no eval rows)
 
 
 RULES: list[Rule] = []
 
 
-def rule(name: str, description: str, needs: tuple[str, ...] = ()) -> Callable[[Check], Check]:
-    """Register ``check`` as rule ``name``."""
+def rule(
+    name: str,
+    description: str,
+    needs: tuple[str, ...] = (),
+    applies: Callable[[RunData], bool] | None = None,
+) -> Callable[[Check], Check]:
+    """Register ``check`` as rule ``name``; without ``needs`` tables, or when ``applies``
+    says no, the rule is skipped rather than passed."""
 
     def register(check: Check) -> Check:
-        RULES.append(Rule(name, description, needs, check))
+        RULES.append(Rule(name, description, needs, check, applies))
         return check
 
     return register
@@ -606,3 +614,64 @@ def neural_collapse_regression(data: RunData, t: Thresholds) -> list[Finding]:
             t.nc_regression_ratio,
         )
     ]
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+
+def _evaluates(data: RunData) -> bool:
+    return data.evaluation is not None
+
+
+@rule(
+    "overfitting",
+    "the eval loss does not rise while the training loss falls",
+    needs=("scalars",),
+    applies=_evaluates,
+)
+def overfitting(data: RunData, t: Thresholds) -> list[Finding]:
+    """Per loader: the eval loss of each of the last ``overfit_last_evals`` evaluations is
+    above its best (an earlier evaluation) by more than ``overfit_rise_fraction`` of the best
+    and by more than ``overfit_noise_multiple`` eval-noise stds, while the training loss at the
+    last evaluation is below the one at the best by ``overfit_train_fall_fraction``."""
+    evaluation = data.evaluation
+    if evaluation is None:
+        return []
+    findings = []
+    for loader in evaluation.loaders:
+        finite = np.isfinite(loader.eval_loss)
+        loss, steps = loader.eval_loss[finite], loader.steps[finite]
+        train = loader.train_loss[finite]
+        k = max(1, t.overfit_last_evals)
+        if len(loss) < max(t.overfit_min_evals, k + 1):
+            continue
+        best_at = int(np.argmin(loss))
+        best = float(loss[best_at])
+        if best_at >= len(loss) - k or best <= 0:
+            continue  # the best is among the last k: nothing rose after it yet
+        rise = float(loss[-k:].min()) - best
+        noise = eval_noise(loss)
+        bar = max(t.overfit_rise_fraction * best, t.overfit_noise_multiple * noise)
+        train_best, train_last = float(train[best_at]), float(train[-1])
+        falling = train_last < train_best * (1 - t.overfit_train_fall_fraction)
+        if not (rise > bar and np.isfinite(bar) and falling):
+            continue
+        where = f" (loader {loader.index})" if len(evaluation.loaders) > 1 else ""
+        findings.append(
+            Finding(
+                "overfitting",
+                "warning",
+                "eval loss rising while the training loss falls" + where,
+                f"eval loss {float(loss[-1]):.4g} at step {int(steps[-1])} vs best {best:.4g} "
+                f"at step {int(steps[best_at])}: the last {k} evaluations are all ≥ "
+                f"{best + rise:.4g} (+{rise / best:.1%}; bar: "
+                f"{t.overfit_rise_fraction:.0%} of the best and {t.overfit_noise_multiple:g}× "
+                f"the eval noise {noise:.3g}); training loss {train_best:.4g} → {train_last:.4g}",
+                int(steps[best_at]),
+                int(steps[-1]),
+                None,
+                (best + rise) / best,
+                1 + t.overfit_rise_fraction,
+            )
+        )
+    return findings

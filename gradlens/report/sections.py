@@ -1,19 +1,31 @@
-"""Report sections for probe tables: the latest numbers of each probe, as (label, value) rows.
-
-Registered in ``build.PROBE_SECTIONS``; each reads only its table (no torch).
+"""Report sections as (label, value) rows: the run's evaluations and the metrics its script
+logged (``build.RUN_SECTIONS``), then the latest numbers of each probe table
+(``build.PROBE_SECTIONS``). Each reads only its table (no torch).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
-from gradlens.report.build import PROBE_SECTIONS, Section
+from gradlens.report.build import PROBE_SECTIONS, RUN_SECTIONS, Section
 from gradlens.report.data import RunData
-from gradlens.report.format import number
+from gradlens.report.evaluation import EVAL_DEFINITIONS, LoaderEvaluation
+from gradlens.report.format import number, sparkline
 
-__all__ = ["collapse_section", "hessian_section", "landscape_section", "softmax_section"]
+__all__ = [
+    "LOGGED_SHOWN",
+    "collapse_section",
+    "evaluation_section",
+    "hessian_section",
+    "landscape_section",
+    "logged_section",
+    "softmax_section",
+]
+
+LOGGED_SHOWN = 20  # metrics of the script's own listed in the report (the rest counted)
 
 
 def _latest(df: pd.DataFrame) -> tuple[int, pd.DataFrame]:
@@ -26,6 +38,91 @@ def _value(frame: pd.DataFrame, metric: str, index: int = 0) -> float:
     if "layer" in rows:
         rows = rows[rows["layer"].fillna("") == ""]
     return float(rows["value"].iloc[-1]) if len(rows) else math.nan
+
+
+def evaluation_section(data: RunData) -> Section | None:
+    """Best and last eval loss/accuracy per loader, and the generalization gap over time."""
+    evaluation = data.evaluation
+    if evaluation is None:
+        return None
+    steps = evaluation.steps
+    many = len(evaluation.loaders) > 1
+    span = f"steps {int(steps[0])}–{int(steps[-1])}" if len(steps) > 1 else f"step {steps[0]}"
+    rows = [
+        (
+            "evaluations",
+            f"{len(steps)} ({span})"
+            + (f", loaders {', '.join(str(x.index) for x in evaluation.loaders)}" if many else ""),
+        )
+    ]
+    for loader in evaluation.loaders:
+        rows += _loader_rows(loader, f" (loader {loader.index})" if many else "")
+    rows.append(
+        (
+            "gap, defined",
+            f"{EVAL_DEFINITIONS['generalization_gap']}; training loss at an evaluation = "
+            f"{EVAL_DEFINITIONS['train_loss_at_eval']}",
+        )
+    )
+    return Section("Evaluation", rows)
+
+
+def _loader_rows(loader: LoaderEvaluation, suffix: str) -> list[tuple[str, str]]:
+    best, best_step = loader.best_loss
+    rows = [
+        (
+            f"eval loss: best · last{suffix}",
+            f"{number(best)} (step {best_step}) · {number(loader.last_loss)} "
+            f"(step {loader.last_step})"
+            if best is not None
+            else "non-finite",
+        )
+    ]
+    if loader.has_accuracy:
+        acc, acc_step = loader.best_accuracy
+        last = loader.last_accuracy
+        rows.append(
+            (
+                f"eval accuracy: best · last{suffix}",
+                f"{acc:.2%} (step {acc_step}) · " + (f"{last:.2%}" if last is not None else "-"),
+            )
+        )
+    gap = loader.gap
+    finite = gap[np.isfinite(gap)]
+    if finite.size:
+        trend = f"{number(float(finite[0]))} → {number(float(finite[-1]))}"
+        if finite.size > 2:
+            trend += f", max {number(float(finite.max()))}"
+        rows.append(
+            (
+                f"generalization gap (eval − train loss){suffix}",
+                f"{sparkline([float(v) for v in gap[-60:]])} {trend}",
+            )
+        )
+    if loader.samples is not None:
+        rows.append((f"samples per evaluation{suffix}", f"{loader.samples:,.0f}"))
+    return rows
+
+
+def logged_section(data: RunData) -> Section | None:
+    """The last value of each metric the script logged itself (``gradlens.log``)."""
+    user = data.user
+    if user.empty:
+        return None
+    rows = []
+    metrics = list(dict.fromkeys(user["metric"].astype(str)))
+    for metric in metrics[:LOGGED_SHOWN]:
+        series = user[user["metric"] == metric].groupby("step")["value"].last()
+        rows.append(
+            (
+                metric,
+                f"{number(float(series.iloc[-1]))} at step {int(series.index[-1])} "
+                f"({len(series)} value{'s' if len(series) != 1 else ''})",
+            )
+        )
+    if len(metrics) > LOGGED_SHOWN:
+        rows.append(("…", f"and {len(metrics) - LOGGED_SHOWN} more metrics"))
+    return Section("Logged by the script (last values)", rows)
 
 
 def hessian_section(data: RunData) -> Section | None:
@@ -195,6 +292,7 @@ def landscape_section(data: RunData) -> Section | None:
     return Section("Loss landscape", rows)
 
 
+RUN_SECTIONS += [evaluation_section, logged_section]
 PROBE_SECTIONS["hessian"] = hessian_section
 PROBE_SECTIONS["collapse"] = collapse_section
 PROBE_SECTIONS["softmax"] = softmax_section

@@ -22,8 +22,12 @@ def craft_run(
     events: list[dict] | None = None,
     status: str = "finished",
     meta: dict | None = None,
+    rows: list[tuple[int, str, int, float]] | None = None,
+    user: list[tuple[int, str, float]] | None = None,
 ) -> Path:
-    """``loss``: per-step values; ``layers``: metric → (steps × layers) array."""
+    """``loss``: per-step values; ``layers``: metric → (steps × layers) array; ``rows``: more
+    scalars rows (step, metric, index, value), e.g. from :func:`eval_rows`; ``user``: rows of
+    the ``user`` table (step, metric, value), as ``gradlens.log`` writes them."""
     run_dir = create_run_dir(runs_dir, name)
     steps = len(loss) if loss is not None else next(iter((layers or {}).values())).shape[0]
     write_meta(
@@ -52,7 +56,14 @@ def craft_run(
             columns["metric"].append(metric)
             columns["index"].append(0)
             columns["value"].append(float(value))
+    for row in rows or []:
+        for key, item in zip(columns, row, strict=True):
+            columns[key].append(item)
     writer.write("scalars", columns)
+    if user:
+        writer.write(
+            "user", {k: [r[i] for r in user] for i, k in enumerate(("step", "metric", "value"))}
+        )
     if layers:
         names = names or [f"layer{i}.weight" for i in range(next(iter(layers.values())).shape[1])]
         rows = {"step": [], "layer": [], "metric": [], "value": []}
@@ -84,3 +95,16 @@ def craft_run(
 def decreasing_loss(steps: int = 200, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return 2.0 * np.exp(-np.arange(steps) / 40) + 0.2 + 0.02 * rng.standard_normal(steps)
+
+
+def eval_rows(
+    steps, loss, accuracy=None, samples: int = 500, index: int = 0
+) -> list[tuple[int, str, int, float]]:
+    """Scalars rows of one loader's evaluations at ``steps``, as capture records them."""
+    out = []
+    for i, step in enumerate(steps):
+        out.append((int(step), "eval_loss", index, float(loss[i])))
+        if accuracy is not None:
+            out.append((int(step), "eval_accuracy", index, float(accuracy[i])))
+        out.append((int(step), "eval_samples", index, float(samples)))
+    return out
