@@ -18,7 +18,7 @@ RUNS ?= runs
 help:
 	@echo "make demo          set up, watch examples/mlp_classifier.py, print the report"
 	@echo "make test          set up and run the tests"
-	@echo "make lint          ruff check + ruff format --check + mypy gradlens/"
+	@echo "make lint          ruff check + ruff format --check + mypy gradlens/ + lint-imports (floors)"
 	@echo "make sample-runs   regenerate sample_runs/ from examples/ with gradlens watch"
 	@echo "make bench         run the benchmarks in bench/ (side-by-side ratios)"
 	@echo "make browser-test  the dashboard's headless-Chromium tests only"
@@ -63,6 +63,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .
