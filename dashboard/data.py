@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from gradlens.dashboard.downsample import bucket_max
+from gradlens.report.evaluation import train_loss_at
 from gradlens.store import Run
 from gradlens.store.columns import (
     Where,
@@ -258,6 +259,46 @@ class RunData:
             return frame.assign(series=[f"group {i}" for i in frame.pop("index")])
 
         return self.with_time(self.cache.get(self.key(table, "groups", metric), read))
+
+    def evaluations(self, metric: str = "eval_loss") -> pd.DataFrame:
+        """An eval metric of every loader: columns step, value, series (``loader 0``… or
+        ``eval`` when there is one loader), time; empty when the run has none."""
+        if not self.has("scalars") or metric not in self.metrics("scalars"):
+            return pd.DataFrame()
+        frame = self.groups(metric)
+        loaders = frame["series"].nunique()
+        return frame.assign(
+            series=[
+                "eval" if loaders == 1 else s.replace("group", "loader") for s in frame["series"]
+            ]
+        )
+
+    def train_loss_at_evals(self) -> pd.DataFrame:
+        """The training loss at each evaluation step, as the report defines it
+        (``gradlens.report.evaluation.train_loss_at``): columns step, value, time."""
+        evals = self.evaluations("eval_loss")
+        if evals.empty:
+            return pd.DataFrame()
+        steps = np.unique(evals["step"].to_numpy(dtype=np.int64))
+
+        def compute() -> pd.DataFrame:
+            loss = self.scalar("loss")
+            series = pd.Series(loss["value"].to_numpy(), index=loss["step"].to_numpy())
+            return pd.DataFrame({"step": steps, "value": train_loss_at(series, steps)})
+
+        key = (*self.key("scalars", "train_at_evals"), len(steps))
+        return self.with_time(self.cache.get(key, compute))
+
+    def user_metrics(self) -> pd.DataFrame:
+        """The script's own scalars (``gradlens.log``): columns step, metric, value, time."""
+        if not self.has("user"):
+            return pd.DataFrame()
+
+        def read() -> pd.DataFrame:
+            frame = self._frame("user", ["step", "metric", "value"], None)
+            return frame.sort_values("step", kind="stable", ignore_index=True)
+
+        return self.with_time(self.cache.get(self.key("user", "all"), read))
 
     def with_time(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` with a ``time`` column: seconds since start at each step (NaN if unknown)."""

@@ -1,10 +1,12 @@
 """The compare page: the chosen runs overlaid on a grid of charts, one per metric.
 
 As in TensorBoard and W&B: a runs sidebar (each run keeps one colour on every chart; a regex
-filters the list), metrics grouped in sections (training, layers, curvature, collapse, softmax;
-internals hidden until asked for) and filtered by a regex, a hover that lists every run's value
-at that step, and the diff of the runs' configs. Unknown names in ``?runs=`` are reported. The
-view (runs, sections, filter, smoothing, axes, layer) lives in the URL.
+filters the list), metrics grouped in sections (training, evaluation — every loader of every
+run, the first solid and the others dashed —, the scripts' logged metrics, layers, curvature,
+collapse, softmax; internals hidden until asked for) and filtered by a regex, a hover that
+lists every run's value at that step, and the diff of the runs' configs. Unknown names in
+``?runs=`` are reported. The view (runs, sections, filter, smoothing, axes, layer) lives in
+the URL.
 """
 
 from __future__ import annotations
@@ -56,19 +58,31 @@ METRIC_TABLES: dict[str, dict[str, Any]] = {
     "hessian": {"layer": "", "index": 0},
     "collapse": {},
     "softmax": {"layer": ""},
+    "user": {},  # the script's own scalars (gradlens.log)
 }
 # section -> table; "training" and "internals" split the scalars
 SECTIONS = {
     "training": "scalars",
+    "evaluation": "scalars",
+    "logged": "user",
     "layers": "layers",
     "curvature": "hessian",
     "collapse": "collapse",
     "softmax": "softmax",
     "internals": "scalars",
 }
-DEFAULT_SECTIONS = ("training", "layers", "curvature")
+DEFAULT_SECTIONS = ("training", "evaluation", "logged", "layers", "curvature")
+EVAL = ("eval_loss", "eval_accuracy")  # one line per run and loader (index)
 TRAINING = ("loss", "grad_norm", "lr", "accuracy", "val_loss")
-INTERNALS = ("time", "step_time", "samples_per_s", "skipped", "nonfinite", "clip_coef")
+INTERNALS = (
+    "time",
+    "step_time",
+    "samples_per_s",
+    "skipped",
+    "nonfinite",
+    "clip_coef",
+    "eval_samples",
+)
 COUNTS = ("num_classes", "num_samples")
 MAX_CHARTS = 24
 
@@ -291,7 +305,7 @@ def grid(
         if section not in sections:
             continue
         chosen = [k for k in keys if _section(k) == section]
-        rank = {f"scalars|{m}": i for i, m in enumerate(TRAINING)}
+        rank = {f"scalars|{m}": i for i, m in enumerate((*TRAINING, *EVAL))}
         chosen.sort(key=lambda k: rank.get(k, len(rank)))  # loss first, as everywhere
         if keep is not None:
             chosen = [k for k in chosen if keep.search(k.split("|")[1])]
@@ -345,7 +359,9 @@ def figure(
     for run_name in names:
         try:
             data = ctx.data(run_name)
-            if data.has(table_name) and name in data.metrics(table_name):
+            if table_name == "scalars" and name in EVAL:
+                parts.append(_loaders(data, name, run_name))
+            elif data.has(table_name) and name in data.metrics(table_name):
                 parts.append(_series(data, table_name, name, where).assign(series=run_name))
         except Exception as exc:  # one bad run is reported, the others drawn
             failed.append(f"{run_name}: {unreadable_text(exc)}")
@@ -357,12 +373,16 @@ def figure(
         fig = compare_figure(pd.concat(parts, ignore_index=True), title, axes)
         colours = run_colours(ctx.catalog.names())
         for trace in fig.data:
-            run = str(trace.name).removesuffix(" (raw)")
+            run, _, loader = str(trace.name).removesuffix(" (raw)").partition(LOADER_SEP)
             if run in {escape(n) for n in colours}:
                 original = next(n for n in colours if escape(n) == run)
                 trace.line.color = colours[original]
                 if trace.marker is not None:
                     trace.marker.color = colours[original]
+                if loader and not loader.endswith(" 0"):
+                    trace.line.dash = "dash"  # the second loader (e.g. test) of a run
+        if name == "eval_accuracy":
+            fig.update_yaxes(tickformat=".0%")
     for i, text in enumerate(failed):
         fig.add_annotation(
             text=escape(text), xref="paper", yref="paper", x=0, y=1 - 0.08 * i, showarrow=False
@@ -442,14 +462,14 @@ def _section(key: str) -> str:
     if any(word in metric for word in ("probe_seconds", "hvps", "residual")):
         return "internals"  # the probes' own costs and convergence checks
     if table_name == "scalars":
+        if metric in EVAL:
+            return "evaluation"
         return "internals" if metric in INTERNALS else "training"
     if table_name == "collapse" and metric in COUNTS:
         return "internals"
     if table_name == "softmax" and metric in COUNTS:
         return "internals"
-    return {v: k for k, v in SECTIONS.items() if k not in ("training", "internals")}.get(
-        table_name, "internals"
-    )
+    return {v: k for k, v in SECTIONS.items() if v != "scalars"}.get(table_name, "internals")
 
 
 def _regex(pattern: str | None) -> re.Pattern[str] | None:
@@ -472,6 +492,20 @@ def _csv_link(names: Sequence[str], key: str, layer: str | None) -> html.A:
         className="csv",
         download=f"compare-{quote(metric, safe='')}.csv",
     )
+
+
+LOADER_SEP = " · "  # "run · loader 1": a run's second eval loader
+
+
+def _loaders(data: RunData, metric: str, run_name: str) -> pd.DataFrame:
+    """An eval metric of every loader of a run: series ``run`` (one loader) or
+    ``run · loader i``."""
+    frame = data.evaluations(metric)
+    if frame.empty:
+        return frame
+    single = frame["series"].nunique() == 1
+    series = [run_name if single else f"{run_name}{LOADER_SEP}{s}" for s in frame["series"]]
+    return frame.assign(series=series, start_time=data.run.start_time or 0.0)
 
 
 def _series(data: RunData, table_name: str, metric: str, where: dict[str, Any]) -> pd.DataFrame:

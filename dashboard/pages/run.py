@@ -1,4 +1,5 @@
-"""The run page: header and findings, then loss, gradient norm, learning rate, the layer heatmap.
+"""The run page: header and findings, then loss, the evaluations and the script's logged metrics
+(when the run has them), gradient norm, learning rate, the layer heatmap.
 
 Every chart on the page shares one x range (zoom, pan and a hover crosshair are linked in the
 browser, see ``linked.py``) and the same margins, so a step sits at the same pixel column in
@@ -9,6 +10,7 @@ functions of (context, inputs), so they are tested without a browser.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,6 +48,11 @@ from gradlens.dashboard.figures import (
     lines_figure,
     x_values,
 )
+from gradlens.dashboard.figures_eval import (
+    eval_accuracy_figure,
+    eval_loss_figure,
+    user_figure,
+)
 from gradlens.dashboard.linked import register_linked_x
 from gradlens.dashboard.xaxis import (
     align,
@@ -63,6 +70,7 @@ __all__ = [
     "clicked_layer",
     "curves",
     "default_colour",
+    "evaluation",
     "finding_target",
     "findings",
     "header",
@@ -75,8 +83,10 @@ __all__ = [
 
 HEATMAP_BUCKETS = 500
 HEATMAP_METRICS = ("grad_norm", "update_ratio", "param_norm", "update_norm", "nonfinite")
-CHARTS = ("loss-graph", "gradnorm-graph", "lr-graph", "heatmap-graph", "layer-graph")
-CURVES = ("loss-graph", "gradnorm-graph", "lr-graph", "layer-graph")
+EVAL_CHARTS = ("eval-graph", "evalacc-graph", "user-graph")
+CHARTS = ("loss-graph", *EVAL_CHARTS, "gradnorm-graph", "lr-graph", "heatmap-graph", "layer-graph")
+CURVES = ("loss-graph", *EVAL_CHARTS, "gradnorm-graph", "lr-graph", "layer-graph")
+_HIDDEN = {"display": "none"}
 
 
 def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
@@ -164,6 +174,10 @@ def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
                 ],
             ),
             graph("loss-graph"),
+            *(
+                html.Div(graph(chart), id=f"{chart}-box", style=style)
+                for chart, style in zip(EVAL_CHARTS, eval_styles(data), strict=True)
+            ),
             graph("gradnorm-graph"),
             graph("lr-graph"),
             html.Div(
@@ -177,6 +191,20 @@ def layout(ctx: AppContext, run: Run, search: str | None = None) -> html.Div:
             ),
             *layer_section,
         ]
+    )
+
+
+def eval_styles(data: RunData) -> tuple[dict[str, str], ...]:
+    """Shown (``{}``) or hidden, per chart of ``EVAL_CHARTS``: a run without evaluations or
+    logged metrics has no empty charts for them."""
+    try:
+        metrics = set(data.metrics("scalars")) if data.has("scalars") else set()
+        logged = data.has("user")
+    except Exception:
+        return (_HIDDEN,) * len(EVAL_CHARTS)
+    return tuple(
+        {} if shown else _HIDDEN
+        for shown in ("eval_loss" in metrics, "eval_accuracy" in metrics, logged)
     )
 
 
@@ -248,6 +276,44 @@ def register(app: Dash, ctx: AppContext) -> None:
         name: str, smoothing: float, xaxis: str, logy: list[str], shade: Any, _: Any, xr: Any
     ) -> Any:
         return curves(ctx, name, smoothing, xaxis, logy, xr, shade=bool(shade))
+
+    @app.callback(
+        *(Output(chart, "figure") for chart in EVAL_CHARTS),
+        *(Output(f"{chart}-box", "style") for chart in EVAL_CHARTS),
+        Input("run-name", "data"),
+        Input("smoothing", "value"),
+        Input("xaxis", "value"),
+        Input("logy", "value"),
+        Input("shade-findings", "value"),
+        Input("refresh", "n_intervals"),
+        State("run-xrange", "data"),
+    )
+    def _evaluation(
+        name: str, smoothing: float, xaxis: str, logy: list[str], shade: Any, _: Any, xr: Any
+    ) -> Any:
+        figures = evaluation(ctx, name, smoothing, xaxis, logy, xr, shade=bool(shade))
+        try:
+            styles = eval_styles(ctx.data(name))
+        except Exception:
+            styles = (_HIDDEN,) * len(EVAL_CHARTS)
+        return (*figures, *styles)
+
+    # a chart shown after the page was drawn (a live run's first evaluation) was laid out
+    # hidden: resize it to the page's width, so its plot area lines up with the others
+    app.clientside_callback(
+        """function() {
+  setTimeout(() => {
+    for (const id of IDS) {
+      const gd = document.querySelector('#' + id + ' .js-plotly-plot');
+      if (gd && gd.offsetParent !== null && gd._fullLayout) Plotly.Plots.resize(gd);
+    }
+  }, 50);
+  return window.dash_clientside.no_update;
+}""".replace("IDS", json.dumps(list(EVAL_CHARTS))),
+        Output("run-xsync", "data", allow_duplicate=True),
+        *(Input(f"{chart}-box", "style") for chart in EVAL_CHARTS),
+        prevent_initial_call=True,
+    )
 
     @app.callback(
         Output("run-xrange", "data", allow_duplicate=True),
@@ -435,6 +501,35 @@ def curves(
         align(fig, extent, xrange)
         shade_ranges(fig, shades)
     return loss, grad, lr
+
+
+def evaluation(
+    ctx: AppContext,
+    name: str,
+    smoothing: float,
+    xaxis: str,
+    logy: Sequence[str] | None,
+    xrange: Sequence[Any] | None = None,
+    shade: bool = True,
+) -> tuple[go.Figure, go.Figure, go.Figure]:
+    """Eval loss per loader (with the training loss at each evaluation), eval accuracy per
+    loader, and the script's logged metrics; on the run's x extent like the curves above."""
+    try:
+        data = ctx.data(name)
+        axes = axes_from(smoothing, xaxis, logy, data.run.start_time)
+        loss = eval_loss_figure(data.evaluations("eval_loss"), data.train_loss_at_evals(), axes)
+        accuracy = eval_accuracy_figure(data.evaluations("eval_accuracy"), axes)
+        user = user_figure(data.user_metrics(), axes)
+        extent = x_extent(data, axes)
+        shades = finding_shades(ctx.findings, data, axes) if shade else []
+    except Exception as exc:
+        blank = empty_figure(unreadable_text(exc))
+        return blank, blank, blank
+    for fig in (loss, accuracy, user):
+        align(fig, extent, xrange)
+    shade_ranges(loss, shades)
+    shade_ranges(accuracy, shades)
+    return loss, accuracy, user
 
 
 def heatmap(

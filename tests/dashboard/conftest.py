@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.dashboard.craft import copy_samples, craft_layer_run, craft_probe_run
+from tests.dashboard.craft import (
+    copy_samples,
+    craft_eval_run,
+    craft_layer_run,
+    craft_probe_run,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -19,10 +24,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def dash_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample runs plus ``probes`` (every probe table) and ``layered`` (a layer spike)."""
+    """The sample runs plus ``probes`` (every probe table), ``layered`` (a layer spike) and
+    ``evaluated``/``evaluated-2`` (two eval loaders and logged metrics)."""
     root = tmp_path_factory.mktemp("dash") / "runs"
     root.mkdir()
     copy_samples(root)
     craft_probe_run(root)
     craft_layer_run(root, "layered")
+    craft_eval_run(root, "evaluated")
+    craft_eval_run(root, "evaluated-2", offset=-0.2)
     return root

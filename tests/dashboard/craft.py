@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from gradlens.store import RunWriter
-from tests.report.craft import craft_run, decreasing_loss
+from tests.report.craft import craft_run, decreasing_loss, eval_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_runs"
@@ -52,6 +52,32 @@ def craft_layer_run(runs_dir: Path, name: str, steps: int = 200, **kwargs) -> Pa
         scalars=scalars,
         **kwargs,
     )
+
+
+EVAL_STEPS = list(range(19, 200, 20))  # ten evaluations: steps 19, 39, …, 199
+
+
+def eval_curves(offset: float = 0.0) -> dict[str, np.ndarray]:
+    """Val and test curves of ``craft_eval_run``: val overfits after step 99."""
+    i = np.arange(len(EVAL_STEPS))
+    val = np.where(i <= 4, 1.2 - 0.12 * i, 0.72 + 0.05 * (i - 4)) + offset
+    return {
+        "val_loss": val,
+        "test_loss": val + 0.1,
+        "val_accuracy": np.linspace(0.5, 0.85, len(EVAL_STEPS)),
+        "test_accuracy": np.linspace(0.45, 0.8, len(EVAL_STEPS)),
+    }
+
+
+def craft_eval_run(runs_dir: Path, name: str = "evaluated", offset: float = 0.0) -> Path:
+    """``craft_layer_run`` plus two eval loaders (val = index 0, test = 1) every 20 steps
+    and two metrics the script logged itself (``user`` table)."""
+    curves = eval_curves(offset)
+    rows = eval_rows(EVAL_STEPS, curves["val_loss"], curves["val_accuracy"], 1000)
+    rows += eval_rows(EVAL_STEPS, curves["test_loss"], curves["test_accuracy"], 500, index=1)
+    user = [(s, "val/acc", float(a)) for s, a in zip(EVAL_STEPS, curves["val_accuracy"])]
+    user += [(s, "bleu", 10.0 + s / 20) for s in EVAL_STEPS[::2]]
+    return craft_layer_run(runs_dir, name, rows=rows, user=user)
 
 
 def craft_probe_run(runs_dir: Path, name: str = "probes") -> Path:
