@@ -38,7 +38,7 @@ def test_eval_loss_per_loader_with_the_train_loss_at_each_evaluation(ctx):
     assert accuracy.layout.yaxis.tickformat == ".0%"
     titles = [a.text for a in user.layout.annotations]
     assert titles == ["val/acc", "bleu"]
-    bleu = [t for t in user.data if t.yaxis == "y2"][0]
+    bleu = next(t for t in user.data if t.yaxis == "y2")
     assert list(bleu.x) == EVAL_STEPS[::2]
     np.testing.assert_allclose(bleu.y, [10.0 + s / 20 for s in EVAL_STEPS[::2]])
 
@@ -68,7 +68,7 @@ def test_the_overfitting_finding_is_shaded_on_the_eval_chart(ctx):
     report = ctx.findings.state(ctx.run("evaluated"), start=False).report
     found = [f for f in report.findings if f.rule == "overfitting"]
     assert [(f.step_start, f.step_end) for f in found] == [(99, 199)] * 2  # val and test
-    loss, accuracy, _ = run.evaluation(ctx, "evaluated", 0.0, "step", [])
+    loss, _accuracy, _ = run.evaluation(ctx, "evaluated", 0.0, "step", [])
     assert any(s.x0 == 98.5 and s.x1 == 199.5 for s in loss.layout.shapes)
 
 
@@ -77,7 +77,7 @@ def test_runs_without_evaluations_hide_the_charts(ctx):
     assert run.eval_styles(ctx.data("evaluated")) == ({}, {}, {})
     page = str(render(ctx, "/run/mlp"))
     assert "eval-graph-box" in page and "'display': 'none'" in page
-    loss, accuracy, user = run.evaluation(ctx, "mlp", 0.0, "step", [])
+    loss, _accuracy, user = run.evaluation(ctx, "mlp", 0.0, "step", [])
     assert "no evaluation" in loss.layout.annotations[0].text
     assert "gradlens.log" in user.layout.annotations[0].text
 
@@ -86,7 +86,7 @@ def test_one_loader_is_labelled_eval_and_a_regression_loss_has_no_accuracy(tmp_p
     craft_run(tmp_path, "regression", loss=decreasing_loss(100), rows=eval_rows([49, 99], [1, 2]))
     ctx = create_app(tmp_path).server.config["GRADLENS_CONTEXT"]
     loss, accuracy, _ = run.evaluation(ctx, "regression", 0.0, "step", [])
-    assert [t.name for t in loss.data][0] == "eval"
+    assert next(t.name for t in loss.data) == "eval"
     assert "no eval accuracy" in accuracy.layout.annotations[0].text
     assert run.eval_styles(ctx.data("regression")) == ({}, {"display": "none"}, {"display": "none"})
 
