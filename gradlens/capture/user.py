@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
+
+from gradlens.capture.host_copy import copy_to_host
 
 __all__ = ["UserMetrics"]
 
@@ -41,17 +42,11 @@ class UserMetrics:
             return
         rows, self._rows = self._rows, []
         tensors = [v for _, _, v in rows if isinstance(v, Tensor)]
-        host = torch.stack(tensors).to("cpu", non_blocking=True) if tensors else None
-        ready = None
-        if tensors and tensors[0].device.type == "cuda":
-            ready = torch.cuda.Event()
-            ready.record()
+        copied = copy_to_host(tensors) if tensors else None
 
         def job() -> dict[str, dict[str, Any]]:
-            if ready is not None:
-                ready.synchronize()
-            copied = iter(host.double().tolist() if host is not None else [])
-            values = [next(copied) if isinstance(v, Tensor) else v for _, _, v in rows]
+            host = iter(copied() if copied is not None else [])
+            values = [next(host) if isinstance(v, Tensor) else v for _, _, v in rows]
             return {
                 "user": {
                     "step": [s for s, _, _ in rows],

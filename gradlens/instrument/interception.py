@@ -4,7 +4,10 @@ Patched while at least one listener is installed, restored exactly when the last
 - ``torch.autograd.backward`` (and so ``Tensor.backward``): the loss being backpropagated,
   and the moment backward completes;
 - loss functions in ``torch.nn.functional`` (also reached through ``nn.CrossEntropyLoss`` &
-  co. and from inside a model's ``forward``): the logits/predictions and targets;
+  co. and from inside a model's ``forward``): the logits/predictions and targets, and for a
+  call made with gradients off (``no_grad``, ``inference_mode``: an evaluation) the loss it
+  returned;
+- ``torch.utils.data.DataLoader.__iter__``: a pass over a loader begins (evaluation phases);
 - ``torch.amp.GradScaler.scale`` / ``.step``: unscaled losses and skipped steps;
 - ``torch.optim.Optimizer.__init__``: which optimizers exist before their first step;
 - ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``: gradients about to be clipped
@@ -25,6 +28,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 from torch import Tensor
 
 __all__ = ["LOSS_FUNCTIONS", "Listener", "install", "is_suspended", "suspended", "uninstall"]
@@ -50,6 +54,12 @@ class Listener(Protocol):
     def after_backward(self) -> None: ...
 
     def on_loss_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None: ...
+
+    def on_eval_loss(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
+    ) -> None: ...
+
+    def on_loader_iter(self, loader: Any) -> None: ...
 
     def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None: ...
 
@@ -134,6 +144,7 @@ def _patch_all() -> None:
     _patch(torch.amp.GradScaler, "scale", _wrap_scale)
     _patch(torch.amp.GradScaler, "step", _wrap_scaler_step)
     _patch(torch.optim.Optimizer, "__init__", _wrap_optimizer_init)
+    _patch(torch.utils.data.DataLoader, "__iter__", _wrap_loader_iter)
     clip_grad = torch.nn.utils.clip_grad
     for owner in (torch.nn.utils, clip_grad):  # both names scripts call them by
         _patch(owner, "clip_grad_norm_", _wrap_clip_norm)
@@ -155,9 +166,13 @@ def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
 def _wrap_loss(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def loss(*args: Any, **kwargs: Any) -> Any:
-        if _listeners and not _compiling():
-            _emit("on_loss_call", name, args, kwargs)
-        return original(*args, **kwargs)
+        if not _listeners or _compiling():
+            return original(*args, **kwargs)
+        _emit("on_loss_call", name, args, kwargs)
+        result = original(*args, **kwargs)
+        if not torch.is_grad_enabled():  # an evaluation (a training loss needs gradients)
+            _emit("on_eval_loss", name, args, kwargs, result)
+        return result
 
     return loss
 
@@ -191,6 +206,16 @@ def _wrap_optimizer_init(original: Callable[..., Any]) -> Callable[..., Any]:
         _emit("on_optimizer_created", self)
 
     return init
+
+
+def _wrap_loader_iter(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def __iter__(self: Any) -> Any:
+        iterator = original(self)
+        _emit("on_loader_iter", self)
+        return iterator
+
+    return __iter__
 
 
 def _clip_list(parameters: Any) -> tuple[Any, list[Tensor]]:
