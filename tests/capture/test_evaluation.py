@@ -4,6 +4,7 @@ script computes itself; training unchanged bit for bit."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -24,6 +25,7 @@ from tests.conftest import cli_env, gradlens_cli
 # by batch size; uneven last batches. Run in-process (``train``) and under ``gradlens watch``.
 SCRIPT = '''
 import json
+import re
 import sys
 from contextlib import nullcontext
 
@@ -406,3 +408,22 @@ def test_no_host_sync_on_cuda():
         metrics.flush()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.slow
+def test_nanogpt_client_under_watch(tmp_path):
+    """The nanoGPT-style client: loss inside forward, autocast context, ``estimate_loss`` under
+    ``@torch.no_grad()`` before iterations 0 and 4 (steps 0 and 3); eval_loss is what it
+    prints."""
+    from tests.clients.harness import assert_unchanged, run_pair
+
+    pair = run_pair(tmp_path, "nanogpt_style.py")
+    assert_unchanged(pair)
+    printed = re.findall(r"step (\d+): val loss ([\d.]+)", pair.plain.stdout)
+    rows = _eval_rows(pair.run)
+    loss = rows[rows.metric == "eval_loss"]
+    assert list(loss.step) == [max(int(it) - 1, 0) for it, _ in printed] == [0, 3]
+    assert set(loss["index"]) == {0}
+    np.testing.assert_allclose(loss.value, [float(v) for _, v in printed], atol=5e-5)
+    samples = rows[rows.metric == "eval_samples"].value
+    assert list(samples) == [2 * 4 * 16] * 2  # two batches of 4 × 16 tokens
