@@ -60,7 +60,7 @@ def eval_loss_figure(
         ):
             trace.line.dash = "dash"
             fig.add_trace(trace)
-    fig.update_layout(showlegend=True, title="eval loss (per loader) and train loss at each eval")
+    fig.update_layout(showlegend=True, title="eval loss")  # the legend names loaders and train
     return fig
 
 

@@ -23,7 +23,15 @@ import pytest
 
 from gradlens.dashboard.app import create_app
 from gradlens.store import RunWriter, open_run, update_meta
-from tests.dashboard.craft import copy_samples, craft_layer_run, craft_probe_run
+from tests.dashboard.craft import (
+    EVAL_STEPS,
+    copy_samples,
+    craft_eval_run,
+    craft_layer_run,
+    craft_probe_run,
+    eval_curves,
+)
+from tests.report.craft import eval_rows
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "_artifacts" / "dashboard"
 _MISSING = [
@@ -49,6 +57,8 @@ def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root.mkdir()
     copy_samples(root)
     craft_probe_run(root)
+    craft_eval_run(root, "evaluated")
+    craft_eval_run(root, "evaluated-2", offset=-0.2)
     craft_layer_run(root, "markup").rename(root / "<b>bold")  # markup in a name stays text
     bad = root / "corrupt"
     shutil.copytree(root / "mlp", bad)
@@ -471,6 +481,102 @@ def test_a_live_run_updates_its_header_and_curves(browser, server, runs_dir):
     _until(lambda: "finished" in _text(browser, "#run-status"), what="status finished")
     _until(lambda: "120 steps" in _text(browser, "#run-steps"), what="steps in the header")
     _no_console_errors(browser)
+
+
+def _plot_area(browser: Any, graph_id: str) -> tuple[Any, Any]:
+    axis = _axis(browser, graph_id)
+    return (axis["offset"], axis["length"]) if axis else (None, None)
+
+
+def test_eval_curves_next_to_the_loss_on_the_linked_x_axis(browser, server):
+    seconds = _open(browser, server + "/run/evaluated")
+    curves = eval_curves()
+    val = _drawn(browser, "eval-graph", len(EVAL_STEPS), name="loader 0")
+    drawn = {t["name"]: t for t in val}
+    np.testing.assert_allclose(drawn["loader 0"]["y"], curves["val_loss"], rtol=1e-6)
+    np.testing.assert_allclose(drawn["loader 1"]["y"], curves["test_loss"], rtol=1e-6)
+    assert "train loss (median since the previous eval)" in drawn
+    accuracy = {t["name"]: t for t in _drawn(browser, "evalacc-graph", name="loader 1")}
+    np.testing.assert_allclose(accuracy["loader 1"]["y"], curves["test_accuracy"], rtol=1e-6)
+    _drawn(browser, "user-graph", name="bleu")
+    assert browser.find_element("css selector", "#eval-graph").is_displayed()
+    charts = ("loss-graph", "eval-graph", "evalacc-graph", "user-graph", "gradnorm-graph")
+    # one plot area and x range: a step sits at the same pixel column in every chart
+    _until(
+        lambda: len({_plot_area(browser, g) for g in charts}) == 1,
+        what="one plot area for the loss and the eval charts",
+    )
+    ranges = [_axis(browser, g)["range"] for g in charts]
+    assert all(_same(r, ranges[0]) for r in ranges), ranges
+    # zooming the eval chart zooms the loss (and back)
+    browser.execute_script(
+        "Plotly.relayout(document.querySelector('#eval-graph .js-plotly-plot'),"
+        " {'xaxis.range': [30, 150]})"
+    )
+    for graph_id in ("loss-graph", "user-graph", "heatmap-graph"):
+        _until(
+            lambda g=graph_id: _same(_axis(browser, g)["range"], [30, 150]),
+            what=f"{graph_id} follows the eval chart's zoom",
+        )
+    _shot(browser, "run-evaluation")
+    # a run without evaluations shows no empty eval charts
+    _open(browser, server + "/run/mlp")
+    _drawn(browser, "loss-graph")
+    assert not browser.find_element("css selector", "#eval-graph").is_displayed()
+    assert not browser.find_element("css selector", "#user-graph").is_displayed()
+    _no_console_errors(browser)
+    print(f"run page (evaluated) drawn in {seconds:.2f} s")
+    assert seconds < 10, f"the run page took {seconds:.1f} s"
+
+
+def test_compare_overlays_eval_curves(browser, server):
+    _open(browser, server + "/compare?runs=evaluated,evaluated-2&sections=evaluation")
+    chart = '{"key":"scalars|eval_loss","type":"compare-chart"}'
+
+    def lines() -> dict | None:
+        found = browser.execute_script(
+            "const el = document.getElementById(arguments[0]);"
+            "const gd = el && el.querySelector('.js-plotly-plot');"
+            "return gd && gd._fullData ? gd._fullData.map(t => ({name: t.name, y: t.y,"
+            " dash: t.line.dash, colour: t.line.color})) : null",
+            chart,
+        )
+        return {t["name"]: t for t in found} if found and len(found) == 4 else None
+
+    drawn = _until(lines, what="the eval loss of both runs")
+    np.testing.assert_allclose(
+        drawn["evaluated-2 · loader 0"]["y"], eval_curves(-0.2)["val_loss"], rtol=1e-6
+    )
+    assert drawn["evaluated · loader 1"]["dash"] == "dash"
+    assert drawn["evaluated · loader 0"]["colour"] == drawn["evaluated · loader 1"]["colour"]
+    assert drawn["evaluated · loader 0"]["colour"] != drawn["evaluated-2 · loader 0"]["colour"]
+    _shot(browser, "compare-evaluation")
+    _no_console_errors(browser)
+
+
+def test_a_live_runs_first_evaluation_appears_lined_up(browser, server, runs_dir):
+    run_dir = craft_layer_run(runs_dir, "live-eval", status="running", steps=100)
+    _open(browser, server + "/run/live-eval")
+    _drawn(browser, "loss-graph", 100, name="loss")
+    assert not browser.find_element("css selector", "#eval-graph").is_displayed()
+    writer = RunWriter(run_dir, strict=True)
+    rows = eval_rows([49, 99], [0.9, 0.8])
+    writer.write("scalars", {k: [r[i] for r in rows] for i, k in enumerate(_SCALARS)})
+    writer.close(compact=False)
+    _drawn(browser, "eval-graph", 2, name="eval")
+    _until(
+        lambda: browser.find_element("css selector", "#eval-graph").is_displayed(),
+        what="the eval chart shown",
+    )
+    _until(
+        lambda: _plot_area(browser, "eval-graph") == _plot_area(browser, "loss-graph"),
+        what="the eval chart resized to the page",
+    )
+    update_meta(run_dir, status="finished", steps=100, end_time=1_700_000_070.0)
+    _no_console_errors(browser)
+
+
+_SCALARS = ("step", "metric", "index", "value")
 
 
 def test_bad_files_and_names_never_break_a_page(browser, server):
