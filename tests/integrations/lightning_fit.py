@@ -1,6 +1,7 @@
 """A small Lightning ``Trainer.fit`` (closure steps, clipping, validation every 4 steps, a
-LR scheduler, two epochs) with ``self.log`` in training and validation; ``--callback`` adds
-``GradlensCallback`` (run it under ``gradlens watch`` without it)."""
+LR scheduler, two epochs) with ``self.log`` per step, per epoch, in validation and in the
+module's ``on_train_batch_end``; ``--callback`` adds ``GradlensCallback`` (run it under
+``gradlens watch`` without it)."""
 
 import argparse
 import sys
@@ -41,8 +42,12 @@ class Classifier(L.LightningModule):
         x, y = batch
         loss = F.cross_entropy(self(x), y)
         self.log("train_loss", loss)
+        self.log("epoch_loss", loss, on_step=False, on_epoch=True)
         trace.add("loss", loss.item())
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.log("seen", float(self.global_step))  # after GradlensCallback's hook
 
     def on_before_optimizer_step(self, optimizer):
         trace.add("grad_norm", grad_norm(self.parameters()))  # before the Trainer clips

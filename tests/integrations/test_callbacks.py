@@ -44,7 +44,15 @@ def test_lightning_callback_records_what_watch_records(tmp_path):
     assert trace["val_step"] == [4, 10]
     assert steps == [3, 9]
     np.testing.assert_allclose(values, trace["val_loss"], rtol=1e-6)
-    assert set(run.table("user").metric) == {"train_loss", "val_loss"}
+    # on_epoch=True: the epoch's mean at its last step (6 batches a epoch; max_steps ends the 2nd)
+    steps, values = user(run, "epoch_loss")
+    assert steps == [5, 9]
+    np.testing.assert_allclose(values, [np.mean(trace["loss"][:6]), np.mean(trace["loss"][6:])])
+    # logged in the module's on_train_batch_end (after the callback's): still at its step
+    steps, values = user(run, "seen")
+    assert steps == list(range(10))
+    assert values.tolist() == [float(t + 1) for t in range(10)]  # global_step = t + 1
+    assert set(run.table("user").metric) == {"train_loss", "val_loss", "epoch_loss", "seen"}
 
 
 def test_transformers_callback_records_what_watch_records(tmp_path):
