@@ -193,7 +193,7 @@ def watch(
 
     Options go before SCRIPT; everything after it is passed to the script.
     """
-    from gradlens.instrument.watch import watch_script
+    from gradlens.watch import watch_script
 
     probe_options = validate_probe_options(probes.value, probe or [])
     code, lens = watch_script(

@@ -43,7 +43,7 @@ from torch.utils.hooks import RemovableHandle
 from gradlens import user_log
 from gradlens.analysis.objective import Objective
 from gradlens.capture.chunk import Chunk
-from gradlens.capture.decode import ChunkDecoder, LiveStats
+from gradlens.capture.decode import ChunkDecoder
 from gradlens.capture.facts import describe_device, environment, learning_rate
 from gradlens.capture.model_calls import ModelCalls
 from gradlens.capture.recorder import StepRecorder
@@ -55,14 +55,9 @@ from gradlens.capture.tracking import Tracking
 from gradlens.capture.user import UserMetrics
 from gradlens.errors import ConfigError
 from gradlens.instrument import interception
-from gradlens.instrument.distributed import (
-    dist_info,
-    group_ready,
-    remove_pointer,
-    shared_run_dir,
-)
+from gradlens.instrument.distributed import dist_info, group_ready
 from gradlens.instrument.guard import Guard
-from gradlens.instrument.live import MODES, StatusLine
+from gradlens.instrument.live import MODES, LiveStats, StatusLine
 from gradlens.instrument.probe_set import ProbeSet
 from gradlens.instrument.roots import RootCalls
 from gradlens.instrument.signals import HeldSignals, exit_code_for
@@ -70,6 +65,7 @@ from gradlens.probes import make_probes
 from gradlens.probes.runner import ProbeRunner
 from gradlens.store import RunWriter, create_run_dir, update_meta, write_meta
 from gradlens.store.meta import valid_run_name
+from gradlens.store.shared import remove_pointer, shared_run_dir
 
 __all__ = ["PRESETS", "Lens", "default_runs_dir"]
 
@@ -224,7 +220,7 @@ class Lens:
             raise RuntimeError("this Lens was already started")
         self._started = True
         if self.dist.active:  # one run folder for all ranks, made by rank 0
-            self.run_dir = shared_run_dir(self.runs_dir, self.name, self.dist)
+            self.run_dir = shared_run_dir(self.runs_dir, self.name, self.dist.rank)
         else:
             self.run_dir = create_run_dir(self.runs_dir, self.name)
         self.name = self.run_dir.name

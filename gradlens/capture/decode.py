@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,20 +11,10 @@ import torch
 from gradlens.capture.chunk import Chunk, Layout, StepInfo
 from gradlens.capture.signals import StepSignal, Tables
 from gradlens.capture.spikes import SpikeDetector
+from gradlens.instrument.live import LiveStats
 from gradlens.store.schema import Coded
 
-__all__ = ["ChunkDecoder", "LiveStats"]
-
-
-@dataclass
-class LiveStats:
-    """The latest numbers, for the status line."""
-
-    step: int = -1
-    loss: float = float("nan")
-    grad_norm: float = float("nan")
-    spikes: int = 0
-    nonfinite: int = 0
+__all__ = ["ChunkDecoder"]
 
 
 class ChunkDecoder:

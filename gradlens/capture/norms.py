@@ -11,6 +11,7 @@ from torch import Tensor
 
 from gradlens.capture.signals import Slot, StepSignal, StepView, as_slot
 from gradlens.functional.norms import NormPlan, nonfinite_counts, tensor_norms
+from gradlens.instrument.distributed import is_sharded, local
 
 __all__ = ["NormSignal"]
 
@@ -59,7 +60,7 @@ class NormSignal(StepSignal):
         self._nans = torch.full((n,), math.nan, dtype=f32, device=device)
         self._cpu_nonfinite = device.type == "cpu"
         # FSDP2 shards are DTensors: the foreach math runs on their local tensors.
-        self.sharded = any(callable(getattr(p, "to_local", None)) for p in self.params)
+        self.sharded = is_sharded(self.params)
         self._norms = NormPlan(self._values())
         self._norms_both = NormPlan([*self._values(), *self._values()])
 
@@ -169,7 +170,7 @@ class NormSignal(StepSignal):
             if p.grad is None:
                 missing.append(i)
             else:
-                grads.append(_local(p.grad) if self.sharded else p.grad)
+                grads.append(local(p.grad) if self.sharded else p.grad)
         return grads, missing
 
     def _expand(self, values: Tensor, missing: list[int]) -> Tensor:
@@ -216,9 +217,4 @@ class NormSignal(StepSignal):
         """The parameters' values: local shards for DTensors (FSDP2), else the parameters."""
         if not self.sharded:
             return self.params
-        return [_local(p.detach()) for p in self.params]
-
-
-def _local(t: Tensor) -> Tensor:
-    to_local = getattr(t, "to_local", None)
-    return to_local() if callable(to_local) else t
+        return [local(p.detach()) for p in self.params]

@@ -18,6 +18,7 @@ from torch import Tensor
 from gradlens.capture.chunk import Chunk, Layout, StepInfo
 from gradlens.capture.norms import NormSignal
 from gradlens.capture.signals import LossSignal, ScalerSignal, StepSignal, StepView
+from gradlens.instrument.distributed import all_reduce_async, replication_factors, wait_all
 
 __all__ = ["StepRecorder"]
 
@@ -56,8 +57,6 @@ class StepRecorder:
         self.reduce = reduce_world > 1
         factors = None
         if self.reduce:
-            from gradlens.instrument.distributed import replication_factors
-
             factors = tuple(replication_factors(list(params), reduce_world))
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.norms = NormSignal(
@@ -173,8 +172,6 @@ class StepRecorder:
         if n == 0:
             return
         if self._works:
-            from gradlens.instrument.distributed import wait_all
-
             pending = len(self._works)
             done = wait_all(self._works)
             if done < pending:  # a rank is gone: keep the reduced rows, record this rank only
@@ -213,8 +210,6 @@ class StepRecorder:
         row = self._buf[len(self._infos)]
         torch.cat(self.layout.parts(values, self._defaults), out=row)
         if self.reduce:
-            from gradlens.instrument.distributed import all_reduce_async
-
             self._works.append(all_reduce_async(row[self.layout.reduced]))
         self._infos.append(info)
         if (

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from gradlens.capture.signals import Slot, StepSignal, StepView, Tables
 from gradlens.functional.softmax import SOFTMAX_STATS, grad_weight_cosine, softmax_collapse_stats
+from gradlens.instrument.distributed import is_sharded
 from gradlens.store.schema import Coded
 
 __all__ = ["SoftmaxSignal"]
@@ -85,7 +86,7 @@ class SoftmaxSignal(StepSignal):
             row = row.to(view.device, torch.float32, non_blocking=True)
             out.update({name: row[i : i + 1] for i, name in enumerate(SOFTMAX_STATS)})
         self._sum = self._max = self._count = None
-        sharded = any(hasattr(p, "placements") for p in view.params)  # a shard's cosine is not
+        sharded = is_sharded(view.params)  # a shard's cosine is not
         if self.cos_every and view.step % self.cos_every == 0 and not sharded:  # the tensor's
             cos = grad_weight_cosine(view.params, view.grads(), include_global=True)
             cos = cos.to(view.device, torch.float32, non_blocking=True)

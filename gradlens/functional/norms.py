@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from gradlens.instrument.distributed import local
+
 __all__ = ["NormPlan", "nonfinite_counts", "tensor_norms"]
 
 
@@ -31,23 +33,18 @@ def _scatter(out: Tensor, idx: list[int], values: list[Tensor]) -> None:
     out.index_copy_(0, index, torch.stack(values).to(out.device, non_blocking=True))
 
 
-def _local(t: Tensor) -> Tensor:
-    # DTensor shards: the norm of the local shard (reduced across ranks by the caller).
-    to_local = getattr(t, "to_local", None)
-    return to_local() if callable(to_local) else t
-
-
 def tensor_norms(tensors: Sequence[Tensor], device: torch.device | None = None) -> Tensor:
     """L2 norm of each tensor, as one float32 vector on ``device``.
 
     Computed in float32 whatever the tensors' dtype (a bf16/fp16 norm overflows or rounds),
-    with one fused kernel per (device, dtype) group and no host synchronisation.
+    with one fused kernel per (device, dtype) group and no host synchronisation. A DTensor
+    (FSDP2) gives its local shard's norm; the caller reduces across ranks.
 
     Example:
         >>> tensor_norms([torch.ones(4), torch.full((2,), 3.0)])
         tensor([2.0000, 4.2426])
     """
-    tensors = [_local(t) for t in tensors]
+    tensors = [local(t) for t in tensors]
     if not tensors:
         return torch.zeros(0, device=device)
     out_device = device or tensors[0].device
@@ -77,7 +74,7 @@ def nonfinite_counts(tensors: Sequence[Tensor], device: torch.device | None = No
         >>> nonfinite_counts([torch.tensor([1.0, float("nan"), float("inf")]), torch.ones(2)])
         tensor([2., 0.])
     """
-    tensors = [_local(t) for t in tensors]
+    tensors = [local(t) for t in tensors]
     if not tensors:
         return torch.zeros(0, device=device)
     out_device = device or tensors[0].device

@@ -7,8 +7,10 @@
   local shards add up to the global squared norms (FSDP2/DTensor), replicated tensors (DDP)
   are divided back by their replication factor, and the loss becomes the mean over ranks.
   No per-tensor collective, and gradlens never waits on a collective without a timeout.
-- The run directory is created by rank 0; the others read its name from a pointer file keyed
-  by the torchrun run id (no collective needed before the script initialises its group).
+- FSDP2 parameters are DTensors: the per-tensor math runs on their local shards (``local``).
+
+The ground floor: this module imports nothing from gradlens (the run folder shared by the
+ranks lives in ``gradlens.store.shared``).
 """
 
 from __future__ import annotations
@@ -16,27 +18,23 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from gradlens.store import create_run_dir
-
 __all__ = [
     "WAIT_TIMEOUT",
     "DistInfo",
     "all_reduce_async",
+    "all_reduce_sum",
     "dist_info",
     "group_ready",
-    "remove_pointer",
+    "is_sharded",
+    "local",
     "replication_factors",
-    "shared_run_dir",
     "unwrap_data_parallel",
     "wait_all",
 ]
@@ -78,37 +76,19 @@ def group_ready() -> bool:
     return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
 
-def _pointer(runs_dir: Path, name: str) -> Path:
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "local")
-    return runs_dir / f".gradlens-{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}-{name}"
+def local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (FSDP2), else ``t`` itself.
+
+    Squared norms of the local shards sum over ranks to the global squared norm; the caller
+    does the reduction (``replication_factors``, ``all_reduce_async``).
+    """
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
 
 
-def shared_run_dir(runs_dir: Path, name: str, info: DistInfo, timeout: float = 300.0) -> Path:
-    """Rank 0 creates the run folder; other ranks wait for its name in a pointer file."""
-    pointer = _pointer(runs_dir, name)
-    if info.main:
-        run_dir = create_run_dir(runs_dir, name)
-        tmp = pointer.with_name(pointer.name + ".tmp")
-        tmp.write_text(run_dir.name)
-        os.replace(tmp, pointer)
-        return run_dir
-    deadline = time.monotonic() + timeout
-    while not pointer.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"rank {info.rank}: rank 0 created no run folder in {timeout:.0f} s")
-        time.sleep(0.05)
-    return runs_dir / pointer.read_text().strip()
-
-
-def remove_pointer(runs_dir: Path, run_name: str) -> None:
-    """Rank 0, at the end: the pointer file is no longer needed (the folder name may differ
-    from the requested one by a ``-2`` suffix, so look for the file that names it)."""
-    for path in runs_dir.glob(".gradlens-*"):
-        try:
-            if path.read_text().strip() == run_name:
-                path.unlink(missing_ok=True)
-        except OSError:
-            continue
+def is_sharded(params: Sequence[Tensor]) -> bool:
+    """Some of ``params`` are DTensors (FSDP2): their math must run on ``local`` shards."""
+    return any(callable(getattr(p, "to_local", None)) for p in params)
 
 
 def replication_factors(params: Sequence[Tensor], world: int) -> list[float]:

@@ -5,17 +5,27 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import TextIO
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from gradlens.capture.decode import LiveStats
-
-__all__ = ["MODES", "StatusLine"]
+__all__ = ["MODES", "LiveStats", "StatusLine"]
 
 PLAIN_INTERVAL_S = 15.0
+
+
+@dataclass
+class LiveStats:
+    """The latest numbers, for the status line (filled in by the writer thread's decoder)."""
+
+    step: int = -1
+    loss: float = float("nan")
+    grad_norm: float = float("nan")
+    spikes: int = 0
+    nonfinite: int = 0
 
 
 def _describe(name: str, stats: LiveStats) -> str:

@@ -14,7 +14,7 @@ from gradlens.analysis.objective import (
     extract_loss,
     restored_state,
 )
-from gradlens.instrument.watch import watch_script
+from gradlens.watch import watch_script
 from tests.conftest import EXAMPLES
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import gradlens
 from gradlens.instrument import interception
-from gradlens.instrument.watch import watch_script
+from gradlens.watch import watch_script
 from tests.conftest import EXAMPLES
 
 

@@ -10,25 +10,15 @@ products over ranks. Every rank runs the same sequence of collectives.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from gradlens.analysis.objective import Objective
 from gradlens.functional.operator import BaseOperator
-from gradlens.instrument.distributed import all_reduce_sum
+from gradlens.instrument.distributed import all_reduce_sum, is_sharded, local
 
 __all__ = ["ShardedHVP", "is_sharded"]
-
-
-def is_sharded(params: Sequence[Tensor]) -> bool:
-    return any(callable(getattr(p, "to_local", None)) for p in params)
-
-
-def _local(t: Tensor) -> Tensor:
-    to_local = getattr(t, "to_local", None)
-    return to_local() if callable(to_local) else t
 
 
 class ShardedHVP(BaseOperator):
@@ -45,7 +35,7 @@ class ShardedHVP(BaseOperator):
     def __init__(self, objective: Objective, *, fd_eps: float = 5e-3) -> None:
         self.objective = objective
         self.params = objective.params
-        self.locals = [_local(p.detach()) for p in self.params]
+        self.locals = [local(p.detach()) for p in self.params]
         self.numels = [t.numel() for t in self.locals]
         self.local_dim = sum(self.numels)
         self.device = self.locals[0].device
@@ -78,7 +68,7 @@ class ShardedHVP(BaseOperator):
             grads.append(
                 torch.cat(
                     [
-                        _local(p.grad).reshape(-1)
+                        local(p.grad).reshape(-1)
                         if p.grad is not None
                         else torch.zeros_like(t).reshape(-1)
                         for p, t in zip(self.params, self.locals, strict=True)

@@ -5,10 +5,11 @@ script runs through ``runpy.run_path`` so that spawn-started DataLoader workers 
 by path as ``__mp_main__``. The script's exit code becomes ours; an exception still flushes
 and marks the run ``failed``; Ctrl-C and SIGTERM flush and mark it ``interrupted``.
 
-Closing the run is atomic with respect to Ctrl-C and SIGTERM (``signals.HeldSignals``): one
-that arrives while gradlens flushes waits until the rows and ``meta.json`` are written, then
-the run is marked ``interrupted`` with the signal's exit code (130, 143) unless the script had
-already failed; a second Ctrl-C says how to abandon, a third abandons.
+Closing the run is atomic with respect to Ctrl-C and SIGTERM (``HeldSignals`` from
+``instrument.signals``): one that arrives while gradlens flushes waits until the rows and
+``meta.json`` are written, then the run is marked ``interrupted`` with the signal's exit code
+(130, 143) unless the script had already failed; a second Ctrl-C says how to abandon, a third
+abandons.
 """
 
 from __future__ import annotations
