@@ -393,6 +393,7 @@ def test_phases_follow_loaders_and_an_empty_period_writes_nothing():
     assert len(jobs) == 1
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_no_host_sync_on_cuda():
     metrics = EvalMetrics(lambda job: None)
