@@ -15,6 +15,7 @@ from rich.text import Text
 from gradlens.report.build import Report, build_report, exit_code
 from gradlens.report.config import ReportConfig
 from gradlens.report.data import RunData
+from gradlens.report.evaluation import EVAL_DEFINITIONS
 from gradlens.report.format import loss_value, number
 from gradlens.report.render_json import _clean
 from gradlens.report.render_junit import junit_suite
@@ -58,8 +59,11 @@ def compare_runs(
 
 
 def _row(report: Report) -> dict[str, Any]:
-    """One run's numbers, as ``report``, ``ls`` and ``watch`` define them (report.summary)."""
+    """One run's numbers, as ``report``, ``ls`` and ``watch`` define them (report.summary),
+    and its first eval loader's (report.evaluation; None without eval rows)."""
     summary = report.summary
+    loaders = (report.evaluation or {}).get("loaders") or [{}]
+    first = loaders[0]
     return {
         "run": summary.name,
         "status": summary.status,
@@ -69,6 +73,10 @@ def _row(report: Report) -> dict[str, Any]:
         "loss_spike_steps": summary.loss_spike_steps,
         "grad_spike_steps": summary.grad_spike_steps,
         "nonfinite_steps": summary.nonfinite_steps,
+        "best_eval_loss": first.get("best_loss"),
+        "last_eval_loss": first.get("last_loss"),
+        "best_eval_accuracy": first.get("best_accuracy"),
+        "last_eval_accuracy": first.get("last_accuracy"),
         **{f"{k}s": v for k, v in (summary.counts or {}).items()},
         "health": summary.health,
     }
@@ -171,6 +179,10 @@ def render_compare(comparison: Comparison, fmt: str) -> str | RenderableType:
 def _run_lines(comparison: Comparison) -> list[tuple[str, list[Text]]]:
     """The runs table, one line per number (runs are columns: it fits 80 columns)."""
     rows, reports = comparison.rows, comparison.reports
+    return [*_main_lines(rows), *_eval_lines(rows), _findings_line(reports)]
+
+
+def _main_lines(rows: list[dict[str, Any]]) -> list[tuple[str, list[Text]]]:
     return [
         ("status", [Text(r["status"], STATUS_STYLE.get(r["status"], "")) for r in rows]),
         ("steps", [Text(str(r["steps"])) for r in rows]),
@@ -184,11 +196,43 @@ def _run_lines(comparison: Comparison) -> list[tuple[str, list[Text]]]:
             [Text(f"{r['loss_spike_steps']}, {r['grad_spike_steps']}") for r in rows],
         ),
         ("non-finite steps", [Text(str(r["nonfinite_steps"])) for r in rows]),
-        ("findings", [health_renderable(rep.summary) for rep in reports]),
     ]
 
 
+def _findings_line(reports: list[Report]) -> tuple[str, list[Text]]:
+    return ("findings", [health_renderable(rep.summary) for rep in reports])
+
+
+EVAL_LINES = (
+    ("best_eval_loss", f"best eval loss ({EVAL_DEFINITIONS['best_eval_loss']}; first loader)"),
+    ("last_eval_loss", "last eval loss"),
+    ("best_eval_accuracy", "best eval accuracy"),
+    ("last_eval_accuracy", "last eval accuracy"),
+)
+
+
+def _eval_lines(rows: list[dict[str, Any]]) -> list[tuple[str, list[Text]]]:
+    """The evaluation lines, only those some compared run has a number for."""
+    out: list[tuple[str, list[Text]]] = []
+    for key, label in EVAL_LINES:
+        if any(r[key] is not None for r in rows):
+            percent = "accuracy" in key
+            out.append((label, [Text(_eval_text(r[key], percent)) for r in rows]))
+    return out
+
+
+def _eval_text(value: float | None, percent: bool) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if percent else number(value)
+
+
 def _markdown(comparison: Comparison, diff_cols: list[str], diff_cells: list[list[str]]) -> str:
+    shown = [
+        (key, label)
+        for key, label in EVAL_LINES
+        if any(r[key] is not None for r in comparison.rows)
+    ]
     columns = [
         "run",
         "status",
@@ -197,6 +241,7 @@ def _markdown(comparison: Comparison, diff_cols: list[str], diff_cells: list[lis
         f"best loss ({DEFINITIONS['best_loss']})",
         "steps with a spike: loss, gradient",
         "non-finite steps",
+        *(label for _, label in shown),
         "findings",
     ]
     cells = [
@@ -208,6 +253,7 @@ def _markdown(comparison: Comparison, diff_cols: list[str], diff_cells: list[lis
             _fmt(r["best_loss"]),
             f"{r['loss_spike_steps']}, {r['grad_spike_steps']}",
             str(r["nonfinite_steps"]),
+            *(_eval_text(r[key], "accuracy" in key) for key, _ in shown),
             r["health"],
         ]
         for r in comparison.rows

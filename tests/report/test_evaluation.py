@@ -218,3 +218,35 @@ def test_a_nonfinite_evaluation_is_null_in_json(runs_dir):
     loader = data["evaluation"]["loaders"][0]
     assert loader["last_loss"] is None and loader["gap"][-1]["gap"] is None
     assert loader["best_loss"] == pytest.approx(0.6)
+
+
+# -- gradlens compare ----------------------------------------------------------------------------
+
+
+def test_compare_shows_the_first_loaders_eval_numbers(runs_dir):
+    from gradlens.report import compare_runs, render_compare
+
+    evaluated = craft_run(
+        runs_dir, "evaluated", loss=_train(), rows=eval_rows(EVAL_STEPS, _overfit_eval())
+    )
+    plain = craft_run(runs_dir, "plain", loss=_train())
+    comparison = compare_runs([open_run(plain), open_run(evaluated)])
+    rows = {r["run"]: r for r in comparison.rows}
+    assert rows["plain"]["best_eval_loss"] is None
+    assert rows["evaluated"]["best_eval_loss"] == pytest.approx(0.6)
+    assert rows["evaluated"]["last_eval_loss"] == pytest.approx(0.96)
+    assert rows["evaluated"]["best_eval_accuracy"] is None  # no accuracy rows: no line
+    console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+    console.print(render_compare(comparison, "text"))
+    text = console.file.getvalue()
+    assert "best eval loss" in text and "0.96" in text and "eval accuracy" not in text
+    markdown = render_compare(comparison, "markdown")
+    header = markdown.splitlines()[2]
+    assert "| last eval loss | findings |" in header and "accuracy" not in header
+    data = json.loads(render_compare(comparison, "json"))
+    assert data["runs"][0]["best_eval_loss"] is None
+    # runs without evaluations: no eval lines at all
+    alone = compare_runs([open_run(plain), open_run(plain)])
+    console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+    console.print(render_compare(alone, "text"))
+    assert "eval" not in console.file.getvalue()
