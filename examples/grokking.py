@@ -112,12 +112,15 @@ def _log(
     x_test: Tensor,
     y_test: Tensor,
 ) -> dict[str, float]:
-    with torch.no_grad():
-        test_acc = (model(x_test).argmax(1) == y_test).float().mean().item()
+    with torch.no_grad():  # held-out pairs (gradlens watch records this as eval_loss/accuracy)
+        test_logits = model(x_test)
+        test_loss = F.cross_entropy(test_logits, y_test).item()
+        test_acc = (test_logits.argmax(1) == y_test).float().mean().item()
     return {
         "step": step,
         "loss": loss.item(),
         "train_acc": (logits.argmax(1) == y_train).float().mean().item(),
+        "test_loss": test_loss,
         "test_acc": test_acc,
         "sc": saturated_fraction(logits),
     }
@@ -126,8 +129,8 @@ def _log(
 def _print(row: dict[str, float]) -> None:
     print(
         f"step {row['step']:5d}  loss {row['loss']:.3e}  train acc {row['train_acc']:.3f}  "
-        f"test acc {row['test_acc']:.3f}  softmax collapse {row['sc']:.3f}  "
-        f"({row['seconds']:.0f} s)",
+        f"test loss {row['test_loss']:.3e}  test acc {row['test_acc']:.3f}  "
+        f"softmax collapse {row['sc']:.3f}  ({row['seconds']:.0f} s)",
         flush=True,
     )
 

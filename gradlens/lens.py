@@ -44,6 +44,7 @@ from gradlens import user_log
 from gradlens.analysis.objective import Objective
 from gradlens.capture.chunk import Chunk
 from gradlens.capture.decode import ChunkDecoder
+from gradlens.capture.evaluation import EvalMetrics
 from gradlens.capture.facts import describe_device, environment, learning_rate
 from gradlens.capture.model_calls import ModelCalls
 from gradlens.capture.recorder import StepRecorder
@@ -74,6 +75,7 @@ PRESETS = ("cheap", "standard", "full")
 # Feature names (what the guard switches off, what meta.json lists under "disabled").
 SOFTMAX, ROOTS = "softmax signals", "model calls"
 USER = "user metrics"
+EVAL = "eval metrics"
 
 
 def default_runs_dir() -> Path:
@@ -172,6 +174,7 @@ class Lens:
         self._said: set[str] = set()
         self._softmax: SoftmaxSignal | None = None
         self._user: UserMetrics | None = None
+        self._eval: EvalMetrics | None = None
         self._probes: ProbeRunner | None = None
         self._status_mode = status
         self._status: StatusLine | None = None
@@ -244,6 +247,7 @@ class Lens:
         )
         if self.dist.main:
             self._user = UserMetrics(self._writer.submit, self._say_once)
+            self._eval = EvalMetrics(self._writer.submit)
             user_log.attach(self._log_user)
         self._status = StatusLine(self.name, self._status_mode if self.dist.main else "off")
         self._status.start()
@@ -294,6 +298,8 @@ class Lens:
         user_log.detach(self._log_user)
         if self._user is not None:
             self._guard.call(USER, self._user.flush)
+        if self._eval is not None:
+            self._guard.call(EVAL, self._eval.flush)
         assert self._writer is not None and self.run_dir is not None
         self._writer.close(compact=True)
         if not self.dist.main:
@@ -376,6 +382,18 @@ class Lens:
     def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None:
         self._steps.after_clip(params, total, max_norm)
 
+    def on_eval_loss(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
+    ) -> None:
+        """A loss computed with gradients off: evaluation, at the last optimizer step."""
+        if self._eval is not None:
+            at = max(self.step - 1, 0)
+            self._guard.call(EVAL, self._eval.observe, name, args, kwargs, value, at)
+
+    def on_loader_iter(self, loader: Any) -> None:
+        if self._eval is not None:
+            self._guard.call(EVAL, self._eval.loader_started)
+
     def _log_user(self, values: Any, step: int | None) -> None:
         """``gradlens.log``: at the last optimizer step (or ``step``)."""
         if self._user is not None:
@@ -440,6 +458,8 @@ class Lens:
         done = self.step - 1
         if self._user is not None and done % self.every == self.every - 1:
             self._guard.call(USER, self._user.flush)
+        if self._eval is not None:  # the evaluation since the previous step (if any)
+            self._guard.call(EVAL, self._eval.flush)
         if self._probes is not None:
             due = self._probes.due(done)
             if due:

@@ -29,6 +29,11 @@ def log(values: Mapping[str, Any], step: int | None = None) -> None:
         _sinks[-1](values, step)
 
 
+def active() -> bool:
+    """Whether a gradlens run records this process now (``watch`` or a started ``Lens``)."""
+    return bool(_sinks)
+
+
 def attach(sink: Sink) -> None:
     _sinks.append(sink)
 

@@ -58,9 +58,7 @@ class Tracking:
         if self.auto:
             # Optimizers made before the Lens started are not announced by Optimizer.__init__:
             # find them once, so a backward is not taken for a manual update.
-            self.known.update(  # type(), not isinstance: no proxy's __class__ runs
-                o for o in gc.get_objects() if issubclass(type(o), torch.optim.Optimizer)
-            )
+            self.known.update(o for o in gc.get_objects() if _is_optimizer(o))
             if self.known:
                 self.watch_owners(list(self.known))
             else:  # until an optimizer appears: a script may update parameters by hand
@@ -182,3 +180,16 @@ class Tracking:
             for i, p in enumerate(group["params"]):
                 given[id(p)] = names[i] if i < len(names) else f"opt{self._serials}.group{g}.{i}"
         return self.namer.names(params, roots, given)
+
+
+def _is_optimizer(obj: Any) -> bool:
+    """A real optimizer (by its type: no proxy's ``__class__`` runs), not a wrapper that
+    forwards to one (Lightning's ``LightningOptimizer``, accelerate's ``AcceleratedOptimizer``:
+    ``Optimizer`` subclasses that never ran ``Optimizer.__init__``)."""
+    if not issubclass(type(obj), torch.optim.Optimizer):
+        return False
+    try:
+        own = object.__getattribute__(obj, "__dict__")
+    except AttributeError:  # __slots__: nothing to forward to
+        return True
+    return "_optimizer_step_pre_hooks" in own

@@ -9,14 +9,11 @@ training goes on (``GRADLENS_STRICT=1``, the test suite, raises instead).
 from __future__ import annotations
 
 import atexit
-import gc
 import numbers
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from gradlens import user_log
@@ -54,7 +51,7 @@ class Recording:
         """Start a new run (the trainer's optimizers exist by now: the Lens finds them)."""
         if self.lens is not None:  # the last training call never reached its end hook
             self.close("failed", "training ended without its end hook (an exception?)")
-        if user_log._sinks:  # a Lens records this process already (gradlens watch)
+        if user_log.active():  # a Lens records this process already (gradlens watch)
             print(
                 f"gradlens: already recording (gradlens watch?); {self.owner} only forwards "
                 "the trainer's metrics",
@@ -87,8 +84,7 @@ class Recording:
     def _started_lens(self) -> Lens:
         lens = Lens(**self.lens_options)
         try:
-            with _no_optimizer_wrappers():
-                lens.start()
+            lens.start()
         except BaseException:
             try:  # undo what was installed before the failure
                 lens.close("failed", error="gradlens could not start")
@@ -112,41 +108,6 @@ def outcome(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", "KeyboardInterrupt"
     return "failed", reason_of(exc)
-
-
-@contextmanager
-def _no_optimizer_wrappers() -> Iterator[None]:
-    """Hide the optimizer wrappers from ``Lens.start``'s look for the optimizers made before it.
-
-    The trainer made its optimizer before the run starts, so the Lens finds it among
-    ``gc.get_objects()``; it would find the trainer's wrappers too (Lightning's
-    ``LightningOptimizer``, accelerate's ``AcceleratedOptimizer``: ``Optimizer`` subclasses
-    that never ran ``Optimizer.__init__``) and could record a wrapper as a second optimizer.
-    Under ``gradlens watch`` the Lens only hears of what runs ``Optimizer.__init__``; this
-    gives it the same view. (A workaround: the filter belongs in the Lens's own look.)
-    """
-    real = gc.get_objects
-
-    def objects(*args: Any, **kwargs: Any) -> list[Any]:
-        return [o for o in real(*args, **kwargs) if not _optimizer_wrapper(o)]
-
-    gc.get_objects = objects
-    try:
-        yield
-    finally:
-        gc.get_objects = real
-
-
-def _optimizer_wrapper(obj: Any) -> bool:
-    """An ``Optimizer`` (by its type, no proxy's ``__class__`` runs) whose own ``__dict__``
-    lacks what ``Optimizer.__init__`` sets: it forwards to the optimizer it wraps."""
-    if not issubclass(type(obj), torch.optim.Optimizer):
-        return False
-    try:
-        own = object.__getattribute__(obj, "__dict__")
-    except AttributeError:  # __slots__: not a wrapper of the kinds above
-        return False
-    return "_optimizer_step_pre_hooks" not in own
 
 
 def _log(values: dict[str, Any]) -> None:

@@ -3,7 +3,6 @@ logged values are forwarded, and gradlens failing inside a callback."""
 
 from __future__ import annotations
 
-import gc
 import importlib
 import sys
 from types import SimpleNamespace
@@ -138,19 +137,20 @@ class Wrapper(torch.optim.Optimizer):
         return self.optimizer.step(closure)
 
 
-def test_optimizer_wrappers_are_hidden_from_the_start_only():
-    from gradlens.integrations._recording import _no_optimizer_wrappers, _optimizer_wrapper
+def test_a_lens_started_beside_an_optimizer_wrapper_records_the_real_optimizer(tmp_path):
+    from gradlens import Lens
 
     model = torch.nn.Linear(2, 1)
     real = torch.optim.SGD(model.parameters(), lr=0.1)
-    wrapper = Wrapper(real)
-    assert _optimizer_wrapper(wrapper) and not _optimizer_wrapper(real)
-    assert not _optimizer_wrapper(model)
-
-    def optimizers():
-        return [o for o in gc.get_objects() if issubclass(type(o), torch.optim.Optimizer)]
-
-    with _no_optimizer_wrappers():
-        seen = optimizers()
-    assert any(o is real for o in seen) and not any(o is wrapper for o in seen)
-    assert any(o is wrapper for o in optimizers())  # gc as it was after the start
+    wrapper = Wrapper(real)  # what a trainer made before the run starts
+    with Lens(runs_dir=tmp_path, name="wrapped") as lens:
+        known = list(lens._tracking.known)
+        for _ in range(3):
+            model.zero_grad()
+            model(torch.ones(4, 2)).sum().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            wrapper.step()
+    assert any(o is real for o in known) and not any(o is wrapper for o in known)
+    run = gradlens.open_run(tmp_path / "wrapped")
+    assert run.meta["optimizers"] == [run.meta["optimizers"][0]]  # one optimizer, not two
+    assert sorted(run.table("layers").layer.unique()) == ["bias", "weight"]
