@@ -22,8 +22,9 @@ from gradlens.analysis.hessian.double_backward import DoubleBackwardHVP
 from gradlens.analysis.hessian.finite_difference import FiniteDifferenceHVP
 from gradlens.analysis.hessian.forward_over_reverse import ForwardOverReverseHVP
 from gradlens.analysis.hessian.hvp import METHODS, HessianOperator, Log, note, say
-from gradlens.analysis.hessian.sharded import ShardedHVP, is_sharded
+from gradlens.analysis.hessian.sharded import ShardedHVP
 from gradlens.analysis.objective import Objective
+from gradlens.instrument.distributed import all_reduce_sum, is_sharded
 
 __all__ = ["ENGINES", "choose_hvp"]
 
@@ -181,8 +182,6 @@ def _agreed(values: dict[str, float], world: int, device: torch.device) -> dict[
     """The ranks' mean of each measurement, so every rank takes the same decision."""
     if world <= 1:
         return values
-    from gradlens.instrument.distributed import all_reduce_sum
-
     packed = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     mean = all_reduce_sum(packed) / world
     return dict(zip(values, mean.tolist(), strict=True))

@@ -24,6 +24,7 @@ from torch import Tensor
 from gradlens._attention import math_attention
 from gradlens.analysis.objective import Batch, Objective
 from gradlens.functional.operator import BaseOperator
+from gradlens.instrument.distributed import all_reduce_sum
 
 __all__ = ["METHODS", "HessianOperator", "note", "say"]
 
@@ -77,8 +78,6 @@ class HessianOperator(BaseOperator):
         self.selection: dict[str, Any] = {"method": self.method, "seconds": {}, "fd_check": None}
         self._global_total = float(objective.total)
         if world > 1:
-            from gradlens.instrument.distributed import all_reduce_sum
-
             total = torch.tensor([float(objective.total)], dtype=torch.float64, device=self.device)
             self._global_total = float(all_reduce_sum(total)[0])
 
@@ -93,8 +92,6 @@ class HessianOperator(BaseOperator):
             out = self._hvp(parts)
         flat = torch.cat([p.reshape(-1) for p in out])
         if self.world > 1:  # Σ_r (N_r / N) H_r v over ranks: the global batch's Hessian
-            from gradlens.instrument.distributed import all_reduce_sum
-
             flat = all_reduce_sum(flat * self.objective.total) / self._global_total
         return flat.to(v.dtype)
 

@@ -16,9 +16,9 @@ from torch import Tensor
 
 from gradlens.analysis.objective import Objective
 from gradlens.functional.operator import BaseOperator
-from gradlens.instrument.distributed import all_reduce_sum, is_sharded, local
+from gradlens.instrument.distributed import all_reduce_sum, local
 
-__all__ = ["ShardedHVP", "is_sharded"]
+__all__ = ["ShardedHVP"]
 
 
 class ShardedHVP(BaseOperator):
