@@ -14,6 +14,7 @@ from torch import Tensor
 from gradlens.analysis.collapse import classifier_parameters, find_classifier, stream_collapse
 from gradlens.functional.collapse import NeuralCollapseAccumulator
 from gradlens.probes.base import Probe, ProbeContext, Rows
+from gradlens.store.rows import long_rows
 
 __all__ = ["CollapseProbe"]
 
@@ -52,13 +53,8 @@ class CollapseProbe(Probe):
             weight = weight.cpu() if weight is not None else None
             bias = bias.cpu() if bias is not None else None
         metrics = {k: v for k, v in acc.compute(weight, bias).items() if not math.isnan(v)}
-        return {
-            "collapse": {
-                "step": [ctx.step] * len(metrics),
-                "metric": list(metrics),
-                "value": [float(v) for v in metrics.values()],
-            }
-        }
+        values = [float(v) for v in metrics.values()]
+        return {"collapse": long_rows("collapse", ctx.step, metric=list(metrics), value=values)}
 
 
 def _full(t: Tensor | None) -> Tensor | None:

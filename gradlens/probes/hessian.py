@@ -14,7 +14,6 @@ block_top_eigenvalue per module (layer = module name); ``spectrum`` rows when
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from gradlens.functional.lanczos import WHICH, LanczosResult, lanczos
 from gradlens.functional.operator import restrict
 from gradlens.functional.trace import hutchpp
 from gradlens.probes.base import Probe, ProbeContext, Rows
+from gradlens.store.rows import long_rows
 
 __all__ = ["HessianProbe"]
 
@@ -167,19 +167,20 @@ def dist_rank() -> int:
 
 
 class _Rows:
+    """``hessian`` rows of one step, added one metric at a time."""
+
     def __init__(self, step: int) -> None:
         self.step = step
-        self.columns: dict[str, list[Any]] = defaultdict(list)
+        self._columns: dict[str, list[Any]] = {"metric": [], "layer": [], "index": [], "value": []}
 
     def add(self, metric: str, value: float, index: int = 0, layer: str = "") -> None:
-        for key, item in (
-            ("step", self.step),
-            ("metric", metric),
-            ("layer", layer),
-            ("index", index),
-            ("value", float(value)),
-        ):
-            self.columns[key].append(item)
+        row = {"metric": metric, "layer": layer, "index": index, "value": float(value)}
+        for name, item in row.items():
+            self._columns[name].append(item)
+
+    @property
+    def columns(self) -> dict[str, list[Any]]:
+        return long_rows("hessian", self.step, **self._columns)
 
 
 def _selection_rows(rows: _Rows, selection: dict[str, Any]) -> None:
@@ -212,25 +213,19 @@ def _block_tops(engine: HessianOperator, tol: float, seed: int) -> dict[str, flo
 
 
 def _spectrum_rows(step: int, density: Any) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = defaultdict(list)
+    """The quadrature of every run (weights averaged over runs), then the smoothed density."""
+    kind: list[str] = []
+    index: list[int] = []
+    x: list[float] = []
+    value: list[float] = []
     scale = 1.0 / len(density.nodes)
     for nodes, weights in zip(density.nodes, density.weights, strict=True):
-        for i, (x, w) in enumerate(zip(nodes.tolist(), weights.tolist(), strict=True)):
-            for key, item in (
-                ("step", step),
-                ("kind", "quadrature"),
-                ("index", i),
-                ("x", x),
-                ("value", w * scale),
-            ):
-                columns[key].append(item)
-    for i, (x, y) in enumerate(zip(density.grid.tolist(), density.density.tolist(), strict=True)):
-        for key, item in (
-            ("step", step),
-            ("kind", "density"),
-            ("index", i),
-            ("x", x),
-            ("value", y),
-        ):
-            columns[key].append(item)
-    return dict(columns)
+        kind += ["quadrature"] * len(nodes)
+        index += range(len(nodes))
+        x += nodes.tolist()
+        value += [w * scale for w in weights.tolist()]
+    kind += ["density"] * len(density.grid)
+    index += range(len(density.grid))
+    x += density.grid.tolist()
+    value += density.density.tolist()
+    return long_rows("spectrum", step, kind=kind, index=index, x=x, value=value)

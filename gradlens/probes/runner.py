@@ -1,10 +1,11 @@
-"""Running scheduled probes: on the recorded probe set, isolated from training, timed, and
-switched off (one line, an ``internal_error`` event) when one fails."""
+"""Running scheduled probes: on the recorded probe set, isolated from training, timed, their
+rows checked against the schema, and switched off (one line, an ``internal_error`` event) when
+one fails or returns rows the writer could not store."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -13,9 +14,10 @@ from gradlens.analysis.objective import Batch, Objective, batches_from_probe_set
 from gradlens.instrument.distributed import unwrap_data_parallel
 from gradlens.instrument.guard import Guard
 from gradlens.instrument.probe_set import ProbeSet
-from gradlens.probes.base import Probe, ProbeContext
+from gradlens.probes.base import Probe, ProbeContext, Rows
+from gradlens.store.rows import check_rows, long_rows
 
-__all__ = ["ProbeRunner"]
+__all__ = ["ProbeRunner", "check_probe_rows"]
 
 Write = Callable[[str, dict[str, Any]], None]
 UpdateFn = Callable[[], dict[str, Tensor] | None]
@@ -72,21 +74,17 @@ class ProbeRunner:
             start = time.perf_counter()
             objective = Objective(model, batches, probe.mode)
             context = ProbeContext(step, objective, lrs, optimizer, update_fn(objective), world)
-            rows = self.guard.call(f"probe {probe.name}", _compute, probe, objective, context)
+            feature = f"probe {probe.name}"
+            rows = self.guard.call(feature, _compute, probe, objective, context)
+            if rows is not None:  # checked here: a bad row fails this probe, not the writer
+                rows = self.guard.call(feature, check_probe_rows, probe, rows)
             if rows is None or not self.writes:
                 continue
             for table, columns in rows.items():
                 self.write(table, columns)
             seconds = time.perf_counter() - start
-            self.write(
-                "scalars",
-                {
-                    "step": [step],
-                    "metric": [f"probe_seconds.{probe.name}"],
-                    "index": [0],
-                    "value": [seconds],
-                },
-            )
+            metric = f"probe_seconds.{probe.name}"
+            self.write("scalars", long_rows("scalars", step, metric=metric, index=0, value=seconds))
 
     def _batches(self) -> tuple[nn.Module | None, list[Batch]]:
         """The recorded batches of the first root module that has one with a loss (a model
@@ -100,6 +98,21 @@ class ProbeRunner:
         return module, batches_from_probe_set(mine)
 
 
-def _compute(probe: Probe, objective: Objective, context: ProbeContext) -> dict[str, Any]:
+def check_probe_rows(probe: Probe, rows: Rows) -> Rows:
+    """``rows`` if the writer can store them: tables among the probe's ``tables``, each table's
+    columns as its schema has them (``store.rows.check_rows``); else a one-line ``ValueError``."""
+    if not isinstance(rows, Mapping):
+        raise ValueError(f"probe {probe.name} returned {type(rows).__name__}, not rows per table")
+    for table, columns in rows.items():
+        if table not in probe.tables:
+            raise ValueError(
+                f"probe {probe.name} wrote table {table!r}, not one of its tables "
+                f"({', '.join(probe.tables) or 'none'})"
+            )
+        check_rows(table, columns)
+    return rows
+
+
+def _compute(probe: Probe, objective: Objective, context: ProbeContext) -> Rows:
     with objective.isolated():
         return probe.compute(context)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from gradlens._attention import with_math_fallback
 from gradlens.analysis.softmax import ghost_radius
 from gradlens.probes.base import Probe, ProbeContext, Rows
+from gradlens.store.rows import long_rows
 
 __all__ = ["GhostProbe"]
 
@@ -36,11 +37,7 @@ class GhostProbe(Probe):
             "ghost_r": values["r"],
             "ghost_delta_a": values["delta_a"],
         }
-        return {
-            "softmax": {
-                "step": [ctx.step] * 3,
-                "metric": list(metrics),
-                "layer": [""] * 3,
-                "value": list(metrics.values()),
-            }
-        }
+        rows = long_rows(
+            "softmax", ctx.step, metric=list(metrics), layer="", value=list(metrics.values())
+        )
+        return {"softmax": rows}

@@ -15,6 +15,7 @@ from torch import Tensor
 from gradlens.analysis.landscape.directions import Direction, Directions
 from gradlens.analysis.landscape.evaluate import Evaluated
 from gradlens.functional.landscape import central_differences, roughness_index
+from gradlens.store.rows import long_rows
 
 __all__ = ["Options", "check", "landscape_rows", "pair", "settings", "summaries"]
 
@@ -134,6 +135,4 @@ def landscape_rows(frame: pd.DataFrame, step: int) -> dict[str, dict[str, list[A
         columns["alpha"].append(math.nan)
         columns["beta"].append(math.nan)
         columns["value"].append(float(value))
-    n = len(columns["metric"])
-    rows = {"step": [step] * n, "slice": [attrs["slice"]] * n, **columns}
-    return {"landscape": rows}
+    return {"landscape": long_rows("landscape", step, slice=attrs["slice"], **columns)}
