@@ -1,13 +1,20 @@
-"""The probe runner on unusual training loops: when a due probe runs, on which module, and
-that a probe at the end does not repeat the one just scheduled."""
+"""The probe runner on unusual training loops: when a due probe runs, on which module, that a
+probe at the end does not repeat the one just scheduled, and that a probe's rows are checked
+against the schema before the writer sees them."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import gradlens
+from gradlens.probes import REGISTRY, Probe
+from gradlens.probes.runner import check_probe_rows
+from gradlens.store.rows import long_rows
 
 
 def _data():
@@ -62,3 +69,92 @@ def test_at_end_probe_does_not_repeat_the_scheduled_one(runs_dir):
     run = _train(_mlp(), steps=4, runs_dir=runs_dir, probe_options=options)
     steps = run.table("collapse", filters=[("metric", "==", "nc1")]).step.tolist()
     assert steps == [1, 3]
+
+
+class BadRowsProbe(Probe):
+    """Measures fine, then returns rows the writer could not store (a misspelt column)."""
+
+    name = "badrows"
+    tables = ("collapse",)
+    preset = "full"
+    default_every = 1
+
+    calls: ClassVar[list[int]] = []  # the steps it ran at, over its instances
+
+    def compute(self, ctx):
+        self.calls.append(ctx.step)
+        return {"collapse": {"step": [ctx.step], "metrc": ["nc1"], "value": [1.0]}}
+
+
+def test_a_probe_with_bad_rows_is_switched_off_in_one_line_and_training_goes_on(
+    runs_dir, monkeypatch, capsys
+):
+    monkeypatch.setitem(REGISTRY, "badrows", f"{__name__}:BadRowsProbe")
+    monkeypatch.setattr(BadRowsProbe, "calls", [])
+    monkeypatch.setenv("GRADLENS_STRICT", "0")
+    options = {"badrows": {"every": 1}, "collapse": {"every": 1}}
+    plain = _mlp()
+    _train(plain, runs_dir=runs_dir)
+    model = _mlp()
+    run = _train(model, runs_dir=runs_dir, probe_options=options)
+
+    err = capsys.readouterr().err
+    line = (
+        "gradlens: probe badrows disabled: ValueError: table 'collapse' rows lack column 'metric'"
+    )
+    assert err.count(line) == 1 and err.count("disabled") == 1, err
+    assert run.status == "finished"
+    assert len(run.table("scalars", filters=[("metric", "==", "loss")])) == 6
+    for a, b in zip(plain.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)  # training unchanged
+    # the other probe still writes every step; nothing of the bad one reached the store
+    assert sorted(run.table("collapse").step.unique()) == list(range(6))
+    assert not run.table("collapse").metric.isna().any()
+    seconds = run.table("scalars").metric
+    assert (seconds == "probe_seconds.collapse").sum() == 6
+    assert (seconds == "probe_seconds.badrows").sum() == 0
+    events = run.table("events", filters=[("kind", "==", "internal_error")])
+    assert events.metric.tolist() == ["probe badrows"]
+    assert BadRowsProbe.calls == [0]  # switched off after its first run
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([("collapse", {})], r"^probe badrows returned list, not rows per table$"),
+        (
+            {
+                "hessian": {
+                    "step": [1],
+                    "metric": ["x"],
+                    "layer": [""],
+                    "index": [0],
+                    "value": [1.0],
+                }
+            },
+            r"^probe badrows wrote table 'hessian', not one of its tables \(collapse\)$",
+        ),
+        (
+            {"collapse": {"step": [1, 2], "metric": ["nc1"], "value": [1.0, 2.0]}},
+            r"^table 'collapse' column 'metric' has 1 rows, column 'step' has 2$",
+        ),
+        (
+            {"collapse": {"step": [1], "metric": ["nc1"], "value": [float("nan")], "x": [0]}},
+            r"^table 'collapse' has no column 'x'",
+        ),
+        (
+            {"collapse": {"step": [1], "metric": ["nc1"], "value": ["one"]}},
+            r"^table 'collapse' column 'value' \(double\)",
+        ),
+    ],
+    ids=["not-a-mapping", "undeclared-table", "lengths", "unknown-column", "type"],
+)
+def test_probe_rows_are_checked_against_its_tables_and_the_schema(rows, message):
+    with pytest.raises(ValueError, match=message):
+        check_probe_rows(BadRowsProbe(), rows)
+
+
+def test_good_probe_rows_pass_unchanged():
+    rows = {"collapse": long_rows("collapse", 4, metric=["nc1", "nc3"], value=[0.5, 0.25])}
+    assert check_probe_rows(BadRowsProbe(), rows) is rows
+    assert check_probe_rows(BadRowsProbe(), {}) == {}
