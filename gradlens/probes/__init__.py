@@ -12,7 +12,15 @@ from typing import Any
 
 from gradlens.probes.base import PRESET_ORDER, Probe, ProbeContext, Rows
 
-__all__ = ["REGISTRY", "Probe", "ProbeContext", "Rows", "make_probes", "parse_probe_options"]
+__all__ = [
+    "PRESET_ORDER",
+    "REGISTRY",
+    "Probe",
+    "ProbeContext",
+    "Rows",
+    "make_probes",
+    "parse_probe_options",
+]
 
 # name -> "module:Class"; imported only when used (they import torch.func machinery)
 REGISTRY: dict[str, str] = {

@@ -121,3 +121,15 @@ def test_failing_probe_is_disabled_not_fatal(runs_dir, meddling, monkeypatch, ca
         del REGISTRY["failing"]
     assert gradlens.open_run(lens.run_dir).status == "finished"
     assert capsys.readouterr().err.count("probe failing disabled: RuntimeError: probe bug") == 1
+
+
+def test_presets_are_defined_once():
+    """``gradlens.probes.base.PRESET_ORDER`` is the source; the Lens reuses it and the CLI's
+    choices (kept torch-free, so spelled out there) list the same presets in the same order."""
+    from gradlens.cli.main import Preset
+    from gradlens.lens import PRESETS
+    from gradlens.probes import PRESET_ORDER
+
+    assert PRESETS is PRESET_ORDER
+    assert tuple(p.value for p in Preset) == PRESET_ORDER
+    assert {cls.preset for cls in map(type, make_probes("full"))} <= set(PRESET_ORDER)
