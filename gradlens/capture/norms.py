@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from gradlens.capture.signals import Slot, StepSignal, StepView, as_slot
+from gradlens.capture.updates import optimizer_update, supported, update_groups
 from gradlens.functional.norms import NormPlan, nonfinite_counts, tensor_norms
 from gradlens.instrument.distributed import is_sharded, local
 
@@ -22,8 +24,12 @@ class NormSignal(StepSignal):
     ``grad_norm`` is the gradient the model produced: a clipping call seen during the step
     (:meth:`before_clip`, :meth:`after_clip`) keeps the norms from before it and adds
     ``grad_norm_clipped``/``clip_coef``. ``‖θ‖`` and ``‖Δθ‖`` are read on sampled steps only
-    (``StepView.sample``); ``‖Δθ‖`` keeps one copy of the parameters on their device. With
-    ``update_lag=1`` (manual updates) the update is the change since the previous step.
+    (``StepView.sample``). ``‖Δθ‖`` is read off the optimizer's state after the step where the
+    update is exactly known (SGD, Adam, AdamW: ``capture.updates``); otherwise a copy of the
+    parameters is taken at the pre-step of a sampled step and freed at its post-step (kept until
+    the next step only when ``StepView.keep_update`` says a probe wants the update). With
+    ``update_lag=1`` (manual updates) the update is the change since the previous step: that
+    copy lives for the whole run.
     """
 
     slots = (
@@ -50,7 +56,11 @@ class NormSignal(StepSignal):
         self.track_updates = track_updates
         self.squared = squared  # multi-process: squared norms, summed over ranks
         self.sampled = True  # the step being recorded also read parameter/update norms
-        self._saved: list[Tensor] | None = None
+        self._saved: list[Tensor] | None = None  # −θ before the step (copy path)
+        self._delta: list[Tensor] | None = None  # Δθ of the last step, kept for probes
+        self._from_state: Any = None  # the optimizer whose state gives this step's Δθ
+        self._groups: tuple[Any, list[dict[str, Any]] | None] | None = None
+        self._keep = True  # keep this step's Δθ for last_update()
         self._applied = True
         self._present: dict[tuple[int, ...], Tensor] = {}
         self._preclip: Tensor | None = None  # gradient norms before a clipping call
@@ -77,13 +87,19 @@ class NormSignal(StepSignal):
         if self.squared:
             gnorm, pnorm = gnorm * gnorm, pnorm * pnorm
         out.update(grad_norm=gnorm, param_norm=pnorm, nonfinite=nonfinite)
+        self._delta = self._from_state = None
+        if not self.update_lag:
+            self._saved = None  # a step that raised after its pre-step left its copy
         if self.update_lag:
             out["update_norm"] = self._update_since_saved()
             self._save()
         elif self.track_updates and sample:
-            self._save()
+            self._from_state = self._state_source(view)
+            if self._from_state is None:
+                self._saved = list(torch._foreach_neg(self._values()))  # −θ: exact, one op
             out["update_norm"] = self._zeros  # what a step GradScaler skips moved
         self.sampled = sample
+        self._keep = view.keep_update
         return out
 
     def after(self, view: StepView) -> Mapping[str, Tensor]:
@@ -92,9 +108,15 @@ class NormSignal(StepSignal):
             if not self.update_lag or self._saved is None:
                 return {}
             return {"update_norm": self._update_since_saved()}
-        if view.applied and self.track_updates and self.sampled and not self.update_lag:
-            return {"update_norm": self._update_since_saved()}
-        return {}
+        if not self.track_updates or not self.sampled or self.update_lag:
+            return {}
+        delta = self._step_update() if view.applied else None
+        self._saved = None  # the copy path's copy lives for one step only
+        self._delta = delta if self._keep else None
+        if delta is None:  # skipped: nothing moved (before()'s zeros); else not measured
+            return {"update_norm": self._nans} if view.applied else {}
+        norms = self._norms(delta)
+        return {"update_norm": norms * norms if self.squared else norms}
 
     # -- clipping --------------------------------------------------------------------------------
 
@@ -118,17 +140,14 @@ class NormSignal(StepSignal):
     # -- for probes ------------------------------------------------------------------------------
 
     def last_update(self) -> list[Tensor] | None:
-        """Δθ of the step just applied (optimizer mode, right after the post-step), else None.
-
-        After the step the saved copy holds θ_before − θ_after; this returns its negation.
-        """
-        if self._saved is None or self.update_lag or not self.track_updates:
+        """Δθ of the step just applied (optimizer mode, between its post-step and the next
+        step), else None: manual updates, ``track_updates=False``, an unsampled step, or a step
+        whose pre-step view did not ask to keep it (``StepView.keep_update``)."""
+        if self.update_lag or not self.track_updates or not self.sampled:
             return None
-        if not self.sampled:  # the update of an unsampled step was not kept
-            return None
-        if not self._applied:  # skipped by GradScaler: nothing moved
-            return [torch.zeros_like(s) for s in self._saved]
-        return [-s for s in self._saved]
+        if self._delta is None and self._keep and not self._applied:
+            return [torch.zeros_like(p) for p in self._values()]  # skipped: nothing moved
+        return self._delta
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -199,16 +218,55 @@ class NormSignal(StepSignal):
             return self._zeros[: len(grads)]
         return nonfinite_counts(grads, self.device)
 
+    def _state_source(self, view: StepView) -> Any:
+        """The optimizer whose post-step state gives this step's Δθ exactly, else None (the
+        copy path: other optimizers, AMP steps the optimizer may skip on the device, shards)."""
+        optimizer = view.optimizer
+        if optimizer is None or self.sharded:
+            return None
+        if view.grad_scale is not None or view.skipped is not None:
+            return None
+        if self._groups is None or self._groups[0] is not optimizer:
+            self._groups = (optimizer, update_groups(optimizer, self.params))
+        if self._groups[1] is None or not supported(optimizer):
+            return None
+        return optimizer
+
+    def _step_update(self) -> list[Tensor] | None:
+        """Δθ of the step just applied: from the optimizer's state, else from the copy."""
+        if self._from_state is not None:
+            assert self._groups is not None and self._groups[1] is not None
+            missing = self._grads()[1]
+            if not missing:
+                return optimizer_update(self._from_state, self.params, self._groups[1])
+            absent = set(missing)
+            present = [i for i in range(len(self.params)) if i not in absent]
+            groups = self._groups[1]
+            part = optimizer_update(
+                self._from_state, [self.params[i] for i in present], [groups[i] for i in present]
+            )
+            if part is None:
+                return None
+            moved = dict(zip(present, part, strict=True))  # no gradient: not moved
+            return [
+                moved[i] if i in moved else torch.zeros_like(p) for i, p in enumerate(self.params)
+            ]
+        if self._saved is None:
+            return None
+        torch._foreach_add_(self._saved, self._values())  # −θ_before + θ_after
+        return self._saved
+
     def _save(self) -> None:
+        """Manual updates: keep θ for the next step (one buffer, reused every step)."""
         if self._saved is None:
             self._saved = [p.detach().clone() for p in self._values()]
         else:
             torch._foreach_copy_(self._saved, self._values())
 
     def _update_since_saved(self) -> Tensor:
+        """Manual updates: the norms of θ_saved − θ (the buffer is refreshed right after)."""
         if self._saved is None:
             return self._zeros
-        # In place: the saved copy is refreshed before it is needed again.
         torch._foreach_sub_(self._saved, self._values())
         norms = self._norms(self._saved)
         return norms * norms if self.squared else norms

@@ -97,6 +97,8 @@ class StepRecorder:
         sample: bool = True,
         step: int = 0,
         primary: bool = True,
+        optimizer: Any = None,
+        keep_update: bool = True,
     ) -> None:
         """Read gradients and parameters of the step about to be applied.
 
@@ -116,6 +118,8 @@ class StepRecorder:
             amp_scale=amp_scale,
             sample=sample,
             primary=primary,
+            optimizer=optimizer,
+            keep_update=keep_update,
         )
         pending: dict[str, Tensor] = {}
         with torch.no_grad():

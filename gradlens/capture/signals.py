@@ -93,6 +93,8 @@ class StepView:
     primary: bool = True  # the run's primary optimizer takes this step
     applied: bool = True  # after(): the optimizer applied the step
     tail: bool = False  # manual updates: the row of the last update only
+    optimizer: Any = None  # the optimizer taking this step (Δθ from its state, capture.updates)
+    keep_update: bool = True  # keep this step's Δθ after the post-step (a probe will read it)
     _grads: list[Tensor | None] | None = field(default=None, repr=False)
 
     def grads(self) -> list[Tensor | None]:

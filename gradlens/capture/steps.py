@@ -179,6 +179,8 @@ class StepCapture:
             sample=self._sampled(tracked),
             step=self.step,
             primary=tracked.primary,
+            optimizer=optimizer,
+            keep_update=tracked.primary and self.due(self.step),  # a probe reads Δθ
         )
 
     def _capture_manual(self) -> None:
