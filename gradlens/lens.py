@@ -62,7 +62,7 @@ from gradlens.instrument.live import MODES, LiveStats, StatusLine
 from gradlens.instrument.probe_set import ProbeSet
 from gradlens.instrument.roots import RootCalls
 from gradlens.instrument.signals import HeldSignals, exit_code_for
-from gradlens.probes import make_probes
+from gradlens.probes import PRESET_ORDER, make_probes
 from gradlens.probes.runner import ProbeRunner
 from gradlens.store import RunWriter, create_run_dir, update_meta, write_meta
 from gradlens.store.meta import valid_run_name
@@ -70,7 +70,7 @@ from gradlens.store.shared import remove_pointer, shared_run_dir
 
 __all__ = ["PRESETS", "Lens", "default_runs_dir"]
 
-PRESETS = ("cheap", "standard", "full")
+PRESETS = PRESET_ORDER  # defined once, in gradlens.probes.base
 
 # Feature names (what the guard switches off, what meta.json lists under "disabled").
 SOFTMAX, ROOTS = "softmax signals", "model calls"
