@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradlens
+from gradlens.analysis.objective import Objective, batches_from_data
 from gradlens.capture import updates
 from gradlens.capture.norms import NormSignal
 from gradlens.capture.signals import StepView
@@ -258,3 +259,40 @@ def test_training_is_bitwise_unchanged(make, runs_dir):
     watched = _train(make, True, runs_dir)
     for key, value in plain.items():
         assert torch.equal(value, watched[key]), key
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),  # from the state
+        lambda ps: torch.optim.RMSprop(ps, lr=1e-2),  # from a copy held for the probe's step
+    ],
+    ids=["adamw", "rmsprop"],
+)
+def test_a_probe_steps_back_along_last_update(make, runs_dir):
+    """The landscape probe's ``update`` direction at α = −1 is the model before the step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = make(model.parameters())
+    g = torch.Generator().manual_seed(1)
+    options = {"every": 7, "dims": 1, "steps": 3, "directions": "update", "roughness": 0}
+    seen, before = [], None
+    lens = gradlens.Lens(model, opt, runs_dir=runs_dir, probe_options={"landscape": options})
+    with lens:
+        for step in range(7):
+            x = torch.randn(32, 6, generator=g)
+            y = (x[:, 0] > 0).long()
+            seen.append((x, y))
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            if step == 6:  # the probe runs after this step (not a param_every step)
+                before = {k: v.clone() for k, v in model.state_dict().items()}
+            opt.step()
+    loss = gradlens.open_run(lens.run_dir).table("landscape")
+    loss = loss[loss.metric == "loss"].sort_values("alpha")
+    assert loss["alpha"].tolist() == [-1.0, 0.0, 1.0]
+    model.load_state_dict(before)
+    objective = Objective(model, batches_from_data(seen[:2], F.cross_entropy), "eval")
+    with objective.isolated(), torch.no_grad():
+        want = objective.loss().item()
+    assert loss["value"].iloc[0] == pytest.approx(want, rel=1e-5)
