@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,12 @@ from torch.optim.optimizer import (
 from torch.utils.hooks import RemovableHandle
 
 from gradlens import user_log
-from gradlens.analysis.objective import Objective
 from gradlens.capture.chunk import Chunk
 from gradlens.capture.decode import ChunkDecoder
 from gradlens.capture.evaluation import EvalMetrics
-from gradlens.capture.facts import describe_device, environment, learning_rate
+from gradlens.capture.facts import describe_device, environment
 from gradlens.capture.model_calls import ModelCalls
+from gradlens.capture.output import RunOutput
 from gradlens.capture.recorder import StepRecorder
 from gradlens.capture.signals import Guarded
 from gradlens.capture.softmax import SoftmaxSignal
@@ -54,19 +53,16 @@ from gradlens.capture.spikes import SpikeConfig, SpikeDetector
 from gradlens.capture.steps import StepCapture
 from gradlens.capture.tracking import Tracking
 from gradlens.capture.user import UserMetrics
-from gradlens.errors import ConfigError
 from gradlens.instrument import interception
 from gradlens.instrument.distributed import dist_info, group_ready
 from gradlens.instrument.guard import Guard
-from gradlens.instrument.live import MODES, LiveStats, StatusLine
+from gradlens.instrument.live import MODES
 from gradlens.instrument.probe_set import ProbeSet
 from gradlens.instrument.roots import RootCalls
-from gradlens.instrument.signals import HeldSignals, exit_code_for
+from gradlens.instrument.signals import HeldSignals
 from gradlens.probes import PRESET_ORDER, make_probes
 from gradlens.probes.runner import ProbeRunner
-from gradlens.store import RunWriter, create_run_dir, update_meta, write_meta
 from gradlens.store.meta import valid_run_name
-from gradlens.store.shared import remove_pointer, shared_run_dir
 
 __all__ = ["PRESETS", "Lens", "default_runs_dir"]
 
@@ -167,19 +163,14 @@ class Lens:
         self.dist = dist_info()
         self.probe_set = ProbeSet(probe_batches)
         self.scheduled = make_probes(probes, probe_options)
-        self.run_dir: Path | None = None
         self.unavailable: dict[str, str] = {}  # signal → why it cannot be recorded here
+        self._output = RunOutput(self.runs_dir, self.name, self.dist, status)
         self._guard = Guard(self._on_disabled)
         self._guard.quiet = not self.dist.main
-        self._said: set[str] = set()
         self._softmax: SoftmaxSignal | None = None
         self._user: UserMetrics | None = None
         self._eval: EvalMetrics | None = None
         self._probes: ProbeRunner | None = None
-        self._status_mode = status
-        self._status: StatusLine | None = None
-        self._last_stats = LiveStats()
-        self._writer: RunWriter | None = None
         self._calls = ModelCalls(self._guard, self.probe_set, self._on_call, self._compiled_loss)
         self._roots = RootCalls(self._calls.before, self._calls.after)
         self._tracking = Tracking(self.models, self.optimizers, self._recorder, self._roots.add)
@@ -222,35 +213,20 @@ class Lens:
         if self._started:
             raise RuntimeError("this Lens was already started")
         self._started = True
-        if self.dist.active:  # one run folder for all ranks, made by rank 0
-            self.run_dir = shared_run_dir(self.runs_dir, self.name, self.dist.rank)
-        else:
-            self.run_dir = create_run_dir(self.runs_dir, self.name)
-        self.name = self.run_dir.name
         self._wall0 = time.time()
         self._steps.start(self._wall0)
-        if self.dist.main:
-            try:
-                write_meta(self.run_dir, self._initial_meta())
-            except OSError as exc:  # read-only or full disk: nothing recorded yet, say so
-                raise ConfigError(f"cannot write {self.run_dir / 'meta.json'}: {exc}") from exc
-        self._writer = RunWriter(self.run_dir, tag=self.dist.tag)
+        writer = self._output.open(self._initial_meta())
+        self.name = self._output.name
         if self.track_softmax and self.dist.main:  # rank 0's logits (each rank sees its own)
             self._softmax = SoftmaxSignal(self.cos_every)
+        say = self._output.say_once
         self._probes = ProbeRunner(
-            self.scheduled,
-            self.probe_set,
-            self._guard,
-            self._writer.write,
-            self._say_once,
-            writes=self.dist.main,
+            self.scheduled, self.probe_set, self._guard, writer.write, say, writes=self.dist.main
         )
         if self.dist.main:
-            self._user = UserMetrics(self._writer.submit, self._say_once)
-            self._eval = EvalMetrics(self._writer.submit)
+            self._user = UserMetrics(writer.submit, say)
+            self._eval = EvalMetrics(writer.submit)
             user_log.attach(self._log_user)
-        self._status = StatusLine(self.name, self._status_mode if self.dist.main else "off")
-        self._status.start()
         interception.install(self)
         self._tracking.start()
         # Global hooks (filtered to the given optimizers in explicit mode): nothing on the
@@ -269,21 +245,13 @@ class Lens:
         atexit.unregister(self._at_exit)
         try:  # final probes stay interruptible; the teardown is atomic w.r.t. signals
             if status == "finished" and self.step > 0 and self._probes is not None:
-                final = self._probes.at_end(self.step - 1)
-                if final:
-                    self._run_probes(final, self.step - 1, self._tracking.roles.primary)
+                primary = self._tracking.roles.primary
+                self._probes.at_close(self.step - 1, primary, self._last_update, self._world())
         finally:
             with HeldSignals() as held:  # inside watch the outer hold is the one that holds
                 self._teardown(status, exit_code, error)
-                if held.first is not None and status == "finished" and self.dist.main:
-                    assert self.run_dir is not None
-                    name = signal.Signals(held.first).name
-                    update_meta(
-                        self.run_dir,
-                        status="interrupted",
-                        exit_code=exit_code_for(held.first),
-                        error=f"{name} while gradlens closed the run",
-                    )
+                if held.first is not None and status == "finished":
+                    self._output.interrupted_while_closing(held.first)
 
     def _teardown(self, status: str, exit_code: int | None, error: str | None) -> None:
         """Remove every patch and hook, flush, compact and finalize — always, in this order."""
@@ -300,19 +268,11 @@ class Lens:
             self._guard.call(USER, self._user.flush)
         if self._eval is not None:
             self._guard.call(EVAL, self._eval.flush)
-        assert self._writer is not None and self.run_dir is not None
-        self._writer.close(compact=True)
-        if not self.dist.main:
-            return
-        if self.dist.active:
-            remove_pointer(self.runs_dir, self.name)
-        update_meta(
-            self.run_dir,
-            status=status,
-            end_time=time.time(),
+        self._output.finish(
+            status,
+            self.step,
             exit_code=exit_code,
             error=error,
-            steps=self.step,
             device=self._device,
             layers=sum(t.recorder.layout.n for t in self._tracking.all()),
             world_size=self.dist.world,
@@ -324,8 +284,6 @@ class Lens:
                 "batch_size": self._calls.batch_size,
             },
         )
-        if self._status is not None:
-            self._status.stop(self._summary(status))
 
     def _at_exit(self) -> None:
         self.close("finished")
@@ -426,15 +384,15 @@ class Lens:
         if self._device is None:
             self._device = describe_device(params[0].device)
         detector = SpikeDetector(names, self.spike_config)
-        on_stats = self._on_stats if self.dist.main else None
+        on_stats = self._output.on_stats if self.dist.main else None
         signals = [Guarded(self._softmax, self._guard, SOFTMAX)] if self._softmax else []
         decoder = ChunkDecoder(
             detector, on_stats, serial=serial, rank=self.dist.rank, signals=signals
         )
-        world = self.dist.world if self.dist.active and group_ready() else 1
+        world = self._world()
         if self.dist.active and world == 1:
             self._say_once("no process group at the first step: each rank records its own values")
-        writer = self._writer
+        writer = self._output.writer
         assert writer is not None
 
         def sink(chunk: Chunk) -> None:
@@ -461,69 +419,27 @@ class Lens:
         if self._eval is not None:  # the evaluation since the previous step (if any)
             self._guard.call(EVAL, self._eval.flush)
         if self._probes is not None:
-            due = self._probes.due(done)
-            if due:
-                self._run_probes(due, done, optimizer)
+            self._probes.after_step(done, optimizer, self._last_update, self._world())
 
-    def _run_probes(self, probes: list[Any], step: int, optimizer: Any) -> None:
-        assert self._probes is not None
-        groups = optimizer.param_groups if optimizer else []
-        lrs = [float(learning_rate(g.get("lr"))) for g in groups]
-        world = self.dist.world if self.dist.active and group_ready() else 1
-        self._probes.run(probes, step, lrs, optimizer, self._update_fn, world)
-
-    def _update_fn(self, objective: Objective) -> Callable[[], dict[str, Tensor] | None] | None:
-        """Δθ of the last step by the objective's parameter names (primary optimizer only)."""
+    def _last_update(self) -> tuple[list[Tensor], list[Tensor]] | None:
+        """The primary optimizer's parameters and Δθ at its last step (probes' direction)."""
         primary = next((t for t in self._tracking.roles.all if t.primary), None)
-        if primary is None:
-            return None
-        recorder = primary.recorder
+        delta = primary.recorder.last_update() if primary is not None else None
+        return None if primary is None or delta is None else (primary.recorder.params, delta)
 
-        def update() -> dict[str, Tensor] | None:
-            delta = recorder.last_update()
-            if delta is None:
-                return None
-            by_id = {id(p): d for p, d in zip(recorder.params, delta, strict=True)}
-            out = {
-                n: by_id[id(p)]
-                for n, p in zip(objective.names, objective.params, strict=True)
-                if id(p) in by_id
-            }
-            return out or None
-
-        return update
+    def _world(self) -> int:
+        return self.dist.world if self.dist.active and group_ready() else 1
 
     def _on_disabled(self, feature: str, reason: str) -> None:
-        """A feature failed: an ``internal_error`` event (meta.json lists it at close)."""
-        if self._writer is None or not self.dist.main:
-            return
-        nan = float("nan")
-        self._writer.write(
-            "events",
-            {
-                "step": [self.step],
-                "kind": ["internal_error"],
-                "metric": [feature],
-                "layer": [""],
-                "value": [nan],
-                "baseline": [nan],
-                "ratio": [nan],
-                "detail": [reason],
-            },
-        )
+        self._output.internal_error(self.step, feature, reason)
 
     def _say_once(self, message: str) -> None:
-        if message not in self._said and self.dist.main:
-            self._said.add(message)
-            print(f"gradlens: {message}", file=sys.stderr)
+        self._output.say_once(message)
 
-    def _on_stats(self, stats: LiveStats) -> None:
-        self._last_stats = stats
-        if self._status is not None:
-            self._status.update(stats)
-
-    def _summary(self, status: str) -> str:
-        return f"gradlens: run {self.name!r} {status} after {self.step} steps → {self.run_dir}"
+    @property
+    def run_dir(self) -> Path | None:
+        """The run's folder (once started)."""
+        return self._output.run_dir
 
     def _initial_meta(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from gradlens.analysis.objective import Batch, Objective, batches_from_probe_set
+from gradlens.capture.facts import learning_rate
 from gradlens.instrument.distributed import unwrap_data_parallel
 from gradlens.instrument.guard import Guard
 from gradlens.instrument.probe_set import ProbeSet
@@ -21,6 +22,8 @@ __all__ = ["ProbeRunner", "check_probe_rows"]
 
 Write = Callable[[str, dict[str, Any]], None]
 UpdateFn = Callable[[], dict[str, Tensor] | None]
+# The primary optimizer's parameters and their Δθ at the last step (None: not known)
+LastUpdate = Callable[[], tuple[list[Tensor], list[Tensor]] | None]
 
 
 class ProbeRunner:
@@ -48,6 +51,20 @@ class ProbeRunner:
     def at_end(self, last: int) -> list[Probe]:
         """The ``at_end`` probes, unless the schedule just ran them at ``last``."""
         return [p for p in self.probes if p.at_end and not p.should_run(last)]
+
+    def after_step(
+        self, step: int, optimizer: Any, last_update: LastUpdate, world: int = 1
+    ) -> None:
+        """Run the probes scheduled after optimizer step ``step``."""
+        due = self.due(step)
+        if due:
+            self.run(due, step, _lrs(optimizer), optimizer, _update_fn(last_update), world)
+
+    def at_close(self, last: int, optimizer: Any, last_update: LastUpdate, world: int = 1) -> None:
+        """Run the ``at_end`` probes once the run finished (``last``: its last step)."""
+        final = self.at_end(last)
+        if final:
+            self.run(final, last, _lrs(optimizer), optimizer, _update_fn(last_update), world)
 
     def run(
         self,
@@ -116,3 +133,29 @@ def check_probe_rows(probe: Probe, rows: Rows) -> Rows:
 def _compute(probe: Probe, objective: Objective, context: ProbeContext) -> Rows:
     with objective.isolated():
         return probe.compute(context)
+
+
+def _lrs(optimizer: Any) -> list[float]:
+    groups = optimizer.param_groups if optimizer is not None else []
+    return [float(learning_rate(g.get("lr"))) for g in groups]
+
+
+def _update_fn(last_update: LastUpdate) -> Callable[[Objective], UpdateFn | None]:
+    """Δθ of the last step by the objective's parameter names (primary optimizer only)."""
+
+    def for_objective(objective: Objective) -> UpdateFn:
+        def update() -> dict[str, Tensor] | None:
+            known = last_update()
+            if known is None:
+                return None
+            by_id = {id(p): d for p, d in zip(*known, strict=True)}
+            out = {
+                n: by_id[id(p)]
+                for n, p in zip(objective.names, objective.params, strict=True)
+                if id(p) in by_id
+            }
+            return out or None
+
+        return update
+
+    return for_objective
