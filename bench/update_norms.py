@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import make_case
 
-from gradlens.capture.updates import optimizer_update, supported, update_groups
+from gradlens.capture.updates import group_indices, optimizer_update, supported
 from gradlens.functional.norms import NormPlan
 
 OPTIMIZERS: dict[str, Callable] = {
@@ -149,7 +149,7 @@ class Copy(_Way):
 class State(_Way):
     def __init__(self, params, optimizer) -> None:
         super().__init__(params, optimizer)
-        self.groups = update_groups(optimizer, params)
+        self.groups = group_indices(optimizer, params)
         assert self.groups is not None and supported(optimizer)
 
     def post(self) -> torch.Tensor:

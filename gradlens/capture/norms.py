@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from gradlens.capture.signals import Slot, StepSignal, StepView, as_slot
-from gradlens.capture.updates import optimizer_update, supported, update_groups
+from gradlens.capture.updates import group_indices, optimizer_update, supported
 from gradlens.functional.norms import NormPlan, nonfinite_counts, tensor_norms
 from gradlens.instrument.distributed import is_sharded, local
 
@@ -59,7 +59,7 @@ class NormSignal(StepSignal):
         self._saved: list[Tensor] | None = None  # −θ before the step (copy path)
         self._delta: list[Tensor] | None = None  # Δθ of the last step, kept for probes
         self._from_state: Any = None  # the optimizer whose state gives this step's Δθ
-        self._groups: tuple[Any, list[dict[str, Any]] | None] | None = None
+        self._groups: tuple[Any, tuple[int, ...], list[int] | None] | None = None
         self._keep = True  # keep this step's Δθ for last_update()
         self._applied = True
         self._present: dict[tuple[int, ...], Tensor] = {}
@@ -226,24 +226,25 @@ class NormSignal(StepSignal):
             return None
         if view.grad_scale is not None or view.skipped is not None:
             return None
-        if self._groups is None or self._groups[0] is not optimizer:
-            self._groups = (optimizer, update_groups(optimizer, self.params))
-        if self._groups[1] is None or not supported(optimizer):
+        key = tuple(id(g["params"]) for g in optimizer.param_groups)
+        if self._groups is None or self._groups[0] is not optimizer or self._groups[1] != key:
+            self._groups = (optimizer, key, group_indices(optimizer, self.params))
+        if self._groups[2] is None or not supported(optimizer):
             return None
         return optimizer
 
     def _step_update(self) -> list[Tensor] | None:
         """Δθ of the step just applied: from the optimizer's state, else from the copy."""
         if self._from_state is not None:
-            assert self._groups is not None and self._groups[1] is not None
+            assert self._groups is not None and self._groups[2] is not None
             missing = self._grads()[1]
             if not missing:
-                return optimizer_update(self._from_state, self.params, self._groups[1])
+                return optimizer_update(self._from_state, self.params, self._groups[2])
             absent = set(missing)
             present = [i for i in range(len(self.params)) if i not in absent]
-            groups = self._groups[1]
+            indices = self._groups[2]
             part = optimizer_update(
-                self._from_state, [self.params[i] for i in present], [groups[i] for i in present]
+                self._from_state, [self.params[i] for i in present], [indices[i] for i in present]
             )
             if part is None:
                 return None

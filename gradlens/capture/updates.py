@@ -22,7 +22,7 @@ A fixed handful of ``_foreach`` ops for all tensors together, whatever the numbe
 non-capturable step reads them; on an accelerator (fused) the bias corrections are device
 scalars.
 
-Unsupported (:func:`update_groups`/:func:`supported` say so; the caller copies θ instead):
+Unsupported (:func:`group_indices`/:func:`supported` say so; the caller copies θ instead):
 subclasses and other optimizers, ``capturable``/``differentiable``, sparse gradients, a learning
 rate or beta held in an accelerator tensor, parameters other than float32/float64 (in bf16 the
 rounding is the signal), parameters the optimizer does not own.
@@ -37,23 +37,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["optimizer_update", "supported", "update_groups"]
+__all__ = ["group_indices", "optimizer_update", "supported"]
 
 _KINDS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 _DTYPES = (torch.float32, torch.float64)
 
 
-def update_groups(optimizer: Any, params: Sequence[Tensor]) -> list[dict[str, Any]] | None:
-    """The param group of each of ``params`` when Δθ can be read off ``optimizer``, else None."""
+def group_indices(optimizer: Any, params: Sequence[Tensor]) -> list[int] | None:
+    """The index of each of ``params``' param group when Δθ can be read off ``optimizer``,
+    else None. (Indices, not the groups: ``load_state_dict`` replaces the group dicts.)"""
     if type(optimizer) not in _KINDS:
         return None
     if any(p.dtype not in _DTYPES for p in params):
         return None
-    by_id = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    groups = [by_id.get(id(p)) for p in params]
-    if any(g is None for g in groups):
+    by_id = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+    indices = [by_id.get(id(p)) for p in params]
+    if any(i is None for i in indices):
         return None
-    return groups  # type: ignore[return-value]
+    return indices  # type: ignore[return-value]
 
 
 def supported(optimizer: Any) -> bool:
@@ -74,14 +75,17 @@ def supported(optimizer: Any) -> bool:
 
 
 def optimizer_update(
-    optimizer: Any, params: Sequence[Tensor], groups: Sequence[dict[str, Any]]
+    optimizer: Any, params: Sequence[Tensor], indices: Sequence[int]
 ) -> list[Tensor] | None:
     """Δθ of the step ``optimizer`` just applied to ``params`` (each of which had a gradient);
-    ``groups`` from :func:`update_groups`. None when the state does not allow it."""
+    ``indices`` (their param groups) from :func:`group_indices`. None when the state does not
+    allow it."""
     if not params:
         return []
     if any(p.grad is None or p.grad.is_sparse for p in params):
         return None
+    every = optimizer.param_groups
+    groups = [every[i] for i in indices]
     if isinstance(optimizer, torch.optim.Adam):
         delta = _adam(optimizer, params, groups)
     else:

@@ -146,8 +146,8 @@ def test_copy_path_agrees_and_holds_its_copy_for_one_step_only():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
 
 
-def _one_step(opt, params, *, keep: bool):
-    signal = NormSignal(params, torch.device("cpu"))
+def _one_step(opt, params, *, keep: bool, signal: NormSignal | None = None):
+    signal = signal or NormSignal(params, torch.device("cpu"))
     for p in params:
         p.grad = torch.ones_like(p)
     v = StepView(params, [], torch.device("cpu"), optimizer=opt, keep_update=keep)
@@ -296,3 +296,21 @@ def test_a_probe_steps_back_along_last_update(make, runs_dir):
     with objective.isolated(), torch.no_grad():
         want = objective.loss().item()
     assert loss["value"].iloc[0] == pytest.approx(want, rel=1e-5)
+
+
+def test_hyperparameters_are_read_at_each_step_also_after_load_state_dict():
+    """``load_state_dict`` replaces the group dicts; a learning rate of 0 moves nothing."""
+    params = [nn.Parameter(torch.randn(5, 4)), nn.Parameter(torch.randn(4))]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    signal = _one_step(opt, params, keep=True)[0]
+    saved = opt.state_dict()
+    saved["param_groups"][0]["lr"] = 3e-2
+    opt.load_state_dict(saved)
+    signal, copy, moved = _one_step(opt, params, keep=True, signal=signal)
+    assert copy is None and opt.param_groups[0]["lr"] == 3e-2
+    for d, m in zip(signal.last_update(), moved, strict=True):
+        torch.testing.assert_close(d, m)
+    opt.param_groups[0]["lr"] = 0.0
+    signal, copy, moved = _one_step(opt, params, keep=True, signal=signal)
+    assert copy is None and all(not m.any() for m in moved)
+    assert all(not d.any() for d in signal.last_update())
