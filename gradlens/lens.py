@@ -42,17 +42,16 @@ from torch.utils.hooks import RemovableHandle
 from gradlens import user_log
 from gradlens.capture.chunk import Chunk
 from gradlens.capture.decode import ChunkDecoder
-from gradlens.capture.evaluation import EvalMetrics
 from gradlens.capture.facts import describe_device, environment
 from gradlens.capture.model_calls import ModelCalls
 from gradlens.capture.output import RunOutput
 from gradlens.capture.recorder import StepRecorder
+from gradlens.capture.script_metrics import ScriptMetrics
 from gradlens.capture.signals import Guarded
 from gradlens.capture.softmax import SoftmaxSignal
 from gradlens.capture.spikes import SpikeConfig, SpikeDetector
 from gradlens.capture.steps import StepCapture
 from gradlens.capture.tracking import Tracking
-from gradlens.capture.user import UserMetrics
 from gradlens.instrument import interception
 from gradlens.instrument.distributed import dist_info, group_ready
 from gradlens.instrument.guard import Guard
@@ -70,8 +69,6 @@ PRESETS = PRESET_ORDER  # defined once, in gradlens.probes.base
 
 # Feature names (what the guard switches off, what meta.json lists under "disabled").
 SOFTMAX, ROOTS = "softmax signals", "model calls"
-USER = "user metrics"
-EVAL = "eval metrics"
 
 
 def default_runs_dir() -> Path:
@@ -168,8 +165,7 @@ class Lens:
         self._guard = Guard(self._on_disabled)
         self._guard.quiet = not self.dist.main
         self._softmax: SoftmaxSignal | None = None
-        self._user: UserMetrics | None = None
-        self._eval: EvalMetrics | None = None
+        self._script: ScriptMetrics | None = None  # gradlens.log, evaluation (rank 0)
         self._probes: ProbeRunner | None = None
         self._calls = ModelCalls(self._guard, self.probe_set, self._on_call, self._compiled_loss)
         self._roots = RootCalls(self._calls.before, self._calls.after)
@@ -218,14 +214,13 @@ class Lens:
         writer = self._output.open(self._initial_meta())
         self.name = self._output.name
         if self.track_softmax and self.dist.main:  # rank 0's logits (each rank sees its own)
-            self._softmax = SoftmaxSignal(self.cos_every)
+            self._softmax = SoftmaxSignal(self.cos_every, every=self.softmax_every)
         say = self._output.say_once
         self._probes = ProbeRunner(
             self.scheduled, self.probe_set, self._guard, writer.write, say, writes=self.dist.main
         )
         if self.dist.main:
-            self._user = UserMetrics(writer.submit, say)
-            self._eval = EvalMetrics(writer.submit)
+            self._script = ScriptMetrics(writer.submit, say, self._guard, self.every)
             user_log.attach(self._log_user)
         interception.install(self)
         self._tracking.start()
@@ -264,10 +259,8 @@ class Lens:
         self._tracking.discovery.disable()
         self._steps.finish()
         user_log.detach(self._log_user)
-        if self._user is not None:
-            self._guard.call(USER, self._user.flush)
-        if self._eval is not None:
-            self._guard.call(EVAL, self._eval.flush)
+        if self._script is not None:
+            self._script.flush()
         self._output.finish(
             status,
             self.step,
@@ -309,18 +302,8 @@ class Lens:
                 kwargs,
                 self._calls.depth > 0,
             )
-        logits = args[0] if args else kwargs.get("input")
-        if (
-            name == "cross_entropy"
-            and self._softmax is not None
-            and self.step % self.softmax_every == 0
-            and isinstance(logits, Tensor)
-            and logits.requires_grad  # a training forward, not an evaluation loop
-            and torch.is_grad_enabled()
-        ):
-            target = args[1] if len(args) > 1 else kwargs.get("target")
-            ignore = kwargs.get("ignore_index", -100)
-            self._guard.call(SOFTMAX, self._softmax.observe, logits, target, ignore)
+        if self._softmax is not None:
+            self._guard.call(SOFTMAX, self._softmax.observe_call, name, args, kwargs, self.step)
 
     def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None:
         self._steps.on_scale(unscaled, scaled)
@@ -344,19 +327,17 @@ class Lens:
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
     ) -> None:
         """A loss computed with gradients off: evaluation, at the last optimizer step."""
-        if self._eval is not None:
-            at = max(self.step - 1, 0)
-            self._guard.call(EVAL, self._eval.observe, name, args, kwargs, value, at)
+        if self._script is not None:
+            self._script.eval_loss(name, args, kwargs, value, max(self.step - 1, 0))
 
     def on_loader_iter(self, loader: Any) -> None:
-        if self._eval is not None:
-            self._guard.call(EVAL, self._eval.loader_started)
+        if self._script is not None:
+            self._script.loader_started()
 
     def _log_user(self, values: Any, step: int | None) -> None:
         """``gradlens.log``: at the last optimizer step (or ``step``)."""
-        if self._user is not None:
-            at = max(self.step - 1, 0) if step is None else step
-            self._guard.call(USER, self._user.add, values, at)
+        if self._script is not None:
+            self._script.log(values, max(self.step - 1, 0) if step is None else step)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -414,10 +395,8 @@ class Lens:
     def _end_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """After the run's step ``self.step - 1`` (its primary optimizer's step)."""
         done = self.step - 1
-        if self._user is not None and done % self.every == self.every - 1:
-            self._guard.call(USER, self._user.flush)
-        if self._eval is not None:  # the evaluation since the previous step (if any)
-            self._guard.call(EVAL, self._eval.flush)
+        if self._script is not None:
+            self._script.after_step(done)
         if self._probes is not None:
             self._probes.after_step(done, optimizer, self._last_update, self._world())
 

@@ -43,10 +43,11 @@ class SoftmaxSignal(StepSignal):
         Slot(_COS_ALL, reduce="local"),
     )
 
-    def __init__(self, cos_every: int = 10, max_rows: int = 256) -> None:
+    def __init__(self, cos_every: int = 10, max_rows: int = 256, every: int = 1) -> None:
         if cos_every < 0:
             raise ValueError(f"cos_every must be >= 0, got {cos_every}")
         self.cos_every = cos_every
+        self.every = every  # observe the cross-entropy calls of every this-many-th step
         self.max_rows = max_rows
         self._sum: Tensor | None = None
         self._max: Tensor | None = None
@@ -55,6 +56,21 @@ class SoftmaxSignal(StepSignal):
         self._first: dict[str, float] = {}  # writer thread: the drifts' reference values
 
     # -- hot path --------------------------------------------------------------------------------
+
+    def observe_call(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], step: int
+    ) -> None:
+        """A loss call of step ``step``: a training cross-entropy of a sampled step is observed."""
+        logits = args[0] if args else kwargs.get("input")
+        if (
+            name == "cross_entropy"
+            and step % self.every == 0
+            and isinstance(logits, Tensor)
+            and logits.requires_grad  # a training forward, not an evaluation loop
+            and torch.is_grad_enabled()
+        ):
+            target = args[1] if len(args) > 1 else kwargs.get("target")
+            self.observe(logits, target, kwargs.get("ignore_index", -100))
 
     def observe(self, logits: Tensor, target: Any, ignore_index: int = -100) -> None:
         """One cross-entropy call's logits (training forward only; the caller checks)."""
