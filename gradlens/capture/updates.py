@@ -6,8 +6,8 @@ they just applied. With σ = −1 under ``maximize`` (else 1), θ the parameter 
 
 - SGD with momentum: Δθ = −lr·buf (weight decay and dampening are inside ``buf``);
 - SGD with Nesterov momentum: Δθ = −(1 + c)·lr·(σg + m·buf) − c·θ;
-- SGD without momentum: Δθ = −(1 + c)·lr·σg − c·θ (the decay ``wd·θ_before`` is rewritten in
-  terms of θ: θ_before = (θ + (1 + c)·…)·(1 − lr·wd)⁻¹);
+- SGD without momentum: Δθ = −(1 + c)·lr·σg − c·θ (θ = θ_before·(1 − lr·wd) − lr·x gives
+  the decay lr·wd·θ_before = c·(θ + lr·x): the decay written with θ after the step);
 - Adam/AdamW: u = −lr/(1 − β₁ᵗ) · m/(√v/√(1 − β₂ᵗ) + ε), v the running maximum under
   ``amsgrad``; θ = θ_before·k + u with k = 1 − lr·wd for AdamW's decoupled decay (Adam's L2
   decay is inside m and v: k = 1), so θ_before = (θ − u)/k.
@@ -18,9 +18,9 @@ and Δθ = θ − θ_before; this matters for small tensors whose update is a fe
 the optimizer rounds with a fused multiply-add, so ≈0.5 % of entries can be one ulp of θ off.
 A fixed handful of ``_foreach`` ops for all tensors together, whatever the number of groups
 (per-tensor hyperparameters travel as scalar lists), one temporary the size of the tensors
-(the returned Δθ), no host sync: step counts on the host are read as torch's own
-non-capturable step reads them; on an accelerator (fused) the bias corrections are device
-scalars.
+(the returned Δθ), no host sync: step counts on the host are read (one float per tensor) as
+torch's own non-capturable step reads them; on an accelerator (fused) the bias corrections are
+device scalars.
 
 Unsupported (:func:`group_indices`/:func:`supported` say so; the caller copies θ instead):
 subclasses and other optimizers, ``capturable``/``differentiable``, sparse gradients, a learning
