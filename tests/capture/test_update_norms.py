@@ -314,3 +314,13 @@ def test_hyperparameters_are_read_at_each_step_also_after_load_state_dict():
     signal, copy, moved = _one_step(opt, params, keep=True, signal=signal)
     assert copy is None and all(not m.any() for m in moved)
     assert all(not d.any() for d in signal.last_update())
+
+
+def test_lr_in_an_accelerator_tensor_uses_the_copy():
+    """Reading it would be a host sync (a meta tensor stands in for a CUDA one here)."""
+    params = [nn.Parameter(torch.randn(3))]
+    opt = torch.optim.Adam(params, lr=0.01)
+    opt.param_groups[0]["lr"] = torch.tensor(0.01, device="meta")
+    signal = NormSignal(params, torch.device("cpu"))
+    signal.before(StepView(params, [], torch.device("cpu"), optimizer=opt))
+    assert signal._from_state is None and signal._saved is not None
