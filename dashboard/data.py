@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import pyarrow as pa
 
 from gradlens.dashboard.downsample import bucket_max
@@ -435,4 +436,7 @@ def _nbytes(value: object) -> int:
         return int(value.memory_usage(index=True, deep=False).sum())
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
+    if isinstance(value, go.Figure):  # a cached chart: its arrays, about 40 bytes a point
+        points = sum(len(x) for t in value.data if (x := getattr(t, "x", None)) is not None)
+        return 4096 + 40 * points
     return 1024

@@ -45,6 +45,7 @@ details.findings #findings { max-height: 15rem; overflow-y: auto; }  /* charts s
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr));
        gap: .6rem; }
 .sidebar-layout { display: grid; grid-template-columns: 260px 1fr; gap: 1rem; }
+.grid-note { grid-column: 1 / -1; }
 .grid-section { grid-column: 1 / -1; margin: .6rem 0 0; text-transform: capitalize; }
 .chart .csv { font-size: .8em; }
 .sidebar input[type=text] { width: 100%; box-sizing: border-box; }

@@ -7,6 +7,7 @@ step sits at the same pixel column in each; ranges are in the units of the page'
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "MARGIN",
     "SHADE",
     "align",
+    "axis_keys",
     "finding_shades",
     "shade_ranges",
     "step_to_x",
@@ -35,8 +37,18 @@ MARGIN = dict(l=200, r=170, t=40, b=40, autoexpand=False)
 SHADE = {"error": "rgba(214, 39, 40, 0.10)", "warning": "rgba(255, 165, 0, 0.09)"}
 
 
+def axis_keys(fig: go.Figure, kind: str) -> list[str]:
+    """``fig``'s layout keys of ``kind`` (``xaxis`` or ``yaxis``): ``yaxis``, ``yaxis2``…"""
+    pattern = re.compile(rf"{kind}\d*")
+    return [k for k in fig.layout if pattern.fullmatch(k)] or [kind]
+
+
 def align(fig: go.Figure, extent: list[Any] | None, xrange: Sequence[Any] | None) -> go.Figure:
-    """The page's margins, the run's x extent (or the zoom) and a crosshair on ``fig``."""
+    """The page's margins, the run's x extent (or the zoom) and a crosshair on ``fig``.
+
+    The margins are fixed, so every axis's ``automargin`` (on in plotly_white) is turned off:
+    it made the browser measure each tick label for margins that cannot move anyway.
+    """
     if not fig.data:
         return fig
     top = fig.layout.margin.t if fig.layout.margin.t is not None else MARGIN["t"]
@@ -53,8 +65,9 @@ def align(fig: go.Figure, extent: list[Any] | None, xrange: Sequence[Any] | None
         "margin": {**MARGIN, "t": max(top, 40), "b": max(bottom, 40)},
         "title": {"font": {"size": 14}, "x": 0.01, "xref": "container"},
     }
-    keys = [k for k in fig.layout if k.startswith("xaxis")] or ["xaxis"]
-    update.update({k: axis for k in keys})  # one update: plotly's setters are slow
+    keys = axis_keys(fig, "xaxis")
+    update.update({k: {**axis, "automargin": False} for k in keys})  # one update: setters are slow
+    update.update({k: {"automargin": False} for k in axis_keys(fig, "yaxis")})
     if "xaxis2" not in fig.layout:  # one chart: legend over it; subplots keep theirs
         update["legend"] = dict(orientation="h", x=0, y=1.0, yanchor="bottom", xanchor="left")
     fig.update_layout(update)

@@ -43,6 +43,8 @@ __all__ = [
     "config_diff",
     "figure",
     "grid",
+    "grid_chart",
+    "grid_style",
     "layout",
     "metric_options",
     "register",
@@ -84,6 +86,8 @@ INTERNALS = (
     "eval_samples",
 )
 COUNTS = ("num_classes", "num_samples")
+# a probe's costs and convergence checks (in metric names): internals, not curvature
+PROBE_INTERNALS = ("probe_seconds", "hvp", "residual", "fd_check", "_stderr", "_reached")
 MAX_CHARTS = 24
 
 
@@ -120,6 +124,8 @@ def layout(ctx: AppContext, search: str | None) -> html.Div:
     unknown = unknown_runs(ctx, search)
     sections = [s for s in (state.get("sections") or "").split(",") if s in SECTIONS]
     colours = run_colours(names)
+    _, layers = metric_options(ctx, chosen)  # set here: the grid then waits for no callback
+    layer = state.get("layer") if state.get("layer") in layers else (layers[0] if layers else None)
     notices = []
     if unknown:
         notices.append(
@@ -149,7 +155,7 @@ def layout(ctx: AppContext, search: str | None) -> html.Div:
                 labelStyle={"display": "block"},
             ),
             html.Label("layer (layers section)"),
-            dcc.Dropdown(id="compare-layer", value=state.get("layer"), clearable=False),
+            dcc.Dropdown(id="compare-layer", options=layers, value=layer, clearable=False),
         ],
         className="sidebar",
     )
@@ -193,6 +199,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Output("compare-layer", "value"),
         Input("compare-runs", "value"),
         Input("compare-layer", "value"),
+        prevent_initial_call=True,  # the layout sets both
     )
     def _layers(names: list[str] | None, layer: str | None) -> Any:
         _, layers = metric_options(ctx, names or [])
@@ -312,22 +319,98 @@ def grid(
         if not chosen:
             continue
         charts.append(html.H3(section, className="grid-section"))
+        if section == "layers" and not layer:
+            charts.append(_note("choose a layer in the sidebar"))
+            continue
+        without = []  # metrics no chosen run has data for: named, not drawn as blank charts
         for key in chosen:
             if drawn >= MAX_CHARTS:
                 skipped += 1
                 continue
+            fig = grid_chart(ctx, names, key, layer, smoothing, xaxis, logy)
+            if not fig.data and len(fig.layout.annotations) == 1:  # "no … in the chosen runs"
+                without.append(key.split("|")[1])
+                continue
             drawn += 1
-            fig = figure(ctx, names, key, layer, smoothing, xaxis, logy)
-            fig.update_layout(height=260, hovermode="x unified", margin=dict(l=10, r=10, t=40))
             graph = dcc.Graph(
-                id={"type": "compare-chart", "key": key}, figure=fig, config={"displaylogo": False}
+                id={"type": "compare-chart", "key": key},
+                figure=fig,
+                config={"displaylogo": False},
             )
             charts.append(html.Div([graph, _csv_link(names, key, layer)], className="chart"))
+        if without:
+            text = "no data in the chosen runs: " + ", ".join(without)
+            charts.append(_note(text))
     if skipped:
         notes.append(message(f"{skipped} more charts: narrow the metric filter to see them"))
     if not charts:
         notes.append(message("no metric of the chosen sections matches", "warning"))
     return charts, notes
+
+
+GRID_MARGIN = dict(l=64, r=10, t=40, b=40, autoexpand=False)
+
+
+def grid_style(fig: go.Figure) -> go.Figure:
+    """A grid chart: 260 px high, one hover label listing every run, fixed margins.
+
+    The margins are fixed and axis automargin is off, so the browser lays each of the many
+    charts out once (plotly_white's automargin measured every tick label and redrew the chart
+    when a label or the legend pushed a margin: about half its drawing time). Each run's colour
+    is its swatch in the sidebar and the hover names the runs, so a legend is drawn only where
+    the lines are more than runs (a run's eval loaders, dashed after the first).
+    """
+    loaders = any(LOADER_SEP in str(t.name) for t in fig.data)
+    update: dict[str, Any] = {
+        "height": 260,
+        "hovermode": "x unified",
+        "margin": GRID_MARGIN,
+        "showlegend": loaders,
+        "legend": dict(orientation="h", x=1, y=1.0, xanchor="right", yanchor="bottom"),
+    }
+    update.update({k: {"automargin": False} for k in ("xaxis", "yaxis")})
+    return fig.update_layout(update)
+
+
+def grid_chart(
+    ctx: AppContext,
+    names: Sequence[str],
+    metric: str,
+    layer: str | None,
+    smoothing: float,
+    xaxis: str,
+    logy: Sequence[str] | None,
+) -> go.Figure:
+    """``figure`` in the grid's style, cached until a chosen run's files change.
+
+    The key holds every input of the chart: the runs' file signatures (of the metric's table
+    and of the scalars, whose clock places points on time axes), start times (wall axis) and
+    the run list (colours). A grid of two dozen charts is then built once per change, not on
+    every visit, filter edit or refresh tick.
+    """
+
+    def build() -> go.Figure:
+        return grid_style(figure(ctx, names, metric, layer, smoothing, xaxis, logy))
+
+    table_name = metric.partition("|")[0]
+    try:
+        stamps = []
+        for name in names:
+            data = ctx.data(name)
+            stamps.append((data.key(table_name), data.key("scalars"), data.run.start_time))
+    except Exception:  # an unreadable run: figure() names it in the chart, uncached
+        return build()
+    key = (
+        "compare-chart",
+        tuple(stamps),
+        metric,
+        layer,
+        smoothing,
+        xaxis,
+        tuple(logy or ()),
+        tuple(ctx.catalog.names()),
+    )
+    return ctx.cache.get(key, build)
 
 
 def figure(
@@ -459,8 +542,10 @@ def _health_marks(ctx: AppContext, names: Sequence[str]) -> dict[str, str]:
 
 def _section(key: str) -> str:
     table_name, _, metric = key.partition("|")
-    if any(word in metric for word in ("probe_seconds", "hvps", "residual")):
+    if any(word in metric for word in PROBE_INTERNALS):
         return "internals"  # the probes' own costs and convergence checks
+    if table_name == "hessian" and metric == "lr":
+        return "internals"  # the training lr at the probe's steps (training shows it whole)
     if table_name == "scalars":
         if metric in EVAL:
             return "evaluation"
@@ -470,6 +555,11 @@ def _section(key: str) -> str:
     if table_name == "softmax" and metric in COUNTS:
         return "internals"
     return {v: k for k, v in SECTIONS.items() if v != "scalars"}.get(table_name, "internals")
+
+
+def _note(text: str) -> html.Div:
+    """A one-line notice across the grid's columns."""
+    return html.Div(text, className="message info grid-note")
 
 
 def _regex(pattern: str | None) -> re.Pattern[str] | None:

@@ -9,6 +9,7 @@ import pytest
 
 from gradlens.dashboard.app import create_app, needs_refresh, render
 from gradlens.dashboard.pages import collapse, compare, curvature, landscape, run, runs
+from gradlens.store import RunWriter
 from tests.dashboard.craft import craft_layer_run
 
 
@@ -248,3 +249,56 @@ def test_a_wall_clock_zoom_survives_the_url(ctx):
     assert f"data={zoom}" in str(render(ctx, "/run/layered", search))
     bad = run.view_search(None, None, None, 0.6, "wall", [], ["on"], ["later", "soon"])
     assert "later" not in str(render(ctx, "/run/layered", bad))
+
+
+def test_compare_names_metrics_without_data_instead_of_drawing_blank_charts(ctx):
+    grokking = ["grokking", "grokking-wd"]
+    empty = compare.figure(ctx, grokking, "hessian|fd_check_error", None, 0, "step", [])
+    assert not empty.data  # recorded per HVP engine only: no whole-model series
+    charts, _ = compare.grid(ctx, grokking, ["internals"], "fd_check", None, 0, "step", [])
+    assert _chart_keys(charts) == ["hessian|fd_check_passed"]
+    assert "no data in the chosen runs: fd_check_error" in str(charts)
+    charts, _ = compare.grid(ctx, grokking, ["layers"], None, None, 0, "step", [])
+    assert _chart_keys(charts) == [] and "choose a layer" in str(charts)
+    keys = _chart_keys(compare.grid(ctx, grokking, ["curvature"], None, None, 0, "step", [])[0])
+    assert "hessian|top_eigenvalue" in keys  # convergence checks and the lr copy: internals
+    assert not {"hessian|trace_stderr", "hessian|fd_check_passed", "hessian|lr"} & set(keys)
+
+
+def test_compare_layout_picks_the_layer_so_the_grid_waits_for_no_callback(ctx):
+    page = str(render(ctx, "/compare", "?runs=layered"))
+    assert "options=['embed.weight', 'body.0.weight', 'body.0.bias', 'head.weight']" in page
+    assert "value='embed.weight'" in page  # the first layer until one is chosen
+    chosen = str(render(ctx, "/compare", "?runs=layered&layer=head.weight"))
+    assert "value='head.weight'" in chosen
+
+
+def test_grid_charts_are_laid_out_once_in_the_browser(ctx):
+    """Fixed margins and no axis automargin: plotly_white's automargin made the browser
+    measure every tick label and redraw a chart whose labels pushed a margin."""
+    fig = compare.grid_chart(ctx, ["mlp", "mlp-spiky"], "scalars|loss", None, 0.6, "step", [])
+    assert fig.layout.margin.autoexpand is False and fig.layout.margin.l >= 60
+    assert fig.layout.xaxis.automargin is False and fig.layout.yaxis.automargin is False
+    assert fig.layout.showlegend is False  # the sidebar's swatches name the runs' colours
+    loss, _, _ = run.curves(ctx, "layered", 0.6, "step", [])
+    layer = run.layer_curves(ctx, "layered", "body.0.weight", 0.6, "step", [])
+    for chart in (loss, layer):
+        axes = [k for k in chart.layout if k[1:5] == "axis" and k[0] in "xy"]
+        assert len(axes) >= 2 and all(chart.layout[k].automargin is False for k in axes)
+
+
+def test_compare_charts_are_cached_until_a_run_changes(tmp_path):
+    for name in ("a", "b"):
+        craft_layer_run(tmp_path, name)
+    live = create_app(tmp_path).server.config["GRADLENS_CONTEXT"]
+    args = (["a", "b"], "scalars|loss", None, 0.6, "step", [])
+    first = compare.grid_chart(live, *args)
+    assert compare.grid_chart(live, *args) is first  # a revisit builds nothing
+    assert compare.grid_chart(live, ["a", "b"], "scalars|loss", None, 0.0, "step", []) is not first
+    writer = RunWriter(tmp_path / "a")
+    writer.write("scalars", {"step": [200], "metric": ["loss"], "index": [0], "value": [9.0]})
+    writer.close(compact=False)
+    again = compare.grid_chart(live, *args)
+    assert again is not first  # a new segment: drawn again, with the new point
+    line = next(t for t in again.data if t.name == "a")
+    assert line.customdata[-1].tolist()[:2] == [9.0, 200]
