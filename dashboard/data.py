@@ -9,6 +9,7 @@ buckets, zooms and one layer's curve are then slices of memory, not reads.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -66,14 +67,20 @@ class Cache:
                 self._bytes -= dropped
         return value
 
-    def prefetch(self, key: Hashable, compute: Callable[[], object]) -> None:
-        """Compute ``key`` on a background thread (one at a time) unless cached or queued."""
+    def prefetch(self, key: Hashable, compute: Callable[[], object], delay: float = 0.0) -> None:
+        """Compute ``key`` on a background thread (one at a time) unless cached or queued.
+
+        ``delay``: seconds to wait first, so the request that asked for the prefetch builds
+        and sends its answer before the prefetch competes with it for the interpreter.
+        """
         with self._lock:
             if key in self._items or key in self._queued:
                 return
             self._queued.add(key)
 
         def work() -> None:
+            if delay > 0:
+                time.sleep(delay)
             with self._worker:
                 try:
                     self.get(key, compute)
@@ -167,20 +174,27 @@ def build_layer_matrix(table: pa.Table, metric: str) -> LayerMatrix:
     """
     order: dict[str, int] = {}
     batches = []  # (layer codes or one code, steps, values, contiguous)
+    known: tuple[pa.Array, np.ndarray] | None = None  # the last dictionary and its mapping
     for batch in table.select(["step", "layer", "value"]).to_batches():
         if batch.num_rows == 0:
             continue
         layer = batch.column(1)
         if not pa.types.is_dictionary(layer.type):
             layer = layer.dictionary_encode()
-        names = layer.dictionary.to_pylist()
-        mapping = np.array([order.setdefault(n, len(order)) for n in names], dtype=np.int32)
-        codes = mapping[layer.indices.to_numpy(zero_copy_only=False)]
+        if known is None or not layer.dictionary.equals(known[0]):  # batches share theirs
+            names = layer.dictionary.to_pylist()
+            codes_of = [order.setdefault(n, len(order)) for n in names]
+            known = (layer.dictionary, np.array(codes_of, dtype=np.int32))
+        mapping = known[1]
         steps = np.asarray(batch.column(0).to_numpy(), dtype=np.int64)
         values = np.asarray(batch.column(2).to_numpy(zero_copy_only=False), dtype=np.float32)
-        one = len(names) == 1 or bool((codes == codes[0]).all())
-        run = one and steps[-1] - steps[0] + 1 == len(steps) and bool((np.diff(steps) == 1).all())
-        batches.append((codes[:1] if run else codes, steps, values, run))
+        if len(mapping) == 1:  # one layer (a compacted row group): no per-row codes
+            codes = np.full(1 if _contiguous(steps) else len(steps), mapping[0], np.int32)
+        else:
+            codes = mapping[layer.indices.to_numpy(zero_copy_only=False)]
+            if bool((codes == codes[0]).all()) and _contiguous(steps):
+                codes = codes[:1]
+        batches.append((codes, steps, values, len(codes) == 1 and len(steps) > 1))
     if not batches:
         return LayerMatrix(metric, list(order), np.empty(0, np.int64), np.empty((len(order), 0)))
     columns, rank = _columns([(b[1], b[3]) for b in batches])
@@ -332,11 +346,12 @@ class RunData:
             return float(beta)
         return 0.95
 
-    def prefetch_layer_matrices(self, metrics: Sequence[str]) -> None:
-        """Build these matrices in the background, so switching to them later is instant."""
+    def prefetch_layer_matrices(self, metrics: Sequence[str], delay: float = 0.3) -> None:
+        """Build these matrices in the background, so switching to them later is instant
+        (after ``delay`` seconds: the page asking for them is answered first)."""
         for metric in metrics:
             key = self.key("layers", "matrix", metric)
-            self.cache.prefetch(key, self._matrix_reader(metric))
+            self.cache.prefetch(key, self._matrix_reader(metric), delay)
 
     def _matrix_reader(self, metric: str) -> Callable[[], LayerMatrix]:
         files = self.files("layers")
@@ -407,6 +422,13 @@ class RunData:
             for col in arrow.columns
         ]
         return pa.table(decoded, names=arrow.column_names).to_pandas()
+
+
+def _contiguous(steps: np.ndarray) -> bool:
+    """True when ``steps`` are consecutive integers, first to last (one row per step)."""
+    if len(steps) < 2 or steps[-1] - steps[0] + 1 != len(steps):
+        return False
+    return bool((steps[1:] > steps[:-1]).all())  # increasing over exactly that many integers
 
 
 def _columns(

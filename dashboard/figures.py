@@ -168,7 +168,7 @@ def heatmap_figure(
     colour = raw if relative is None else relative.to_numpy(dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         logz = np.where(colour > 0, np.log10(colour), np.nan)
-    logz = np.where(np.isfinite(logz), logz, np.nan).round(3)
+    logz = np.where(np.isfinite(logz), logz, np.nan).round(3).astype(np.float32)  # half the JSON
     finite = logz[np.isfinite(logz)]
     stack = [raw, np.broadcast_to(first, raw.shape), np.broadcast_to(last, raw.shape)]
     template = "%{y}<br>steps %{customdata[1]}–%{customdata[2]}<br>max %{customdata[0]:.4g}"
@@ -213,9 +213,9 @@ def heatmap_figure(
         height=height,
         margin=dict(l=10, r=10, t=40, b=40),
         xaxis_title=x_title,
+        yaxis=dict(autorange="reversed", automargin=True),  # update_yaxes: ~90 ms on 200 rows
         uirevision=metric,
     )
-    fig.update_yaxes(autorange="reversed", automargin=True)
     return fig
 
 

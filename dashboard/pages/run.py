@@ -10,6 +10,7 @@ functions of (context, inputs), so they are tested without a browser.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -565,17 +566,18 @@ def heatmap(
             centres = (np.asarray(cells.columns, dtype=np.float64) + last) / 2.0
             x = x_values(data.with_time(pd.DataFrame({"step": centres})), axes)
         fig = heatmap_figure(cells, metric, last, relative, x, x_title=_x_title(axes))
-        others = [m for m in HEATMAP_METRICS if m != metric and m in data.metrics("layers")]
-        data.prefetch_layer_matrices(others[:3])  # the metrics a user switches to next
         extent = x_extent(data, axes)
     except Exception as exc:
         return empty_figure(unreadable_text(exc))
     if not cells.empty:
         align(fig, extent, xrange)
         layers = [escape(n) for n in cells.index]
-        fig.update_yaxes(
+        fig.layout.yaxis.update(
             automargin=False, tickvals=layers, ticktext=[_short(n) for n in cells.index]
         )
+    with contextlib.suppress(Exception):  # a guess at the metrics a user switches to next
+        others = [m for m in HEATMAP_METRICS if m != metric and m in data.metrics("layers")]
+        data.prefetch_layer_matrices(others[:3])
     return fig
 
 

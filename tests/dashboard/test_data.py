@@ -34,6 +34,29 @@ def test_build_layer_matrix_keeps_first_seen_order_and_gaps():
     assert m.row("a")["value"].tolist()[::2] == [2.0, 4.0]
 
 
+def test_matrix_from_row_groups_of_one_layer_each_matches_a_dense_oracle():
+    """The compacted layout (one layer per batch, a one-name dictionary) copies whole rows;
+    a batch with a repeated or missing step, or a shared dictionary, is scattered."""
+    rng = np.random.default_rng(0)
+    oracle = np.full((3, 8), np.nan, dtype=np.float32)
+    batches = []
+    for code, (name, steps) in enumerate(
+        [("a", [0, 1, 2, 3, 4, 5, 6, 7]), ("b", [0, 1, 3, 4]), ("c", [2, 3, 3, 4, 6])]
+    ):
+        values = rng.random(len(steps)).astype(np.float32)
+        for step, value in zip(steps, values, strict=True):
+            oracle[code, step] = value  # a repeated step keeps its last value
+        one_name = pa.DictionaryArray.from_arrays(np.zeros(len(steps), np.int32), [name])
+        batches.append(pa.table({"step": steps, "layer": one_name, "value": values}))
+    shared = pa.array(["a", "b", "c"])  # one dictionary over every batch: codes per row
+    codes = pa.DictionaryArray.from_arrays(np.array([1, 1], np.int32), shared)
+    batches.append(pa.table({"step": [5, 6], "layer": codes, "value": np.float32([7, 8])}))
+    oracle[1, 5:7] = [7, 8]
+    m = build_layer_matrix(pa.concat_tables(batches), "x")
+    assert m.layers == ["a", "b", "c"] and m.steps.tolist() == list(range(8))
+    np.testing.assert_array_equal(m.values, oracle)
+
+
 def test_sparse_steps_use_sorted_unique_columns():
     table = pa.table({"step": [10**9, 0], "layer": ["a", "a"], "value": [1.0, 2.0]})
     m = build_layer_matrix(table, "x")
