@@ -348,6 +348,7 @@ def browser_bench(root: Path, repeat: int) -> None:
     options.add_argument("--window-size=1600,1000")
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     print(f"\npage render in headless Chromium, {root.name}/ (median of {repeat}, warm server)")
+    print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus (times scale with it)")
     print(f"{'page':<52} {'median':>9} {'target':>8}  ok")
     failed = 0
     try:
