@@ -40,16 +40,16 @@ from torch.optim.optimizer import (
 from torch.utils.hooks import RemovableHandle
 
 from gradlens import user_log
-from gradlens.capture.chunk import Chunk
 from gradlens.capture.decode import ChunkDecoder
-from gradlens.capture.facts import describe_device, environment
+from gradlens.capture.facts import environment
 from gradlens.capture.model_calls import ModelCalls
 from gradlens.capture.output import RunOutput
 from gradlens.capture.recorder import StepRecorder
+from gradlens.capture.recorders import Recorders
 from gradlens.capture.script_metrics import ScriptMetrics
 from gradlens.capture.signals import Guarded
 from gradlens.capture.softmax import SoftmaxSignal
-from gradlens.capture.spikes import SpikeConfig, SpikeDetector
+from gradlens.capture.spikes import SpikeConfig
 from gradlens.capture.steps import StepCapture
 from gradlens.capture.tracking import Tracking
 from gradlens.instrument import interception
@@ -76,7 +76,7 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("GRADLENS_DIR", "runs"))
 
 
-class Lens:
+class Lens(interception.ListenerBase):
     """Records gradients, parameters, updates, loss and spikes of a training run.
 
     Args:
@@ -180,7 +180,7 @@ class Lens:
         )
         self._handles: list[RemovableHandle] = []
         self._wall0 = 0.0
-        self._device: str | None = None
+        self._recorders: Recorders | None = None  # made at the first captured step
         self._closed = False
         self._started = False
 
@@ -222,7 +222,8 @@ class Lens:
         if self.dist.main:
             self._script = ScriptMetrics(writer.submit, say, self._guard, self.every)
             user_log.attach(self._log_user)
-        interception.install(self)
+        interception.install(self._steps)  # backward, GradScaler, clipping
+        interception.install(self)  # loss calls, optimizers, loaders
         self._tracking.start()
         # Global hooks (filtered to the given optimizers in explicit mode): nothing on the
         # optimizer object that pickle, deepcopy or state_dict could see.
@@ -252,6 +253,7 @@ class Lens:
         """Remove every patch and hook, flush, compact and finalize — always, in this order."""
         self._closed = True
         interception.uninstall(self)
+        interception.uninstall(self._steps)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -266,7 +268,7 @@ class Lens:
             self.step,
             exit_code=exit_code,
             error=error,
-            device=self._device,
+            device=self._recorders.device if self._recorders else None,
             layers=sum(t.recorder.layout.n for t in self._tracking.all()),
             world_size=self.dist.world,
             disabled=dict(self._guard.disabled),
@@ -282,12 +284,6 @@ class Lens:
         self.close("finished")
 
     # -- interception listener (see gradlens.instrument.interception) ---------------------------
-
-    def on_backward(self, tensor: Tensor) -> None:
-        self._steps.on_backward(tensor)
-
-    def after_backward(self) -> None:
-        self._steps.after_backward()
 
     def on_loss_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._steps.closure_done:
@@ -305,23 +301,8 @@ class Lens:
         if self._softmax is not None:
             self._guard.call(SOFTMAX, self._softmax.observe_call, name, args, kwargs, self.step)
 
-    def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None:
-        self._steps.on_scale(unscaled, scaled)
-
-    def before_scaler_step(self, scaler: Any, optimizer: Any) -> None:
-        self._steps.before_scaler_step(scaler, optimizer)
-
-    def after_scaler_step(self, scaler: Any, optimizer: Any) -> None:
-        self._steps.after_scaler_step(scaler, optimizer)
-
     def on_optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
         self._guard.call(ROOTS, self._tracking.created, optimizer)
-
-    def before_clip(self, params: list[Tensor]) -> None:
-        self._steps.before_clip(params)
-
-    def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None:
-        self._steps.after_clip(params, total, max_norm)
 
     def on_eval_loss(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
@@ -362,35 +343,26 @@ class Lens:
     def _recorder(
         self, params: list[Tensor], names: list[str], serial: int, update_lag: int = 0
     ) -> tuple[StepRecorder, ChunkDecoder]:
-        if self._device is None:
-            self._device = describe_device(params[0].device)
-        detector = SpikeDetector(names, self.spike_config)
-        on_stats = self._output.on_stats if self.dist.main else None
-        signals = [Guarded(self._softmax, self._guard, SOFTMAX)] if self._softmax else []
-        decoder = ChunkDecoder(
-            detector, on_stats, serial=serial, rank=self.dist.rank, signals=signals
-        )
-        world = self._world()
-        if self.dist.active and world == 1:
-            self._say_once("no process group at the first step: each rank records its own values")
-        writer = self._output.writer
-        assert writer is not None
-
-        def sink(chunk: Chunk) -> None:
-            writer.submit(lambda: decoder(chunk))
-
-        recorder = StepRecorder(
-            params,
-            names,
-            sink,
-            every=self.every,
-            flush_secs=self.flush_secs,
-            update_lag=update_lag,
-            track_updates=self.track_updates,
-            reduce_world=world,
-            signals=signals,
-        )
-        return recorder, decoder
+        if self._recorders is None:  # at the first step: the process group is up by then
+            world = self._world()
+            if self.dist.active and world == 1:
+                self._say_once(
+                    "no process group at the first step: each rank records its own values"
+                )
+            writer = self._output.writer
+            assert writer is not None
+            self._recorders = Recorders(
+                writer,
+                every=self.every,
+                flush_secs=self.flush_secs,
+                track_updates=self.track_updates,
+                spikes=self.spike_config,
+                signals=[Guarded(self._softmax, self._guard, SOFTMAX)] if self._softmax else [],
+                rank=self.dist.rank,
+                world=world,
+                on_stats=self._output.on_stats if self.dist.main else None,
+            )
+        return self._recorders(params, names, serial, update_lag)
 
     def _end_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """After the run's step ``self.step - 1`` (its primary optimizer's step)."""

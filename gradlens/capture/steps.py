@@ -32,8 +32,9 @@ __all__ = ["CAPTURE", "CLIP", "StepCapture"]
 CAPTURE, CLIP = "capture", "clip capture"  # features the guard switches off
 
 
-class StepCapture:
-    """The run's step counter and the capture of each optimizer step."""
+class StepCapture(interception.ListenerBase):
+    """The run's step counter and the capture of each optimizer step (an interception
+    listener of the backward, GradScaler and clipping events)."""
 
     def __init__(
         self,

@@ -31,7 +31,15 @@ import torch.nn.functional as F
 import torch.utils.data
 from torch import Tensor
 
-__all__ = ["LOSS_FUNCTIONS", "Listener", "install", "is_suspended", "suspended", "uninstall"]
+__all__ = [
+    "LOSS_FUNCTIONS",
+    "Listener",
+    "ListenerBase",
+    "install",
+    "is_suspended",
+    "suspended",
+    "uninstall",
+]
 
 LOSS_FUNCTIONS = (
     "cross_entropy",
@@ -72,6 +80,45 @@ class Listener(Protocol):
     def before_clip(self, params: list[Tensor]) -> None: ...
 
     def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None: ...
+
+
+class ListenerBase:
+    """A :class:`Listener` that ignores every event: subclasses override the ones they use."""
+
+    def on_backward(self, tensor: Tensor) -> None:
+        pass
+
+    def after_backward(self) -> None:
+        pass
+
+    def on_loss_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        pass
+
+    def on_eval_loss(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
+    ) -> None:
+        pass
+
+    def on_loader_iter(self, loader: Any) -> None:
+        pass
+
+    def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None:
+        pass
+
+    def before_scaler_step(self, scaler: Any, optimizer: Any) -> None:
+        pass
+
+    def after_scaler_step(self, scaler: Any, optimizer: Any) -> None:
+        pass
+
+    def on_optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def before_clip(self, params: list[Tensor]) -> None:
+        pass
+
+    def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None:
+        pass
 
 
 _listeners: list[Listener] = []
