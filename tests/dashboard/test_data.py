@@ -7,8 +7,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from gradlens.dashboard import data as data_module
 from gradlens.dashboard.data import Cache, RunData, build_layer_matrix
-from gradlens.store import RunWriter, open_run
+from gradlens.store import RunWriter, open_run, write_meta
 from gradlens.store.columns import distinct, file_info, read_columns, table_files
 from gradlens.store.writer import ROW_GROUP_MIN
 from tests.dashboard.craft import LAYERS, craft_layer_run
@@ -78,6 +79,36 @@ def test_matrix_and_curves_match_the_store(dash_runs):
     grad = curves[curves["metric"] == "grad_norm"]["value"].to_numpy()
     np.testing.assert_allclose(grad, wide["pos.weight"].to_numpy(), rtol=1e-6)
     assert curves["time"].notna().all()
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_a_matrix_of_many_layers_read_in_parts_matches_the_store(tmp_path, compact):
+    """Runs with many layers are read as groups of layers in parallel: same rows, same
+    order (the model's), whether the table is compacted or still in segments."""
+    names = [f"blocks.{i}.{kind}" for i in range(6) for kind in ("weight", "bias")]
+    rng = np.random.default_rng(3)
+    (tmp_path / "many").mkdir()
+    write_meta(tmp_path / "many", {"name": "many", "status": "finished", "steps": 50})
+    writer = RunWriter(tmp_path / "many")
+    for start in (0, 25):  # two segments, each step-major
+        steps = np.arange(start, start + 25)
+        values = rng.random((len(steps), len(names)))
+        writer.write(
+            "layers",
+            {
+                "step": np.repeat(steps, len(names)).tolist(),
+                "layer": names * len(steps),
+                "metric": ["grad_norm"] * values.size,
+                "value": values.ravel().tolist(),
+            },
+        )
+    writer.close(compact=compact)
+    run = open_run(tmp_path / "many")
+    wide = run.table("layers").pivot(index="step", columns="layer", values="value")
+    m = RunData(run, Cache()).layer_matrix("grad_norm")
+    assert len(names) >= 2 * data_module.READ_PARTS and m.layers == names
+    assert m.steps.tolist() == list(range(50))
+    np.testing.assert_allclose(m.values, wide[names].to_numpy().T, rtol=1e-6)
 
 
 def test_heatmap_buckets_keep_the_layer_spike(dash_runs):
