@@ -43,6 +43,7 @@ from gradlens import user_log
 from gradlens.capture.decode import ChunkDecoder
 from gradlens.capture.facts import environment
 from gradlens.capture.model_calls import ModelCalls
+from gradlens.capture.norms import UPDATE_SOURCES
 from gradlens.capture.output import RunOutput
 from gradlens.capture.recorder import StepRecorder
 from gradlens.capture.recorders import Recorders
@@ -91,7 +92,11 @@ class Lens(interception.ListenerBase):
             probe named here runs even when its preset is above ``probes``.
         probe_batches: training batches kept for probes to replay.
         spikes: thresholds of the online spike detectors.
-        track_updates: record ‖Δθ‖ (keeps one copy of the parameters on their device).
+        track_updates: record ‖Δθ‖ on sampled steps.
+        updates_from: where ‖Δθ‖ comes from: ``copy`` (−θ kept over the optimizer step of a
+            sampled step, freed after it; fewest kernels) or ``optimizer`` (rebuilt from the
+            optimizer's post-step state for SGD/Adam/AdamW, no copy over the step: for models
+            whose memory peaks in the optimizer step; others fall back to ``copy``).
         track_softmax: record softmax-collapse signals from the training cross-entropy
             calls of every ``softmax_every``-th step, and the gradient/weight cosines every
             ``cos_every`` steps.
@@ -122,6 +127,7 @@ class Lens(interception.ListenerBase):
         probe_batches: int = 2,
         spikes: SpikeConfig | None = None,
         track_updates: bool = True,
+        updates_from: str = "copy",
         track_softmax: bool = True,
         cos_every: int = 20,
         softmax_every: int = 20,
@@ -141,6 +147,8 @@ class Lens(interception.ListenerBase):
         for option, value in (("softmax_every", softmax_every), ("param_every", param_every)):
             if value < 1:
                 raise ValueError(f"{option} must be >= 1, got {value}")
+        if updates_from not in UPDATE_SOURCES:
+            raise ValueError(f"updates_from must be one of {UPDATE_SOURCES}, got {updates_from!r}")
         if probes not in PRESETS:
             raise ValueError(f"probes must be one of {', '.join(PRESETS)}, got {probes!r}")
         self.models = _as_list(model, nn.Module, "model")
@@ -151,7 +159,7 @@ class Lens(interception.ListenerBase):
         self.name = valid_run_name(name) if name else time.strftime("run-%Y%m%d-%H%M%S")
         self.every, self.flush_secs, self.probes = every, flush_secs, probes
         self.spike_config = spikes or SpikeConfig()
-        self.track_updates = track_updates
+        self.track_updates, self.updates_from = track_updates, updates_from
         self.track_softmax = track_softmax
         self.cos_every = cos_every
         self.softmax_every, self.param_every = softmax_every, param_every
@@ -356,6 +364,7 @@ class Lens(interception.ListenerBase):
                 every=self.every,
                 flush_secs=self.flush_secs,
                 track_updates=self.track_updates,
+                updates_from=self.updates_from,
                 spikes=self.spike_config,
                 signals=[Guarded(self._softmax, self._guard, SOFTMAX)] if self._softmax else [],
                 rank=self.dist.rank,
@@ -405,6 +414,7 @@ class Lens(interception.ListenerBase):
                 },
                 "probe_batches": self.probe_set.capacity,
                 "track_updates": self.track_updates,
+                "updates_from": self.updates_from,
                 "track_softmax": self.track_softmax,
                 "cos_every": self.cos_every,
                 "softmax_every": self.softmax_every,

@@ -198,6 +198,8 @@ def test_lens_rejects_bad_arguments(runs_dir):
         gradlens.Lens(every=0)
     with pytest.raises(ValueError, match="probes"):
         gradlens.Lens(probes="expensive")
+    with pytest.raises(ValueError, match="updates_from"):
+        gradlens.Lens(updates_from="nowhere")
     with pytest.raises(TypeError, match="model"):
         gradlens.Lens(model="not a model")
 

@@ -15,7 +15,12 @@ from gradlens.capture.updates import group_indices, optimizer_update, supported
 from gradlens.functional.norms import NormPlan, nonfinite_counts, tensor_norms
 from gradlens.instrument.distributed import is_sharded, local
 
-__all__ = ["NormSignal"]
+__all__ = ["UPDATE_SOURCES", "NormSignal"]
+
+# Where ‖Δθ‖ comes from on a sampled step: "copy" (−θ kept from the pre-step to the post-step:
+# 3 ops, fastest; a model-sized temporary over the optimizer step) or "optimizer" (rebuilt from
+# the optimizer's post-step state for SGD/Adam/AdamW: ~10 ops, no copy over the step).
+UPDATE_SOURCES = ("copy", "optimizer")
 
 
 class NormSignal(StepSignal):
@@ -49,7 +54,11 @@ class NormSignal(StepSignal):
         update_lag: int = 0,
         track_updates: bool = True,
         squared: bool = False,
+        updates_from: str = "copy",
     ) -> None:
+        if updates_from not in UPDATE_SOURCES:
+            raise ValueError(f"updates_from must be one of {UPDATE_SOURCES}, got {updates_from!r}")
+        self.updates_from = updates_from
         self.params = list(params)
         self.device = device
         self.update_lag = update_lag
@@ -222,7 +231,7 @@ class NormSignal(StepSignal):
         """The optimizer whose post-step state gives this step's Δθ exactly, else None (the
         copy path: other optimizers, AMP steps the optimizer may skip on the device, shards)."""
         optimizer = view.optimizer
-        if optimizer is None or self.sharded:
+        if self.updates_from != "optimizer" or optimizer is None or self.sharded:
             return None
         if view.grad_scale is not None or view.skipped is not None:
             return None

@@ -45,6 +45,7 @@ class StepRecorder:
         track_updates: bool = True,
         reduce_world: int = 1,
         signals: Sequence[StepSignal] = (),
+        updates_from: str = "copy",
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
@@ -65,6 +66,7 @@ class StepRecorder:
             update_lag=update_lag,
             track_updates=track_updates,
             squared=self.reduce,
+            updates_from=updates_from,
         )
         self.signals: list[StepSignal] = [LossSignal(), ScalerSignal(), self.norms, *signals]
         self.layout = Layout.of(

@@ -29,6 +29,7 @@ class Recorders:
         every: int,
         flush_secs: float,
         track_updates: bool,
+        updates_from: str,
         spikes: SpikeConfig,
         signals: Sequence[StepSignal],
         rank: int,
@@ -37,6 +38,7 @@ class Recorders:
     ) -> None:
         self.writer = writer
         self.every, self.flush_secs, self.track_updates = every, flush_secs, track_updates
+        self.updates_from = updates_from
         self.spikes, self.signals = spikes, list(signals)
         self.rank, self.world, self.on_stats = rank, world, on_stats
         self.device: str | None = None  # the first recorded parameter's, for meta.json
@@ -63,6 +65,7 @@ class Recorders:
             flush_secs=self.flush_secs,
             update_lag=update_lag,
             track_updates=self.track_updates,
+            updates_from=self.updates_from,
             reduce_world=self.world,
             signals=self.signals,
         )

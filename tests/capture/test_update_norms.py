@@ -12,7 +12,7 @@ from torch import nn
 import gradlens
 from gradlens.analysis.objective import Objective, batches_from_data
 from gradlens.capture import updates
-from gradlens.capture.norms import NormSignal
+from gradlens.capture.norms import UPDATE_SOURCES, NormSignal
 from gradlens.capture.signals import StepView
 
 STEPS = 30
@@ -70,7 +70,7 @@ def _run(name: str, dtype: torch.dtype, *, from_state: bool = True):
     params = [net.a.weight, net.a.bias, net.b.weight, net.b.bias, net.extra, net.unused]
     lr = 0.05 if kind is torch.optim.SGD else 1e-2
     opt = _optimizer(net, kind, options, lr)
-    signal = NormSignal(params, torch.device("cpu"))
+    signal = NormSignal(params, torch.device("cpu"), updates_from="optimizer")
     base = [group["lr"] for group in opt.param_groups]
     g = torch.Generator().manual_seed(1)
     rows = []
@@ -147,7 +147,7 @@ def test_copy_path_agrees_and_holds_its_copy_for_one_step_only():
 
 
 def _one_step(opt, params, *, keep: bool, signal: NormSignal | None = None):
-    signal = signal or NormSignal(params, torch.device("cpu"))
+    signal = signal or NormSignal(params, torch.device("cpu"), updates_from="optimizer")
     for p in params:
         p.grad = torch.ones_like(p)
     v = StepView(params, [], torch.device("cpu"), optimizer=opt, keep_update=keep)
@@ -196,7 +196,7 @@ def test_state_path_holds_nothing_and_keeps_the_update_for_probes():
 )
 def test_unsupported_optimizers_use_the_copy(make):
     params = [nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(2))]
-    signal = NormSignal(params, torch.device("cpu"))
+    signal = NormSignal(params, torch.device("cpu"), updates_from="optimizer")
     signal.before(StepView(params, [], torch.device("cpu"), optimizer=make(params)))
     assert signal._from_state is None and signal._saved is not None
 
@@ -204,12 +204,12 @@ def test_unsupported_optimizers_use_the_copy(make):
 def test_amp_steps_and_low_precision_parameters_use_the_copy():
     params = [nn.Parameter(torch.randn(3))]
     opt = torch.optim.Adam(params)
-    signal = NormSignal(params, torch.device("cpu"))
+    signal = NormSignal(params, torch.device("cpu"), updates_from="optimizer")
     for view in ({"grad_scale": torch.tensor(2.0)}, {"skipped": torch.tensor(0.0)}):
         signal.before(StepView(params, [], torch.device("cpu"), optimizer=opt, **view))
         assert signal._from_state is None
     half = [nn.Parameter(torch.randn(3, dtype=torch.bfloat16))]
-    signal = NormSignal(half, torch.device("cpu"))
+    signal = NormSignal(half, torch.device("cpu"), updates_from="optimizer")
     signal.before(StepView(half, [], torch.device("cpu"), optimizer=torch.optim.SGD(half, lr=1)))
     assert signal._from_state is None
 
@@ -225,7 +225,7 @@ def test_lr_in_a_cpu_tensor_is_read_off_the_state():
 # -- training is unchanged -----------------------------------------------------------------------
 
 
-def _train(make, watched: bool, runs_dir) -> dict[str, torch.Tensor]:
+def _train(make, watched: bool, runs_dir, source: str = "copy") -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     opt = make(model.parameters())
@@ -239,7 +239,10 @@ def _train(make, watched: bool, runs_dir) -> dict[str, torch.Tensor]:
             opt.step()
 
     if watched:
-        with gradlens.Lens(model, opt, runs_dir=runs_dir, param_every=1, every=10):
+        lens = gradlens.Lens(
+            model, opt, runs_dir=runs_dir, param_every=1, every=10, updates_from=source
+        )
+        with lens:
             loop()
     else:
         loop()
@@ -254,9 +257,10 @@ def _train(make, watched: bool, runs_dir) -> dict[str, torch.Tensor]:
     ],
     ids=["sgd-momentum", "adamw"],
 )
-def test_training_is_bitwise_unchanged(make, runs_dir):
+@pytest.mark.parametrize("source", UPDATE_SOURCES)
+def test_training_is_bitwise_unchanged(make, source, runs_dir):
     plain = _train(make, False, runs_dir)
-    watched = _train(make, True, runs_dir)
+    watched = _train(make, True, runs_dir, source)
     for key, value in plain.items():
         assert torch.equal(value, watched[key]), key
 
@@ -269,7 +273,8 @@ def test_training_is_bitwise_unchanged(make, runs_dir):
     ],
     ids=["adamw", "rmsprop"],
 )
-def test_a_probe_steps_back_along_last_update(make, runs_dir):
+@pytest.mark.parametrize("source", UPDATE_SOURCES)
+def test_a_probe_steps_back_along_last_update(make, source, runs_dir):
     """The landscape probe's ``update`` direction at α = −1 is the model before the step."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
@@ -277,7 +282,9 @@ def test_a_probe_steps_back_along_last_update(make, runs_dir):
     g = torch.Generator().manual_seed(1)
     options = {"every": 7, "dims": 1, "steps": 3, "directions": "update", "roughness": 0}
     seen, before = [], None
-    lens = gradlens.Lens(model, opt, runs_dir=runs_dir, probe_options={"landscape": options})
+    lens = gradlens.Lens(
+        model, opt, runs_dir=runs_dir, probe_options={"landscape": options}, updates_from=source
+    )
     with lens:
         for step in range(7):
             x = torch.randn(32, 6, generator=g)
@@ -321,6 +328,6 @@ def test_lr_in_an_accelerator_tensor_uses_the_copy():
     params = [nn.Parameter(torch.randn(3))]
     opt = torch.optim.Adam(params, lr=0.01)
     opt.param_groups[0]["lr"] = torch.tensor(0.01, device="meta")
-    signal = NormSignal(params, torch.device("cpu"))
+    signal = NormSignal(params, torch.device("cpu"), updates_from="optimizer")
     signal.before(StepView(params, [], torch.device("cpu"), optimizer=opt))
     assert signal._from_state is None and signal._saved is not None
