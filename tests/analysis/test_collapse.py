@@ -162,30 +162,15 @@ def test_language_model_targets_with_ignored_positions() -> None:
     assert got["num_samples"] == 4 * 25
 
 
-class _Recorder:
+class _Recorder(interception.ListenerBase):
     def __init__(self) -> None:
         self.events: list[str] = []
 
     def on_backward(self, tensor: Tensor) -> None:
         self.events.append("backward")
 
-    def after_backward(self) -> None:
-        pass
-
     def on_loss_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.events.append(name)
-
-    def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None:
-        pass
-
-    def before_scaler_step(self, scaler: Any, optimizer: Any) -> None:
-        pass
-
-    def after_scaler_step(self, scaler: Any, optimizer: Any) -> None:
-        pass
-
-    def on_optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
-        pass
 
 
 def test_recorded_batches_with_loss_inside_forward_are_invisible_to_interception() -> None:
