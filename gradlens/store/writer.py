@@ -132,10 +132,10 @@ class RunWriter:
         self._closed = True
         with HeldSignals():
             self._queue.put(_STOP_UNFOLDED if compact else _STOP)
-            self._thread.join()
+            _join(self._thread)
             self._stopping.set()  # a merge under way stops; compaction reads its inputs
             self._merges.put(None)
-            self._merger.join()
+            _join(self._merger)
             if compact:
                 for folder in self._folders():
                     self._guard(functools.partial(compact_table, folder, self.tag), folder.name)
@@ -312,6 +312,13 @@ class _Journal:
         finally:
             if not self._file.closed:
                 self._file.close()
+
+
+def _join(thread: threading.Thread) -> None:
+    """Wait for ``thread`` in short joins: a signal that lands just before a blocking wait
+    starts is otherwise only handled when the wait ends (its Ctrl-C would seem lost)."""
+    while thread.is_alive():
+        thread.join(0.05)
 
 
 def _mergeable(kept: Sequence[Segment]) -> list[Segment] | None:
