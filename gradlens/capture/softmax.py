@@ -102,8 +102,8 @@ class SoftmaxSignal(StepSignal):
             row = row.to(view.device, torch.float32, non_blocking=True)
             out.update({name: row[i : i + 1] for i, name in enumerate(SOFTMAX_STATS)})
         self._sum = self._max = self._count = None
-        sharded = is_sharded(view.params)  # a shard's cosine is not
-        if self.cos_every and view.step % self.cos_every == 0 and not sharded:  # the tensor's
+        due = self.cos_every and view.step % self.cos_every == 0
+        if due and not is_sharded(view.params):  # a shard's cosine is not the tensor's
             cos = grad_weight_cosine(view.params, view.grads(), include_global=True)
             cos = cos.to(view.device, torch.float32, non_blocking=True)
             out[_COS], out[_COS_ALL] = cos[:-1], cos[-1:]

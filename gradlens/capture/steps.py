@@ -172,16 +172,17 @@ class StepCapture(interception.ListenerBase):
         self.step = tracking.roles.decide(optimizer, tracked, self.step)
         loss = self._take_loss()  # what was backpropagated for this optimizer's step
         tracked.has_loss = loss is not None
+        probe_next = tracked.primary and self.due(self.step)  # a probe reads this step's Δθ
         tracked.recorder.before_update(
             loss,
             grad_scale=getattr(optimizer, "grad_scale", None),
             skipped=getattr(optimizer, "found_inf", None),
             amp_scale=scale,
-            sample=self._sampled(tracked),
+            sample=probe_next or self._sampled(tracked),
             step=self.step,
             primary=tracked.primary,
             optimizer=optimizer,
-            keep_update=tracked.primary and self.due(self.step),  # a probe reads Δθ
+            keep_update=probe_next,
         )
 
     def _capture_manual(self) -> None:
@@ -201,10 +202,10 @@ class StepCapture(interception.ListenerBase):
         self._last_end = time.perf_counter()  # a probe's time is not the next step's
 
     def _sampled(self, tracked: Tracked) -> bool:
-        """Whether this step also reads parameter and update norms (probes need Δθ)."""
-        if not tracked.primary:
-            return tracked.steps % self.param_every == 0
-        return self.due(self.step) or self.step % self.param_every == 0
+        """Whether this step reads parameter and update norms on the ``param_every`` schedule
+        (a step a probe follows is sampled too: it needs Δθ)."""
+        steps = self.step if tracked.primary else tracked.steps
+        return steps % self.param_every == 0
 
     def _take_loss(self) -> Tensor | None:
         loss, self._loss = self._loss, None
