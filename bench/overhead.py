@@ -14,15 +14,20 @@ parameter copy and a subtraction per step, `--no-updates` in `gradlens watch`), 
 ``.item()/layer`` baseline is the naive logger (one host sync per parameter tensor).
 ``+ops`` and ``+launches`` count what gradlens adds per optimizer step (deterministic): aten
 ops seen by a ``TorchDispatchMode`` on the CPU (launches = ops that are not views), CUDA
-kernels seen by ``torch.profiler`` on the GPU. Targets: ≤ 12 extra launches per step, flat in
-the number of tensors; ≤ 1.05 on CPU, ≤ 1.02 on GPU. Reference points on an H100 (issue #2):
-per-layer ``.item()`` capture 1.19×, wandb-style gradient histograms 1.63×, Cockpit
-"economy" 1.51×.
+kernels seen by ``torch.profiler`` on the GPU; ``accel`` counts on the CPU the code path an
+accelerator runs (without the CPU-only BLAS norms and exact non-finite counts, see
+``bench/hostcost.py``). ``hook ms`` is the time per step the training thread spends inside
+gradlens's entry points (on a GPU: Python and launches; on the CPU also the kernels), ``writer
+ms`` the writer thread's CPU time per step (decode, spikes, Parquet; it competes for the GIL).
+Targets: ≤ 12 extra launches per step, flat in the number of tensors; ≤ 1.05 on CPU, ≤ 1.02
+on GPU. Reference points on an H100 (issue #2): per-layer ``.item()`` capture 1.19×,
+wandb-style gradient histograms 1.63×, Cockpit "economy" 1.51×.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -34,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hostcost import HostTime, accelerator_path
 from models import make_case
 
 import gradlens
@@ -90,13 +96,26 @@ def _count(model, opt, batch, loss_fn, steps: int, device: str) -> tuple[float, 
     return count.total / steps, count.launches / steps
 
 
-def _added(model, opt, batch, loss_fn, device: str, runs_dir: Path) -> tuple[float, float]:
-    """Ops and launches gradlens adds per step, over 2 × 20 steps (sampled ones included)."""
+def _added(model, opt, batch, loss_fn, device: str, runs_dir: Path) -> tuple[float, ...]:
+    """(ops, launches, accelerator launches) gradlens adds per step, over 2 × 20 steps
+    (sampled ones included). On the CPU the last is counted on the accelerator's code path."""
     plain = _count(model, opt, batch, loss_fn, 40, device)
-    with gradlens.Lens(runs_dir=runs_dir, name="count"):
+    added = []
+    for path in (contextlib.nullcontext, accelerator_path):
+        with path(), gradlens.Lens(runs_dir=runs_dir, name="count"):
+            _train(model, opt, batch, loss_fn, 3, device)
+            watched = _count(model, opt, batch, loss_fn, 40, device)
+        added.append((watched[0] - plain[0], watched[1] - plain[1]))
+    return added[0][0], added[0][1], added[1][1]
+
+
+def _host(model, opt, batch, loss_fn, steps: int, device: str, runs_dir: Path) -> HostTime:
+    """Seconds in gradlens's hooks (training thread) and of writer CPU over ``steps`` steps."""
+    with HostTime() as host, gradlens.Lens(runs_dir=runs_dir, name="host", every=EVERY):
         _train(model, opt, batch, loss_fn, 3, device)
-        watched = _count(model, opt, batch, loss_fn, 40, device)
-    return watched[0] - plain[0], watched[1] - plain[1]
+        host.hooks = host.writer = 0.0
+        _train(model, opt, batch, loss_fn, steps, device)
+    return host
 
 
 def bench(case: str, device: str, steps: int, trials: int, runs_dir: Path) -> dict:
@@ -118,7 +137,8 @@ def bench(case: str, device: str, steps: int, trials: int, runs_dir: Path) -> di
                 out.append(_train(model, opt, batch, loss_fn, steps, device))
         naive.append(_item_per_layer(model, opt, batch, loss_fn, steps, device))
     p, w, u, n = (statistics.median(v) for v in (plain, watched, no_updates, naive))
-    ops, launches = _added(model, opt, batch, loss_fn, device, runs_dir)
+    ops, launches, accelerator = _added(model, opt, batch, loss_fn, device, runs_dir)
+    host = _host(model, opt, batch, loss_fn, steps, device, runs_dir)
     return {
         "case": case,
         "device": device,
@@ -130,6 +150,9 @@ def bench(case: str, device: str, steps: int, trials: int, runs_dir: Path) -> di
         "item_ratio": n / p,
         "extra_ops": ops,
         "extra_launches": launches,
+        "accelerator_launches": accelerator,
+        "hook_ms": host.hooks / steps * 1e3,
+        "writer_ms": host.writer / steps * 1e3,
     }
 
 
@@ -151,7 +174,7 @@ def main() -> None:
     header = (
         f"{'case':<10} {'device':<6} {'tensors':>7} {'plain ms':>9} {'gradlens ms':>11} "
         f"{'ratio':>6} {'target':>6} {'no-updates':>10} {'.item()/layer':>13} "
-        f"{'+ops':>6} {'+launches':>9}"
+        f"{'+ops':>6} {'+launches':>9} {'accel':>5} {'hook ms':>7} {'writer ms':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -163,7 +186,8 @@ def main() -> None:
                 f"{r['case']:<10} {r['device']:<6} {r['tensors']:>7} {r['plain_ms']:>9.2f} "
                 f"{r['watched_ms']:>11.2f} {r['ratio']:>6.3f} {target:>6.2f} "
                 f"{r['no_updates_ratio']:>10.3f} {r['item_ratio']:>13.3f} "
-                f"{r['extra_ops']:>6.1f} {r['extra_launches']:>9.1f}",
+                f"{r['extra_ops']:>6.1f} {r['extra_launches']:>9.1f} "
+                f"{r['accelerator_launches']:>5.1f} {r['hook_ms']:>7.3f} {r['writer_ms']:>9.3f}",
                 flush=True,
             )
 

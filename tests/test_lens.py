@@ -261,16 +261,28 @@ def test_sampled_parameter_norms_and_softmax(runs_dir):
     assert sorted(softmax.step) == [0, 20]
 
 
-def test_dispatch_count_per_step_is_flat_in_the_number_of_tensors(runs_dir):
+@pytest.mark.parametrize("path", ["cpu", "accelerator"])
+def test_dispatch_count_per_step_is_flat_in_the_number_of_tensors(runs_dir, monkeypatch, path):
     """The capture's cost floor, counted (deterministic): extra aten ops per optimizer step
-    with the default capture, the same for 4 and for 34 parameter tensors."""
+    with the default capture, the same for 4 and for 34 parameter tensors. ``accelerator``
+    runs, on the CPU, the code an accelerator runs (no BLAS norms of large tensors, no exact
+    non-finite counts; see bench/hostcost.py), with tensors large enough for the BLAS path."""
     from gradlens.capture.cost import DispatchCount
+    from gradlens.capture.norms import NormSignal
+    from gradlens.functional.norms import NormPlan
+
+    width = 16
+    if path == "accelerator":
+        monkeypatch.setattr(NormPlan, "BLAS_MIN_NUMEL", 1 << 62)
+        monkeypatch.setattr(NormSignal, "CPU_COUNTS", False)
+        width = 256  # 65,536 weights: the CPU path would take a BLAS dot per tensor
 
     def launches(layers: int, watched: bool, steps: int = 40) -> float:
         torch.manual_seed(0)
-        model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(layers)], nn.Linear(16, 3))
+        hidden = [nn.Linear(width, width) for _ in range(layers)]
+        model = nn.Sequential(*hidden, nn.Linear(width, 3))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-        x, y = torch.randn(32, 16), torch.randint(0, 3, (32,))
+        x, y = torch.randn(32, width), torch.randint(0, 3, (32,))
         lens = gradlens.Lens(runs_dir=runs_dir) if watched else None
         if lens:
             lens.start()

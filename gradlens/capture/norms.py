@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -45,6 +45,9 @@ class NormSignal(StepSignal):
         Slot("grad_norm_clipped"),
         Slot("clip_coef"),
     )
+    # On the CPU, where reading a number is free, count non-finite entries on a step whose
+    # norms are not finite; elsewhere (and with this off) flag them from the norms alone.
+    CPU_COUNTS = True
 
     def __init__(
         self,
@@ -77,7 +80,7 @@ class NormSignal(StepSignal):
         n, f32 = len(self.params), torch.float32
         self._zeros = torch.zeros(n, dtype=f32, device=device)
         self._nans = torch.full((n,), math.nan, dtype=f32, device=device)
-        self._cpu_nonfinite = device.type == "cpu"
+        self._cpu_nonfinite = self.CPU_COUNTS and device.type == "cpu"
         # FSDP2 shards are DTensors: the foreach math runs on their local tensors.
         self.sharded = is_sharded(self.params)
         self._norms = NormPlan(self._values())
@@ -193,12 +196,13 @@ class NormSignal(StepSignal):
         return pre, clipped, coef
 
     def _grads(self) -> tuple[list[Tensor], list[int]]:
-        grads, missing = [], []
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                missing.append(i)
-            else:
-                grads.append(local(p.grad) if self.sharded else p.grad)
+        """(the gradients there are, positions of the parameters without one). Two list
+        comprehensions: ``None in grads`` would call ``Tensor.__eq__`` on every gradient."""
+        all_grads = [p.grad for p in self.params]
+        missing = [i for i, g in enumerate(all_grads) if g is None]
+        grads = [g for g in all_grads if g is not None] if missing else cast(Any, all_grads)
+        if self.sharded:
+            grads = [local(g) for g in grads]
         return grads, missing
 
     def _expand(self, values: Tensor, missing: list[int]) -> Tensor:
