@@ -103,6 +103,13 @@ class Preset(StrEnum):
     full = "full"
 
 
+class UpdatesFrom(StrEnum):
+    """``gradlens.capture.norms.UPDATE_SOURCES`` (tested equal; the CLI starts without torch)."""
+
+    copy = "copy"
+    optimizer = "optimizer"
+
+
 class StatusMode(StrEnum):
     auto = "auto"
     live = "live"
@@ -160,6 +167,14 @@ def watch(
             help="Record update norms ‖Δθ‖ (one parameter copy per sampled step).",
         ),
     ] = True,
+    updates_from: Annotated[
+        UpdatesFrom,
+        typer.Option(
+            metavar="copy|optimizer",
+            help="Where ‖Δθ‖ comes from: a copy of θ held over a sampled step (fewest kernels), "
+            "or the optimizer's state (SGD, Adam, AdamW: no copy; others use the copy).",
+        ),
+    ] = UpdatesFrom.copy,
     param_every: Annotated[
         int,
         typer.Option(
@@ -205,6 +220,7 @@ def watch(
         probes=probes.value,
         status=status.value,
         track_updates=updates,
+        updates_from=updates_from.value,
         param_every=param_every,
         softmax_every=softmax_every,
         cos_every=softmax_every,

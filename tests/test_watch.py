@@ -16,8 +16,8 @@ from tests.conftest import EXAMPLES, SCRIPTS, cli_env, gradlens_cli
 pytestmark = pytest.mark.slow
 
 
-def _watch(runs_dir, script, *args, name=None, every=10):
-    opts = ["--runs-dir", str(runs_dir), "--status", "off", "--every", str(every)]
+def _watch(runs_dir, script, *args, name=None, every=10, options=()):
+    opts = ["--runs-dir", str(runs_dir), "--status", "off", "--every", str(every), *options]
     if name:
         opts += ["--name", name]
     return gradlens_cli("watch", *opts, str(script), *args)
@@ -47,9 +47,10 @@ def test_compiled_model(runs_dir, backend):
     assert set(run.table("layers").layer) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
-def test_watch_does_not_change_training(tmp_path, runs_dir):
+@pytest.mark.parametrize("updates_from", ["copy", "optimizer"])
+def test_watch_does_not_change_training(tmp_path, runs_dir, updates_from):
     """Bitwise-identical parameters and buffers with and without gradlens (spawn workers,
-    dropout, BatchNorm, AdamW, accumulation, a scheduler)."""
+    dropout, BatchNorm, AdamW, accumulation, a scheduler), whichever way ‖Δθ‖ is read."""
     plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
     script = SCRIPTS / "invariance.py"
     ref = subprocess.run(
@@ -60,7 +61,8 @@ def test_watch_does_not_change_training(tmp_path, runs_dir):
         timeout=300,
     )
     assert ref.returncode == 0, ref.stderr
-    result = _watch(runs_dir, script, str(watched), every=3)
+    options = ("--updates-from", updates_from, "--param-every", "3")
+    result = _watch(runs_dir, script, str(watched), every=3, options=options)
     assert result.returncode == 0, result.stderr
     a, b = torch.load(plain), torch.load(watched)
     assert a.keys() == b.keys()
@@ -70,6 +72,10 @@ def test_watch_does_not_change_training(tmp_path, runs_dir):
     assert run.steps == 16  # 2 epochs × 16 batches / 2 accumulation steps
     samples = run.table("scalars", filters=[("metric", "==", "samples_per_s")])
     assert len(samples) > 0
+    assert run.meta["config"]["updates_from"] == updates_from
+    updates = run.table("layers", filters=[("metric", "==", "update_norm")])
+    assert sorted(set(updates.step)) == list(range(0, 16, 3))
+    assert (updates.value > 0).all()
 
 
 def test_script_exception_exits_1_marks_failed_and_keeps_rows(runs_dir):

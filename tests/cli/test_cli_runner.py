@@ -149,6 +149,7 @@ def test_ls_lists_every_run_from_its_argument_or_gradlens_dir_and_takes_threshol
         (["watch", "--every", "0", "train.py"], "--every"),
         (["watch", "--probes", "expensive", "train.py"], "'expensive'"),
         (["watch", "--status", "loud", "train.py"], "'loud'"),
+        (["watch", "--updates-from", "memory", "train.py"], "'memory'"),
         (["watch"], "SCRIPT"),
         (["dashboard", SAMPLES, "--port", "70000"], "--port"),
         (["nosuchcommand"], "nosuchcommand"),

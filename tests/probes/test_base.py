@@ -133,3 +133,11 @@ def test_presets_are_defined_once():
     assert PRESETS is PRESET_ORDER
     assert tuple(p.value for p in Preset) == PRESET_ORDER
     assert {cls.preset for cls in map(type, make_probes("full"))} <= set(PRESET_ORDER)
+
+
+def test_cli_update_sources_are_the_norm_signals():
+    """The CLI's ``--updates-from`` choices are ``NormSignal``'s (the CLI starts without torch)."""
+    from gradlens.capture.norms import UPDATE_SOURCES
+    from gradlens.cli.main import UpdatesFrom
+
+    assert tuple(u.value for u in UpdatesFrom) == UPDATE_SOURCES
