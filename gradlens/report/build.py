@@ -19,6 +19,7 @@ from gradlens.report.data import RunData
 from gradlens.report.evaluation import evaluation_dict
 from gradlens.report.findings import Finding, severity_rank
 from gradlens.report.rules import RULES
+from gradlens.report.sampling import Sampling
 from gradlens.report.summary import RunSummary, summary_of
 from gradlens.store import Run
 
@@ -64,6 +65,8 @@ class Report:
     sections: list[Section]
     summary: RunSummary  # the numbers watch, compare, ls and the dashboard show too
     evaluation: dict[str, Any] | None = None  # evaluation.evaluation_dict; None: no eval rows
+    # the metrics recorded every few steps (table → metric → steps); empty: all every step
+    sampling: Sampling = field(default_factory=dict)
 
     @property
     def worst(self) -> str | None:
@@ -126,6 +129,7 @@ def build_report(run: Run, config: ReportConfig | None = None) -> Report:
         sections=sections,
         summary=summary,
         evaluation=evaluation_dict(data.evaluation),
+        sampling=data.sampling,
     )
 
 
@@ -173,16 +177,24 @@ def _downsample(series: pd.Series, points: int = SPARK_POINTS) -> list[float]:
 
 def _layer_rankings(data: RunData, fraction: float) -> dict[str, list[tuple[str, float]]]:
     """Per metric: the tensors with the largest and the smallest median over the last window
-    (disjoint lists: with few tensors, each gets half), and those whose median is non-finite
-    (kept out of the ranking rather than shown as a number)."""
+    of each one's recorded steps (disjoint lists: with few tensors, each gets half), and those
+    whose median is non-finite (kept out of the ranking rather than shown as a number).
+
+    A recorded NaN/Inf counts as non-finite; a step a tensor was not recorded at (a sampled
+    metric, a second optimizer's layers) is not a value at all.
+    """
     out: dict[str, list[tuple[str, float]]] = {}
     for metric in ("grad_norm", "update_ratio"):
-        frame = data.layer_metric(metric)
-        if frame.empty:
+        windows = data.layer_windows(metric, fraction)
+        if not windows:
             continue
-        window = data.last_window(frame, fraction).astype(float)
-        window = window.where(np.isfinite(window), np.inf)  # NaN/Inf norms rank as non-finite
-        median = window.median().sort_values()
+        median = pd.Series(
+            {
+                layer: float(window.where(np.isfinite(window), np.inf).median())
+                for layer, window in windows.items()
+            },
+            dtype=float,
+        ).sort_values()
         ranked = median[np.isfinite(median)]
         broken = median[~np.isfinite(median)]
         shown = min(RANKED, (len(ranked) + 1) // 2)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from gradlens.report.evaluation import EVAL_METRICS, Evaluation, evaluation_of
+from gradlens.report.sampling import Sampling, sampling_of
 from gradlens.store import Run
 
 __all__ = ["RunData", "smooth"]
+
+FrameT = TypeVar("FrameT", pd.DataFrame, pd.Series)
 
 
 def smooth(values: pd.Series, window: int) -> pd.Series:
@@ -23,6 +27,7 @@ class RunData:
 
     def __init__(self, run: Run) -> None:
         self.run = run
+        self._tables: dict[str, pd.DataFrame] = {}
 
     @cached_property
     def scalars(self) -> pd.DataFrame:
@@ -73,27 +78,76 @@ class RunData:
 
     @cached_property
     def _layers(self) -> dict[str, pd.DataFrame]:
+        out = {}
+        for metric, rows in self._layer_rows.items():
+            # pivot, not pivot_table: a NaN norm is a recorded value, not a missing one
+            wide = rows.pivot(index="step", columns="layer", values="value").sort_index()
+            out[metric] = wide[[c for c in self._layer_order if c in wide.columns]]
+        return out
+
+    @cached_property
+    def _layer_order(self) -> list[str]:
+        """Layer names in the order first seen (the model's order)."""
+        df = self.run.table("layers")
+        return list(pd.unique(df["layer"])) if not df.empty else []
+
+    @cached_property
+    def _layer_rows(self) -> dict[str, pd.DataFrame]:
+        """Per metric: its rows (step, layer, value), the last one of each (step, layer)."""
         df = self.run.table("layers")
         if df.empty:
             return {}
-        order = list(dict.fromkeys(df["layer"]))
+        return {
+            str(metric): part.drop_duplicates(["step", "layer"], keep="last")
+            for metric, part in df.groupby("metric", sort=False)
+        }
+
+    def layer_windows(self, metric: str, fraction: float) -> dict[str, pd.Series]:
+        """Per layer, its recorded values (NaN included) over the last ``fraction`` of its own
+        recorded steps, by step.
+
+        Each layer on its own: a sampled metric (every ``param_every`` steps) and the layers of
+        a second optimizer (its own step count) are not recorded at every step of the run, so
+        a shared step window would hold gaps that read as missing or non-finite values.
+        """
+        rows = self._layer_rows.get(metric)
+        if rows is None:
+            return {}
+        parts = dict(list(rows.groupby("layer", sort=False, observed=True)))
         out = {}
-        for metric, part in df.groupby("metric", sort=False):
-            # pivot, not pivot_table: a NaN norm is a recorded value, not a missing one
-            last = part.drop_duplicates(["step", "layer"], keep="last")
-            wide = last.pivot(index="step", columns="layer", values="value").sort_index()
-            out[str(metric)] = wide[[c for c in order if c in wide.columns]]
+        for layer in self._layer_order:
+            if layer in parts:
+                series = parts[layer].set_index("step")["value"].astype(float).sort_index()
+                out[str(layer)] = self.last_window(series, fraction)
         return out
+
+    @cached_property
+    def sampling(self) -> Sampling:
+        """The metrics of this run recorded every few steps (table → metric → steps)."""
+        present = {"layers": set(self._layer_rows)}
+        softmax = self.table("softmax")
+        if "metric" in softmax:
+            present["softmax"] = set(softmax["metric"].astype(str))
+        return sampling_of(self.run.meta, present)
 
     @property
     def steps(self) -> int:
         return self.run.steps
 
-    def last_window(self, frame: pd.DataFrame, fraction: float) -> pd.DataFrame:
-        """The last ``fraction`` of the rows (at least one)."""
-        n = max(1, int(np.ceil(len(frame) * fraction)))
-        return frame.iloc[-n:]
+    def last_window(self, frame: FrameT, fraction: float) -> FrameT:
+        """The rows of the last ``fraction`` of the steps ``frame`` spans (at least its last
+        row): the last ``fraction`` of the rows of a per-step frame, and the same span of
+        steps for a frame recorded every few steps."""
+        if len(frame) == 0:
+            return frame
+        first, last = int(frame.index.min()), int(frame.index.max())
+        span = max(1, int(np.ceil((last - first + 1) * fraction)))
+        window = frame[frame.index > last - span]
+        return window if len(window) else frame.iloc[-1:]
 
     def table(self, name: str) -> pd.DataFrame:
-        """Any other table (probes), empty when absent."""
-        return self.run.table(name) if self.run.has_table(name) else pd.DataFrame()
+        """Any other table (probes), empty when absent; read once."""
+        if name not in self._tables:
+            has = self.run.has_table(name)
+            self._tables[name] = self.run.table(name) if has else pd.DataFrame()
+        return self._tables[name]

@@ -55,6 +55,7 @@ def report_dict(report: Report) -> dict[str, Any]:
                 for s in report.sections
             ],
             "evaluation": report.evaluation,
+            "sampling": report.sampling,
         }
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gradlens.report.build import Report, exit_code
 from gradlens.report.format import duration, loss_value, number, sparkline
+from gradlens.report.sampling import sampling_note
 from gradlens.report.summary import DEFINITIONS, health_text
 
 __all__ = ["MAX_BYTES", "render_markdown"]
@@ -62,6 +63,9 @@ def render_markdown(report: Report) -> str:
         lines += [f"### {section.title}", "", "| | |", "|---|---|"]
         lines += [f"| {_cell(label)} | {_cell(value)} |" for label, value in section.rows]
         lines.append("")
+    note = sampling_note(report.sampling)
+    if note:
+        lines += [f"_sampled: {_cell(note)} (the rest every step)_", ""]
     text = "\n".join(lines) + "\n"
     if len(text.encode()) > MAX_BYTES:
         text = text.encode()[:MAX_BYTES].decode(errors="ignore") + "\n\n(truncated)\n"

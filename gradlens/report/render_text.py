@@ -13,6 +13,7 @@ from rich.text import Text
 
 from gradlens.report.build import Report, exit_code
 from gradlens.report.format import duration, loss_value, number, sparkline, timestamp
+from gradlens.report.sampling import sampling_note
 from gradlens.report.summary import DEFINITIONS, RunSummary, health_text
 
 __all__ = [
@@ -54,6 +55,9 @@ def report_renderable(report: Report) -> RenderableType:
         for label, value in section.rows:
             table.add_row(Text(label), Text(value))
         parts += [table, Text()]
+    note = sampling_note(report.sampling)
+    if note:
+        parts += [Text(f"sampled: {note} (the rest every step)", style="dim"), Text()]
     parts.append(_verdict(report))
     return Group(*parts)
 

@@ -18,6 +18,7 @@ from gradlens.report.config import Thresholds
 from gradlens.report.data import RunData, smooth
 from gradlens.report.evaluation import eval_noise
 from gradlens.report.findings import Finding
+from gradlens.report.sampling import every_label, every_of
 
 __all__ = ["RULES", "Rule", "rule"]
 
@@ -413,43 +414,45 @@ def vanishing_layers(data: RunData, t: Thresholds) -> list[Finding]:
 
 @rule("update_ratio", "update/parameter ratios ‖Δθ‖/‖θ‖ within range", needs=("layers",))
 def update_ratio(data: RunData, t: Thresholds) -> list[Finding]:
-    ratio = data.layer_metric("update_ratio")
-    if ratio.empty:
-        return []
-    window = data.last_window(ratio, t.window_fraction)
-    median = window.median()
+    """Each layer's median over the last window of its own recorded steps: ‖Δθ‖/‖θ‖ is
+    sampled (every ``param_every`` steps), and a second optimizer's layers count its steps."""
+    every = every_of(data.sampling, "layers", "update_ratio")
+    too_large, too_small = [], []
+    for layer, window in data.layer_windows("update_ratio", t.window_fraction).items():
+        value = float(window.median())
+        if value > t.update_ratio_max:
+            too_large.append((layer, window, value))
+        elif value < t.update_ratio_min:
+            too_small.append((layer, window, value))
     findings = []
-    for layer, value in median[median > t.update_ratio_max].items():
-        findings.append(
-            Finding(
-                "update_ratio",
-                "warning",
-                "updates too large for the weights",
-                f"{layer}: median ‖Δθ‖/‖θ‖ {value:.3g} over the last {len(window)} steps "
-                f"(limit {t.update_ratio_max:g})",
-                int(window.index.min()),
-                int(window.index.max()),
-                str(layer),
-                float(value),
-                t.update_ratio_max,
+    for found, message, limit in (
+        (too_large, "updates too large for the weights", t.update_ratio_max),
+        (too_small, "weights barely move", t.update_ratio_min),
+    ):
+        for layer, window, value in found:
+            findings.append(
+                Finding(
+                    "update_ratio",
+                    "warning",
+                    message,
+                    f"{layer}: median ‖Δθ‖/‖θ‖ {value:.3g} {_over(window, every)} "
+                    f"(limit {limit:g})",
+                    int(window.index.min()),
+                    int(window.index.max()),
+                    layer,
+                    value,
+                    limit,
+                )
             )
-        )
-    for layer, value in median[median < t.update_ratio_min].items():
-        findings.append(
-            Finding(
-                "update_ratio",
-                "warning",
-                "weights barely move",
-                f"{layer}: median ‖Δθ‖/‖θ‖ {value:.3g} over the last {len(window)} steps "
-                f"(limit {t.update_ratio_min:g})",
-                int(window.index.min()),
-                int(window.index.max()),
-                str(layer),
-                float(value),
-                t.update_ratio_min,
-            )
-        )
     return findings[:MAX_FINDINGS_PER_RULE]
+
+
+def _over(window: pd.Series, every: int) -> str:
+    """``over the last 40 steps``, or for a sampled metric the steps its samples span."""
+    if every <= 1:
+        return f"over the last {len(window)} steps"
+    first, last = int(window.index.min()), int(window.index.max())
+    return f"over steps {first}–{last} ({len(window)} samples, {every_label(every)})"
 
 
 # -- loss trend ----------------------------------------------------------------------------------
@@ -567,6 +570,8 @@ def softmax_collapse(data: RunData, t: Thresholds) -> list[Finding]:
     if len(over) < t.softmax_collapse_min_steps:
         return []  # a single saturated step (e.g. right after a spike) is not a regime
     first = int(over.index.min())
+    every = every_of(data.sampling, "softmax", "saturated_fraction")
+    recorded = "steps" if every <= 1 else f"recorded steps ({every_label(every)})"
     return [
         Finding(
             "softmax_collapse",
@@ -574,7 +579,7 @@ def softmax_collapse(data: RunData, t: Thresholds) -> list[Finding]:
             "softmax collapse",
             f"{fraction.max():.1%} of samples saturated (softmax exactly one-hot, zero "
             f"gradient) at peak; above {t.softmax_collapse_fraction:.0%} in {len(over)} of "
-            f"{len(fraction)} steps, from step {first}",
+            f"{len(fraction)} {recorded}, from step {first}",
             first,
             int(over.index.max()),
             None,

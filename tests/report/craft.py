@@ -24,10 +24,12 @@ def craft_run(
     meta: dict | None = None,
     rows: list[tuple[int, str, int, float]] | None = None,
     user: list[tuple[int, str, float]] | None = None,
+    layer_rows: list[tuple[int, str, str, float]] | None = None,
 ) -> Path:
     """``loss``: per-step values; ``layers``: metric → (steps × layers) array; ``rows``: more
     scalars rows (step, metric, index, value), e.g. from :func:`eval_rows`; ``user``: rows of
-    the ``user`` table (step, metric, value), as ``gradlens.log`` writes them."""
+    the ``user`` table (step, metric, value), as ``gradlens.log`` writes them; ``layer_rows``:
+    more ``layers`` rows (step, layer, metric, value), e.g. of a metric sampled every k steps."""
     run_dir = create_run_dir(runs_dir, name)
     steps = len(loss) if loss is not None else next(iter((layers or {}).values())).shape[0]
     write_meta(
@@ -75,6 +77,9 @@ def craft_run(
                     rows["metric"].append(metric)
                     rows["value"].append(float(values[step, i]))
         writer.write("layers", rows)
+    if layer_rows:
+        keys = ("step", "layer", "metric", "value")
+        writer.write("layers", {k: [r[i] for r in layer_rows] for i, k in enumerate(keys)})
     if events:
         full = [
             {
