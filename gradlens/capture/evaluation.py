@@ -31,7 +31,6 @@ the rows are rank 0's evaluation.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,12 +39,12 @@ from torch import Tensor
 from torch.nn import _reduction
 
 from gradlens.capture.host_copy import copy_to_host
+from gradlens.store.writer import Sink
 
 __all__ = ["METRICS", "EvalMetrics", "eval_term"]
 
 METRICS = ("eval_loss", "eval_accuracy", "eval_samples")
 
-Sink = Callable[[Callable[[], dict[str, dict[str, Any]]]], None]
 Number = Tensor | float | int
 
 _CLASSIFIERS = ("cross_entropy", "nll_loss")

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from gradlens.capture.evaluation import EvalMetrics
-from gradlens.capture.user import Sink, UserMetrics
+from gradlens.capture.user import UserMetrics
 from gradlens.instrument.guard import Guard
+from gradlens.store.writer import Sink
 
 __all__ = ["EVAL", "USER", "ScriptMetrics"]
 

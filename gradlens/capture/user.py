@@ -9,10 +9,9 @@ from typing import Any
 from torch import Tensor
 
 from gradlens.capture.host_copy import copy_to_host
+from gradlens.store.writer import Sink
 
 __all__ = ["UserMetrics"]
-
-Sink = Callable[[Callable[[], dict[str, dict[str, Any]]]], None]
 
 
 class UserMetrics:

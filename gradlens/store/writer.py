@@ -51,6 +51,7 @@ __all__ = [
     "ROW_GROUP_MIN",
     "Rows",
     "RunWriter",
+    "Sink",
     "compact_table",
     "merge_segments",
     "sorted_for_reads",
@@ -60,6 +61,7 @@ __all__ = [
 # table name -> column name -> values; or (table, columns) pairs where a table repeats
 Rows = Mapping[str, Mapping[str, Any]] | Sequence[tuple[str, Mapping[str, Any]]]
 Job = Callable[[], Rows]
+Sink = Callable[[Job], None]  # where jobs go: RunWriter.submit, or a test's list.append
 
 _STOP = object()  # fold the journals and stop
 _STOP_UNFOLDED = object()  # stop with the journals closed as they are (compaction reads them)
