@@ -170,6 +170,7 @@ class StepCapture(interception.ListenerBase):
         if tracked is None:
             return
         self.step = tracking.roles.decide(optimizer, tracked, self.step)
+        tracking.follow(optimizer, tracked)  # parameters unfrozen or added since its last step
         loss = self._take_loss()  # what was backpropagated for this optimizer's step
         tracked.has_loss = loss is not None
         probe_next = tracked.primary and self.due(self.step)  # a probe reads this step's Δθ

@@ -2,10 +2,15 @@
 
 An optimizer is tracked at its first captured step: its trainable parameters get a
 :class:`~gradlens.capture.recorder.StepRecorder` and names from the modules that own them
-(``instrument.discovery``). A script that updates parameters by hand (no optimizer) is tracked
-as one manual-update set over the models seen in forward. The models found are handed to
-``watch`` (the class-level root-call wrapper, ``instrument.roots``) so their calls are
-counted; nothing is attached to the user's objects.
+(``instrument.discovery``). Parameters that join its steps later — a frozen backbone unfrozen
+with ``requires_grad_(True)``, a group added by ``add_param_group`` — are recorded from the
+step they join: the rows so far are handed over and a new recorder covers the new set (its
+spike baselines start afresh: the gradient it sees is a different one).
+
+A script that updates parameters by hand (no optimizer) is tracked as one manual-update set
+over the models seen in forward. The models found are handed to ``watch`` (the class-level
+root-call wrapper, ``instrument.roots``) so their calls are counted; nothing is attached to
+the user's objects.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +34,33 @@ __all__ = ["Tracking"]
 
 # (parameters, names, serial, update_lag) → the recorder and the decoder of its rows
 MakeRecorder = Callable[[list[Tensor], list[str], int, int], tuple[StepRecorder, ChunkDecoder]]
+
+
+@dataclass
+class _Membership:
+    """What an optimizer held when its recorder was made; a change may bring new parameters."""
+
+    groups: int  # len(param_groups)
+    count: int  # parameters over all groups
+    frozen: list[Tensor]  # those without ``requires_grad`` (not recorded)
+
+    @classmethod
+    def of(cls, optimizer: torch.optim.Optimizer) -> tuple[list[Tensor], _Membership]:
+        """(the trainable parameters, the membership) of ``optimizer`` now."""
+        everything = [p for g in optimizer.param_groups for p in g["params"]]
+        trainable = [p for p in everything if p.requires_grad]
+        frozen = [p for p in everything if not p.requires_grad]
+        return trainable, cls(len(optimizer.param_groups), len(everything), frozen)
+
+    def same(self, optimizer: torch.optim.Optimizer) -> bool:
+        """No group added, no parameter added or removed, none of the frozen ones unfrozen:
+        a few attribute reads per step (one per frozen parameter)."""
+        groups = optimizer.param_groups
+        return (
+            len(groups) == self.groups
+            and sum(len(g["params"]) for g in groups) == self.count
+            and not any(p.requires_grad for p in self.frozen)
+        )
 
 
 class Tracking:
@@ -51,6 +84,7 @@ class Tracking:
         self.hyperparameters: list[dict[str, Any]] = []  # per optimizer, for meta.json
         self.root_calls = 0  # calls of a watched model seen so far
         self._serials = 0
+        self._members: dict[int, _Membership] = {}  # by serial
         self._unowned: set[int] = set()  # id() of clipped tensors no optimizer owns
 
     def start(self) -> None:
@@ -90,7 +124,7 @@ class Tracking:
             return tracked
         if not self.auto and all(optimizer is not o for o in self.optimizers):
             return None  # explicit mode: only the optimizers the Lens was given
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        params, membership = _Membership.of(optimizer)
         if not params:
             return None
         self.settle_discovery()
@@ -105,10 +139,27 @@ class Tracking:
         names = self._names(params, optimizer)
         recorder, decoder = self.make(params, names, self._serials, 0)
         tracked = Tracked(recorder, decoder, self._serials, ids=frozenset(map(id, params)))
+        self._members[self._serials] = membership
         self.roles.add(optimizer, tracked)
         self.hyperparameters.append(hyperparameters(optimizer, self._serials))
         self.known.add(optimizer)
         return tracked
+
+    def follow(self, optimizer: torch.optim.Optimizer, tracked: Tracked) -> None:
+        """At each captured step of a tracked optimizer: parameters that joined its steps since
+        its recorder was made are recorded from this step on (by a new recorder, the rows so
+        far handed over)."""
+        membership = self._members.get(tracked.serial)
+        if membership is None or membership.same(optimizer):
+            return
+        params, self._members[tracked.serial] = _Membership.of(optimizer)
+        old = tracked.recorder.params
+        if not params or (len(params) == len(old) and all(p is q for p, q in zip(params, old))):
+            return
+        tracked.recorder.flush()
+        names = self._names(params, optimizer)
+        tracked.recorder, tracked.decoder = self.make(params, names, tracked.serial, 0)
+        tracked.ids = frozenset(map(id, params))
 
     def track_manual(self) -> Tracked | None:
         """The manual-update set (every trainable parameter of the models seen in forward)."""

@@ -1,0 +1,84 @@
+"""Parameters that join an optimizer's step mid-run — a frozen backbone unfrozen
+(``requires_grad_``) or a new ``add_param_group`` — are recorded from that step on
+(oracle: the per-tensor gradient norms computed in the loop)."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradlens
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _train(runs_dir, how: str, explicit: bool):
+    gc.collect()  # auto mode finds optimizers through gc: none left from an earlier test
+    model = _model()
+    backbone, head = model[0], model[2]
+    backbone.requires_grad_(False)
+    if how == "add_param_group":
+        opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+    expected: list[dict[str, float]] = []
+    given = (model, opt) if explicit else ()
+    with gradlens.Lens(*given, runs_dir=runs_dir, name=how) as lens:
+        for step in range(6):
+            if step == 3:
+                backbone.requires_grad_(True)
+                if how == "add_param_group":
+                    opt.add_param_group({"params": backbone.parameters(), "lr": 0.01})
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            expected.append(
+                {
+                    n: p.grad.double().norm().item()
+                    for n, p in model.named_parameters()
+                    if p.grad is not None
+                }
+            )
+            opt.step()
+    return gradlens.open_run(lens.run_dir), expected
+
+
+@pytest.mark.parametrize("explicit", [True, False], ids=["explicit", "auto"])
+@pytest.mark.parametrize("how", ["add_param_group", "requires_grad"])
+def test_unfrozen_parameters_recorded_from_their_first_step(runs_dir, how, explicit):
+    run, expected = _train(runs_dir, how, explicit)
+    layers = run.table("layers", filters=[("metric", "==", "grad_norm")])
+    table = layers.pivot(index="step", columns="layer", values="value")
+    assert set(table.columns) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert table.index.tolist() == list(range(6))
+    for step, norms in enumerate(expected):
+        for name in table.columns:
+            if step < 3 and name.startswith("0."):
+                assert np.isnan(table.loc[step, name]), (step, name)  # not recorded yet
+            else:
+                assert table.loc[step, name] == pytest.approx(norms[name], rel=1e-5)
+    total = run.table("scalars", filters=[("metric", "==", "grad_norm")]).sort_values("step")
+    oracle = [np.linalg.norm(list(n.values())) for n in expected]
+    np.testing.assert_allclose(total.value.to_numpy(), oracle, rtol=1e-5)
+
+
+def test_unchanged_optimizer_keeps_its_recorder(runs_dir):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.Lens(model, opt, runs_dir=runs_dir) as lens:
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(4, 5)).sum().backward()
+            opt.step()
+            tracked = lens._tracking.roles.by_optimizer[opt]
+            if _ == 0:
+                first = tracked.recorder
+            assert tracked.recorder is first
