@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from gradlens.dashboard.downsample import bucket_max
 from gradlens.report.evaluation import train_loss_at
+from gradlens.report.sampling import Sampling, sampling_of
 from gradlens.store import Run
 from gradlens.store.columns import (
     Where,
@@ -340,6 +341,12 @@ class RunData:
             self.key("layers", "relative", metric, beta),
             lambda: self.layer_matrix(metric).relative(beta),
         )
+
+    def sampling(self) -> Sampling:
+        """The metrics this run recorded every few steps, by table (``param_every``,
+        ``softmax_every``, ``cos_every`` of its config); empty for a run read every step."""
+        present = {t: self.metrics(t) for t in ("layers", "softmax") if self.has(t)}
+        return sampling_of(self.run.meta, present)
 
     def spike_beta(self) -> float:
         """The EMA decay of the run's spike detector (meta config), 0.95 by default."""

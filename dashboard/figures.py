@@ -11,7 +11,7 @@ plotly's default template once instead (``app.create_app``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape as _html_escape
@@ -23,6 +23,7 @@ from plotly.subplots import make_subplots
 
 from gradlens.dashboard.downsample import minmax_indices
 from gradlens.dashboard.smoothing import ema
+from gradlens.report.sampling import every_label
 
 __all__ = [
     "DEFAULT_AXES",
@@ -38,6 +39,7 @@ __all__ = [
     "layer_figure",
     "line_traces",
     "lines_figure",
+    "sampled_title",
     "x_values",
 ]
 
@@ -56,6 +58,7 @@ PALETTE = (
 SPIKE = "#ff7f0e"
 NONFINITE = "#d62728"
 X_TITLES = {"step": "step", "time": "time since start (s)", "wall": "wall time"}
+SPARSE_MARKERS = 600  # a sparse series marks its points up to this many drawn points
 
 
 @dataclass(frozen=True)
@@ -98,16 +101,23 @@ def empty_figure(message: str) -> go.Figure:
     return fig
 
 
-def lines_figure(frame: pd.DataFrame, title: str, axes: Axes = DEFAULT_AXES) -> go.Figure:
+def lines_figure(
+    frame: pd.DataFrame,
+    title: str,
+    axes: Axes = DEFAULT_AXES,
+    notes: Mapping[str, str] | None = None,
+) -> go.Figure:
     """One line per ``series`` (or one line), smoothed and downsampled.
 
     With smoothing, the raw curve is drawn faint behind the smoothed one, as TensorBoard does.
+    ``notes``: series → a few words its hover adds after the name (e.g. ``every 10 steps``).
     """
     if frame.empty:
         return empty_figure(f"no {title} data")
     fig = go.Figure()
     for i, (name, part) in enumerate(_groups(frame, title)):
-        for trace in line_traces(part, str(name), PALETTE[i % len(PALETTE)], axes):
+        note = (notes or {}).get(str(name), "")
+        for trace in line_traces(part, str(name), PALETTE[i % len(PALETTE)], axes, note):
             fig.add_trace(trace)
     _style(fig, title, axes, showlegend="series" in frame)
     return fig
@@ -149,6 +159,7 @@ def heatmap_figure(
     relative: pd.DataFrame | None = None,
     x: Sequence[object] | np.ndarray | None = None,
     x_title: str = "step",
+    every: int = 1,
 ) -> go.Figure:
     """Layers × step buckets, coloured by log10 of the bucket's max (or of its max ratio).
 
@@ -158,7 +169,8 @@ def heatmap_figure(
     ratio on a diverging scale centred on 1, so the layer a spike finding names is the bright
     row even when its raw norm is small. ``x`` places the buckets on another axis (time); by
     default a bucket sits at the centre of its steps, so it lines up with the curves above.
-    Hover shows the bucket's value (and ratio) and its exact step range.
+    Hover shows the bucket's value (and ratio) and its exact step range. ``every``: the metric
+    was recorded every this many steps (the title says so; its buckets hold those steps).
     """
     if cells.empty:
         return empty_figure(f"no per-layer {metric} data")
@@ -170,6 +182,7 @@ def heatmap_figure(
         logz = np.where(colour > 0, np.log10(colour), np.nan)
     logz = np.where(np.isfinite(logz), logz, np.nan).round(3).astype(np.float32)  # half the JSON
     finite = logz[np.isfinite(logz)]
+    sampled = f"{every_label(every)}; " if every > 1 else ""
     stack = [raw, np.broadcast_to(first, raw.shape), np.broadcast_to(last, raw.shape)]
     template = "%{y}<br>steps %{customdata[1]}–%{customdata[2]}<br>max %{customdata[0]:.4g}"
     trace: dict[str, object] = {}
@@ -179,7 +192,7 @@ def heatmap_figure(
             decades = np.arange(np.floor(finite.min()), np.ceil(finite.max()) + 1)
             colorbar.update(tickvals=decades.tolist(), ticktext=[f"1e{int(d)}" for d in decades])
         trace.update(colorscale="Viridis")
-        title = f"per-layer {metric} (max per step bucket, log colour) — click a layer"
+        title = f"per-layer {metric} ({sampled}max per step bucket, log colour) — click a layer"
     else:
         top = float(min(2.0, max(1.0, np.abs(finite).max()))) if finite.size else 1.0
         ticks = np.arange(-np.floor(top), np.floor(top) + 1)
@@ -191,7 +204,10 @@ def heatmap_figure(
         trace.update(colorscale="RdBu_r", zmid=0.0, zmin=-top, zmax=top)
         stack.append(colour)
         template += "<br>%{customdata[3]:.3g} × its baseline"
-        title = f"per-layer {metric} relative to the layer's own EMA baseline — click a layer"
+        title = (
+            f"per-layer {metric} relative to the layer's own EMA baseline"
+            f"{f' ({every_label(every)})' if every > 1 else ''} — click a layer"
+        )
     centres = (first + last) / 2.0
     names = [escape(i) for i in cells.index]
     colorbar.update(thickness=12, x=1.01, xpad=4, len=1.0)
@@ -224,16 +240,20 @@ def layer_figure(
     layer: str,
     events: pd.DataFrame | None = None,
     axes: Axes = DEFAULT_AXES,
+    sampling: Mapping[str, int] | None = None,
 ) -> go.Figure:
     """One layer's curves stacked: one row per metric in ``curves`` (shared x axis).
 
-    Per-layer spike events of this layer are marked on its ``grad_norm`` row.
+    Per-layer spike events of this layer are marked on its ``grad_norm`` row. ``sampling``:
+    metric → every how many steps it was recorded; a sampled row's title says so (its points
+    are marked, see :func:`line_traces`).
     """
     if curves.empty:
         return empty_figure(f"no data for layer {layer}")
     metrics = [str(m) for m in curves["metric"].unique()]
+    titles = [sampled_title(m, (sampling or {}).get(m, 1)) for m in metrics]
     fig = make_subplots(
-        rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=metrics, vertical_spacing=0.08
+        rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.08
     )
     for row, metric in enumerate(metrics, start=1):
         part = curves[curves["metric"] == metric]
@@ -257,11 +277,37 @@ def layer_figure(
     return fit_constant_axes(fig)
 
 
-def compare_figure(frame: pd.DataFrame, metric: str, axes: Axes = DEFAULT_AXES) -> go.Figure:
-    """Runs overlaid on one metric: ``frame`` has one ``series`` per run."""
+def compare_figure(
+    frame: pd.DataFrame,
+    metric: str,
+    axes: Axes = DEFAULT_AXES,
+    every: Mapping[str, int] | None = None,
+) -> go.Figure:
+    """Runs overlaid on one metric: ``frame`` has one ``series`` per run.
+
+    ``every``: run → every how many steps it recorded the metric; the title says so when the
+    runs agree (else that it differs), and the hover of each sampled run.
+    """
     if frame.empty:
         return empty_figure(f"no {metric} data in the chosen runs")
-    return lines_figure(frame, metric, axes)
+    every = every or {}
+    notes = {run: every_label(k) for run, k in every.items() if k > 1}
+    runs = [str(s) for s in frame["series"].unique()] if "series" in frame else []
+    schedules = sorted({every.get(run, 1) for run in runs})
+    sampled = ", ".join(str(k) for k in schedules if k > 1)
+    title = metric
+    if len(schedules) == 1:
+        title = sampled_title(metric, schedules[0])
+    elif schedules[0] == 1 and sampled:
+        title = f"{metric} (every {sampled} steps in some runs)"
+    elif sampled:
+        title = f"{metric} (every {sampled} steps, by run)"
+    return lines_figure(frame, title, axes, notes)
+
+
+def sampled_title(metric: str, every: int) -> str:
+    """``update_ratio (every 10 steps)`` for a sampled metric; the name alone otherwise."""
+    return f"{metric} ({every_label(every)})" if every > 1 else metric
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -295,9 +341,16 @@ def is_dense(steps: np.ndarray) -> bool:
     return float(np.median(np.diff(np.sort(steps)))) <= 1.0
 
 
-def line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[go.Scatter]:
+def line_traces(
+    part: pd.DataFrame, name: str, color: str, axes: Axes, note: str = ""
+) -> list[go.Scatter]:
     """A series (columns step, value, maybe time) as its line: smoothed when dense (then the
-    raw curve faint behind), downsampled, with the raw value and step on hover."""
+    raw curve faint behind), downsampled, with the raw value and step on hover (``note`` in
+    brackets after the name).
+
+    A series not recorded every step (probes, metrics sampled every few steps) is never
+    smoothed and marks its points, so the line between two of them reads as the straight join
+    it is; past ``SPARSE_MARKERS`` drawn points a marker each would only blur the line."""
     part = part.sort_values("step", kind="stable", ignore_index=True)
     y = part["value"].to_numpy(dtype=np.float64)
     steps = part["step"].to_numpy()
@@ -322,7 +375,7 @@ def line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[g
         shown = np.where(np.isfinite(smoothed), smoothed, np.nan)
     idx = minmax_indices(shown, axes.max_points)
     label = escape(name)
-    template = f"{label}: %{{customdata[0]:.5g}}"
+    template = f"{label}{f' ({escape(note)})' if note else ''}: %{{customdata[0]:.5g}}"
     if smooth:
         template += " (smoothed %{y:.5g})"
     template += "<br>step %{customdata[1]}"
@@ -332,7 +385,7 @@ def line_traces(part: pd.DataFrame, name: str, color: str, axes: Axes) -> list[g
         template += ", %{customdata[2]:.1f} s"
         columns.append(seconds[idx])
     template += "<extra></extra>"
-    sparse = len(idx) <= 60 or not is_dense(steps)
+    sparse = len(idx) <= 60 or (len(idx) <= SPARSE_MARKERS and not is_dense(steps))
     line = go.Scatter(
         x=x_values(part.iloc[idx], axes),
         y=shown[idx],

@@ -22,6 +22,7 @@ from gradlens.dashboard.figures import (
     fit_constant_axes,
     line_traces,
     lines_figure,
+    sampled_title,
     x_values,
 )
 
@@ -322,15 +323,19 @@ def collapse_figure(collapse: pd.DataFrame, axes: Axes = DEFAULT_AXES) -> go.Fig
     return _panels(collapse, [(t, names) for t, names in panels if names], axes, "neural collapse")
 
 
-def softmax_figure(softmax: pd.DataFrame, axes: Axes = DEFAULT_AXES) -> go.Figure:
-    """Softmax-collapse signals stacked: saturated fraction, logit gap, log Z."""
+def softmax_figure(softmax: pd.DataFrame, axes: Axes = DEFAULT_AXES, every: int = 1) -> go.Figure:
+    """Softmax-collapse signals stacked: saturated fraction, logit gap, log Z.
+
+    ``every``: the signals were recorded every this many steps (``softmax_every``); the title
+    says so.
+    """
     rows = _global(softmax, "")
     present = set(rows["metric"].astype(str)) if not rows.empty else set()
     panels = [(t, [m for m in names if m in present]) for t, names in SOFTMAX_PANELS]
     panels = [(t, names) for t, names in panels if names]
     if not panels:
         return empty_figure("no softmax-collapse data")
-    return _panels(rows, panels, axes, "softmax collapse")
+    return _panels(rows, panels, axes, sampled_title("softmax collapse", every))
 
 
 def add_event_rug(fig: go.Figure, events: pd.DataFrame, axes: Axes, steps: pd.DataFrame) -> None:

@@ -27,6 +27,7 @@ from gradlens.dashboard.figures import empty_figure
 from gradlens.dashboard.figures_probes import COUNTS, collapse_figure, softmax_figure
 from gradlens.dashboard.linked import register_linked_x
 from gradlens.dashboard.xaxis import align, x_extent
+from gradlens.report.sampling import every_of
 from gradlens.store import Run
 
 __all__ = ["CHARTS", "curves", "layout", "register"]
@@ -109,7 +110,11 @@ def curves(
         else empty_figure("no neural-collapse data in this run")
     )
     soft = (
-        softmax_figure(data.with_time(data.table("softmax")), axes)
+        softmax_figure(
+            data.with_time(data.table("softmax")),
+            axes,
+            every_of(data.sampling(), "softmax", "saturated_fraction"),
+        )
         if data.has("softmax")
         else empty_figure("no softmax data in this run")
     )

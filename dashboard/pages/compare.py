@@ -35,6 +35,7 @@ from gradlens.dashboard.components import (
 from gradlens.dashboard.context import AppContext
 from gradlens.dashboard.data import RunData
 from gradlens.dashboard.figures import PALETTE, compare_figure, empty_figure, escape
+from gradlens.report.sampling import every_of
 
 __all__ = [
     "INTERNALS",
@@ -439,6 +440,7 @@ def figure(
         where["layer"] = layer
     parts = []
     failed = []
+    every: dict[str, int] = {}  # run → every how many steps it recorded the metric
     for run_name in names:
         try:
             data = ctx.data(run_name)
@@ -446,6 +448,7 @@ def figure(
                 parts.append(_loaders(data, name, run_name))
             elif data.has(table_name) and name in data.metrics(table_name):
                 parts.append(_series(data, table_name, name, where).assign(series=run_name))
+                every[run_name] = every_of(data.sampling(), table_name, name)
         except Exception as exc:  # one bad run is reported, the others drawn
             failed.append(f"{run_name}: {unreadable_text(exc)}")
     title = name if table_name != "layers" else f"{name} of {layer}"
@@ -453,7 +456,7 @@ def figure(
         fig = empty_figure(f"no {title} in the chosen runs")
     else:
         axes = axes_from(smoothing, xaxis, logy, None)
-        fig = compare_figure(pd.concat(parts, ignore_index=True), title, axes)
+        fig = compare_figure(pd.concat(parts, ignore_index=True), title, axes, every)
         colours = run_colours(ctx.catalog.names())
         for trace in fig.data:
             run, _, loader = str(trace.name).removesuffix(" (raw)").partition(LOADER_SEP)

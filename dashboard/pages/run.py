@@ -63,6 +63,7 @@ from gradlens.dashboard.xaxis import (
     to_steps,
     x_extent,
 )
+from gradlens.report.sampling import every_of
 from gradlens.store import Run
 
 __all__ = [
@@ -565,7 +566,8 @@ def heatmap(
         if axes.xaxis != "step" and not cells.empty:
             centres = (np.asarray(cells.columns, dtype=np.float64) + last) / 2.0
             x = x_values(data.with_time(pd.DataFrame({"step": centres})), axes)
-        fig = heatmap_figure(cells, metric, last, relative, x, x_title=_x_title(axes))
+        every = every_of(data.sampling(), "layers", metric)
+        fig = heatmap_figure(cells, metric, last, relative, x, _x_title(axes), every)
         extent = x_extent(data, axes)
     except Exception as exc:
         return empty_figure(unreadable_text(exc))
@@ -612,7 +614,8 @@ def layer_curves(
         if layer not in data.layers():
             return empty_figure(f"no layer {escape(layer)!r} in this run")
         axes = axes_from(smoothing, xaxis, logy, data.run.start_time)
-        fig = layer_figure(data.layer_curves(layer), layer, data.events(), axes)
+        sampling = data.sampling().get("layers")
+        fig = layer_figure(data.layer_curves(layer), layer, data.events(), axes, sampling)
         extent = x_extent(data, axes)
     except Exception as exc:
         return empty_figure(unreadable_text(exc))
