@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 
 from gradlens.report.build import Report
 from gradlens.report.findings import severity_rank
+from gradlens.report.sampling import sampling_note
 
 __all__ = ["junit_suite", "render_junit"]
 
@@ -14,6 +15,10 @@ def junit_suite(report: Report) -> ET.Element:
     level = severity_rank(report.fail_on)
     name = report.run["name"]
     suite = ET.Element("testsuite", name=f"gradlens.{name}", tests=str(len(report.rules)))
+    note = sampling_note(report.sampling)
+    if note:  # the metrics read every few steps, which the rules' evidence is about
+        properties = ET.SubElement(suite, "properties")
+        ET.SubElement(properties, "property", name="sampled", value=note)
     failures = skipped = 0
     for result in report.rules:
         case = ET.SubElement(suite, "testcase", classname=f"gradlens.{name}", name=result.rule)

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from gradlens.report import build_report, render_json, render_markdown, report_renderable
+from gradlens.report import (
+    build_report,
+    render_json,
+    render_junit,
+    render_markdown,
+    report_renderable,
+)
 from gradlens.report.config import ReportConfig, Thresholds
 from gradlens.report.render_json import schema
 from gradlens.report.sampling import (
@@ -134,6 +140,7 @@ def test_a_recorded_run_names_exactly_its_sampled_metrics(recorded):
     jsonschema.validate(out, schema())
     assert out["sampling"]["layers"] == {"param_norm": 10, "update_norm": 10, "update_ratio": 10}
     assert out["sampling"]["softmax"]["grad_weight_cos"] == 20
+    assert f'<property name="sampled" value="{NOTE}" />' in render_junit(report)
 
 
 def test_an_old_run_says_nothing_about_sampling(runs_dir):
@@ -145,6 +152,7 @@ def test_an_old_run_says_nothing_about_sampling(runs_dir):
     out = json.loads(render_json(report))
     jsonschema.validate(out, schema())
     assert out["sampling"] == {}
+    assert "<properties" not in render_junit(report)
 
 
 def test_a_run_without_softmax_does_not_mention_it(runs_dir):
