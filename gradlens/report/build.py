@@ -185,16 +185,10 @@ def _layer_rankings(data: RunData, fraction: float) -> dict[str, list[tuple[str,
     """
     out: dict[str, list[tuple[str, float]]] = {}
     for metric in ("grad_norm", "update_ratio"):
-        windows = data.layer_windows(metric, fraction)
-        if not windows:
+        window = data.layer_windows(metric, fraction)
+        if window.empty:
             continue
-        median = pd.Series(
-            {
-                layer: float(window.where(np.isfinite(window), np.inf).median())
-                for layer, window in windows.items()
-            },
-            dtype=float,
-        ).sort_values()
+        median = data.layer_summary(window, nonfinite=True)["median"].sort_values()
         ranked = median[np.isfinite(median)]
         broken = median[~np.isfinite(median)]
         shown = min(RANKED, (len(ranked) + 1) // 2)

@@ -88,23 +88,27 @@ class RunData:
     @cached_property
     def _layer_order(self) -> list[str]:
         """Layer names in the order first seen (the model's order)."""
-        df = self.run.table("layers")
-        return list(pd.unique(df["layer"])) if not df.empty else []
+        return self._layer_read[0]
 
     @cached_property
     def _layer_rows(self) -> dict[str, pd.DataFrame]:
         """Per metric: its rows (step, layer, value), the last one of each (step, layer)."""
+        return self._layer_read[1]
+
+    @cached_property
+    def _layer_read(self) -> tuple[list[str], dict[str, pd.DataFrame]]:
         df = self.run.table("layers")
         if df.empty:
-            return {}
-        return {
+            return [], {}
+        rows = {
             str(metric): part.drop_duplicates(["step", "layer"], keep="last")
             for metric, part in df.groupby("metric", sort=False)
         }
+        return list(pd.unique(df["layer"])), rows
 
-    def layer_windows(self, metric: str, fraction: float) -> dict[str, pd.Series]:
-        """Per layer, its recorded values (NaN included) over the last ``fraction`` of its own
-        recorded steps, by step.
+    def layer_windows(self, metric: str, fraction: float) -> pd.DataFrame:
+        """Rows (step, layer, value; NaN included) of each layer's last ``fraction`` of its
+        own recorded steps, as :meth:`last_window` takes them.
 
         Each layer on its own: a sampled metric (every ``param_every`` steps) and the layers of
         a second optimizer (its own step count) are not recorded at every step of the run, so
@@ -112,14 +116,27 @@ class RunData:
         """
         rows = self._layer_rows.get(metric)
         if rows is None:
-            return {}
-        parts = dict(list(rows.groupby("layer", sort=False, observed=True)))
-        out = {}
-        for layer in self._layer_order:
-            if layer in parts:
-                series = parts[layer].set_index("step")["value"].astype(float).sort_index()
-                out[str(layer)] = self.last_window(series, fraction)
-        return out
+            return pd.DataFrame({"step": [], "layer": [], "value": []})
+        by_layer = rows.groupby("layer", sort=False, observed=True)["step"]
+        first, last = by_layer.transform("min"), by_layer.transform("max")
+        span = np.maximum(1, np.ceil((last - first + 1) * fraction))
+        return rows.loc[rows["step"] > last - span, ["step", "layer", "value"]]
+
+    def layer_summary(self, window: pd.DataFrame, nonfinite: bool = False) -> pd.DataFrame:
+        """Per layer of a :meth:`layer_windows` frame, in the model's order: ``median`` (NaN
+        values skipped, or with ``nonfinite`` counted as +inf), ``count``, ``first`` and
+        ``last`` step."""
+        values = window["value"].astype(float)
+        if nonfinite:
+            values = values.where(np.isfinite(values), np.inf)
+        grouped = window.assign(value=values).groupby("layer", sort=False, observed=True)
+        out = grouped.agg(
+            median=("value", "median"),
+            count=("value", "size"),
+            first=("step", "min"),
+            last=("step", "max"),
+        )
+        return out.reindex([name for name in self._layer_order if name in out.index])
 
     @cached_property
     def sampling(self) -> Sampling:

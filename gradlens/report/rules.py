@@ -417,29 +417,24 @@ def update_ratio(data: RunData, t: Thresholds) -> list[Finding]:
     """Each layer's median over the last window of its own recorded steps: ‖Δθ‖/‖θ‖ is
     sampled (every ``param_every`` steps), and a second optimizer's layers count its steps."""
     every = every_of(data.sampling, "layers", "update_ratio")
-    too_large, too_small = [], []
-    for layer, window in data.layer_windows("update_ratio", t.window_fraction).items():
-        value = float(window.median())
-        if value > t.update_ratio_max:
-            too_large.append((layer, window, value))
-        elif value < t.update_ratio_min:
-            too_small.append((layer, window, value))
+    summary = data.layer_summary(data.layer_windows("update_ratio", t.window_fraction))
+    median = summary["median"]
     findings = []
-    for found, message, limit in (
-        (too_large, "updates too large for the weights", t.update_ratio_max),
-        (too_small, "weights barely move", t.update_ratio_min),
+    for message, limit, out in (
+        ("updates too large for the weights", t.update_ratio_max, median > t.update_ratio_max),
+        ("weights barely move", t.update_ratio_min, median < t.update_ratio_min),
     ):
-        for layer, window, value in found:
+        for layer, row in summary[out].iterrows():
+            value = float(row["median"])
             findings.append(
                 Finding(
                     "update_ratio",
                     "warning",
                     message,
-                    f"{layer}: median ‖Δθ‖/‖θ‖ {value:.3g} {_over(window, every)} "
-                    f"(limit {limit:g})",
-                    int(window.index.min()),
-                    int(window.index.max()),
-                    layer,
+                    f"{layer}: median ‖Δθ‖/‖θ‖ {value:.3g} {_over(row, every)} (limit {limit:g})",
+                    int(row["first"]),
+                    int(row["last"]),
+                    str(layer),
                     value,
                     limit,
                 )
@@ -447,12 +442,13 @@ def update_ratio(data: RunData, t: Thresholds) -> list[Finding]:
     return findings[:MAX_FINDINGS_PER_RULE]
 
 
-def _over(window: pd.Series, every: int) -> str:
+def _over(row: pd.Series, every: int) -> str:
     """``over the last 40 steps``, or for a sampled metric the steps its samples span."""
+    count = int(row["count"])
     if every <= 1:
-        return f"over the last {len(window)} steps"
-    first, last = int(window.index.min()), int(window.index.max())
-    return f"over steps {first}–{last} ({len(window)} samples, {every_label(every)})"
+        return f"over the last {count} steps"
+    first, last = int(row["first"]), int(row["last"])
+    return f"over steps {first}–{last} ({count} samples, {every_label(every)})"
 
 
 # -- loss trend ----------------------------------------------------------------------------------
