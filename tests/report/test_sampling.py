@@ -8,6 +8,7 @@ import json
 
 import jsonschema
 import numpy as np
+import pandas as pd
 import pytest
 from rich.console import Console
 
@@ -246,3 +247,14 @@ def test_softmax_collapse_counts_recorded_steps(runs_dir):
     (finding,) = [f for f in report.findings if f.rule == "softmax_collapse"]
     assert "in 6 of 8 recorded steps (every 20 steps), from step 40" in finding.evidence
     assert (finding.step_start, finding.step_end) == (40, 140)
+
+
+def test_last_window_spans_the_last_fraction_of_the_steps(runs_dir):
+    from gradlens.report.data import RunData
+
+    data = RunData(open_run(craft_run(runs_dir, loss=decreasing_loss(100))))
+    dense = pd.Series(np.arange(100.0), index=np.arange(100))
+    assert list(data.last_window(dense, 0.2).index) == list(range(80, 100))  # the last 20 rows
+    sampled = pd.Series(1.0, index=[*range(0, 200, 10), 199])  # and a probe's step
+    assert list(data.last_window(sampled, 0.2).index) == [160, 170, 180, 190, 199]
+    assert list(data.last_window(sampled.iloc[:1], 0.2).index) == [0]
