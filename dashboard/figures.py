@@ -251,13 +251,15 @@ def layer_figure(
     if curves.empty:
         return empty_figure(f"no data for layer {layer}")
     metrics = [str(m) for m in curves["metric"].unique()]
-    titles = [sampled_title(m, (sampling or {}).get(m, 1)) for m in metrics]
+    every = {m: (sampling or {}).get(m, 1) for m in metrics}
+    titles = [sampled_title(m, every[m]) for m in metrics]
     fig = make_subplots(
         rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.08
     )
     for row, metric in enumerate(metrics, start=1):
         part = curves[curves["metric"] == metric]
-        for trace in line_traces(part, metric, PALETTE[row - 1], axes):
+        note = every_label(every[metric]) if every[metric] > 1 else ""
+        for trace in line_traces(part, metric, PALETTE[row - 1], axes, note):
             fig.add_trace(trace, row=row, col=1)
         if metric == "grad_norm" and events is not None and not events.empty:
             mine = events[(events["kind"] == "layer_grad_spike") & (events["layer"] == layer)]

@@ -58,6 +58,8 @@ def test_layer_figure_titles_and_marks_the_sampled_rows():
     for axis in ("y2", "y3"):  # 20 points, 10 steps apart: each one marked, none smoothed
         assert by_row[axis].mode == "lines+markers" and len(by_row[axis].x) == 20
     assert len([t for t in fig.data if t.yaxis == "y3"]) == 1  # no faint raw curve behind
+    assert by_row["y2"].hovertemplate.startswith("update_ratio (every 10 steps): ")
+    assert by_row["y"].hovertemplate.startswith("grad_norm: ")
     plain = layer_figure(_layer_curves(), "w")
     assert _titles(plain)[:3] == ["grad_norm", "update_ratio", "param_norm"]
 
