@@ -4,7 +4,9 @@
 ``meta.json``) reads ‖θ‖, ‖Δθ‖ and ‖Δθ‖/‖θ‖ every ``param_every`` steps (and at the steps a
 probe follows), the softmax signals every ``softmax_every`` and the gradient/weight cosines
 every ``cos_every`` steps; gradient norms, loss and non-finite flags stay every step. A run
-recorded before these options has none of the keys: everything was read every step.
+recorded before these options has none of the keys: everything was read every step. So does a
+run whose parameters were updated by hand (``optimizers`` empty): its ‖θ‖ and ‖Δθ‖ are read at
+every step whatever ``param_every`` says.
 
     >>> sampling_of({"config": {"param_every": 10, "softmax_every": 20}})["layers"]
     {'param_norm': 10, 'update_norm': 10, 'update_ratio': 10}
@@ -66,8 +68,10 @@ def sampling_of(
     config = meta.get("config")
     if not isinstance(config, Mapping):
         return {}
+    # Hand-written updates (no optimizer) read θ and Δθ at every step: param_every is moot.
+    manual = meta.get("optimizers") == []
     schedules = (
-        ("layers", PARAM_METRICS, config.get("param_every")),
+        ("layers", PARAM_METRICS, None if manual else config.get("param_every")),
         ("softmax", SOFTMAX_SIGNALS, config.get("softmax_every")),
         ("softmax", (COSINE,), config.get("cos_every")),
     )

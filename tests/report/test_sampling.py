@@ -144,6 +144,33 @@ def test_a_recorded_run_names_exactly_its_sampled_metrics(recorded):
     assert f'<property name="sampled" value="{NOTE}" />' in render_junit(report)
 
 
+def test_hand_written_updates_are_not_called_sampled(runs_dir):
+    """Without an optimizer (manual SGD) θ and Δθ are read at every step, whatever
+    ``param_every`` says: the report must not call them sampled."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import gradlens
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with gradlens.Lens(model, runs_dir=runs_dir, name="manual", track_softmax=False) as lens:
+        for _ in range(25):
+            model.zero_grad()
+            F.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 3, (16,))).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+    run = open_run(lens.run_dir)
+    assert run.meta["optimizers"] == [] and run.meta["config"]["param_every"] == 10
+    ratio = run.table("layers", filters=[("metric", "==", "update_ratio")])
+    assert len(set(ratio.step)) >= 20  # every step
+    report = build_report(run)
+    assert report.sampling == {}
+    assert "sampled" not in _text(report)
+
+
 def test_an_old_run_says_nothing_about_sampling(runs_dir):
     layers = {"grad_norm": np.ones((100, 3)), "update_ratio": np.full((100, 3), 1e-3)}
     report = build_report(open_run(craft_run(runs_dir, loss=decreasing_loss(100), layers=layers)))
