@@ -73,16 +73,7 @@ class ChunkDecoder:
         has_loss = np.array([i.has_loss for i in kept], dtype=bool)
         loss = head["loss"]
         scalars = self._scalars(kept, s, loss, has_loss, total, skipped, nf, head)
-        events = []
-        for i, info in enumerate(kept):
-            events += self.spikes.update(
-                info.step,
-                float(loss[i]) if has_loss[i] else None,
-                float(total[i]),
-                g[i],
-                nf[i],
-                bool(skipped[i]),
-            )
+        events = self.spikes.update_chunk(s, loss, has_loss, total, g, nf, skipped)
         primary = [i for i, info in enumerate(kept) if info.primary]
         if primary:
             counts = self.spikes.counts

@@ -24,6 +24,7 @@ Why these defaults (docs/spikes.md has the longer argument):
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["EmaBaseline", "SpikeConfig", "SpikeDetector"]
+
+_BLOCK = 64  # rows scanned at once (b^−64 = 27 for b = 0.95; see EmaBaseline.scan)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,38 @@ class EmaBaseline:
         self.var = np.where(mask, b * self.var + (1 - b) * (x - prev) ** 2, self.var)
         self.count = self.count + mask
 
+    def scan(
+        self, x: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`baseline` before each row of ``x`` (rows × series) were the rows folded in
+        one by one with :meth:`update`, without changing the state; and the states (mean, var,
+        count) after each row, for :meth:`set`.
+
+        The recurrence m ← b·m + (1−b)·x over the masked rows is, after n of them,
+        bⁿ·(m₀ + (1−b)·Σ b^−nᵢ·xᵢ): two cumulative sums instead of a loop (at most
+        ``_BLOCK`` rows, so b^−n stays small).
+        """
+        b = self.beta
+        n = np.cumsum(mask, axis=0)  # updates up to and including each row
+        grow, shrink = b ** -n.astype(float), b ** n.astype(float)
+        sums = np.cumsum(np.where(mask, grow * x, 0.0), axis=0)
+        mean_after = shrink * (self.mean + (1 - b) * sums)
+        count = self.count + n - mask  # before each row
+        before = np.vstack([self.mean[None, :], mean_after[:-1]])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            correction = 1.0 - b ** count.astype(float)
+            mean = np.where(count > 0, before / correction, np.nan)
+            prev = np.where(count > 0, mean, x)
+            sums = np.cumsum(np.where(mask, grow * (x - prev) ** 2, 0.0), axis=0)
+            var_after = shrink * (self.var + (1 - b) * sums)
+            var = np.vstack([self.var[None, :], var_after[:-1]])
+            var = np.where(count > 0, var / correction, np.nan)
+        return mean, np.sqrt(np.maximum(var, 0.0)), count, (mean_after, var_after, count + mask)
+
+    def set(self, mean: np.ndarray, var: np.ndarray, count: np.ndarray) -> None:
+        """The state :meth:`scan` gave for a row: as if the rows up to it were folded in."""
+        self.mean, self.var, self.count = mean.copy(), var.copy(), count.astype(np.int64)
+
 
 class SpikeDetector:
     """Turns per-step values into event rows: spikes and non-finite values.
@@ -98,6 +133,8 @@ class SpikeDetector:
         self._layer = np.array(["", "", *self.layers], dtype=object)
         self._ratio = np.array([c.loss_ratio, c.grad_ratio] + [c.layer_ratio] * n)
         self.ema = EmaBaseline(n + 2, c.beta)
+        # Rows per scan: at most _BLOCK, fewer for a small beta (b^−rows must stay finite).
+        self._block = max(1, min(_BLOCK, int(250 / -math.log10(c.beta))))
         self.counts: Counter[str] = Counter()
 
     def update(
@@ -114,68 +151,119 @@ class SpikeDetector:
         ``loss`` is None when the step's loss is unknown; ``nonfinite`` counts NaN/Inf
         gradient entries per layer; ``skipped`` steps (AMP) only raise a ``skipped_step``.
         """
-        events: list[dict[str, Any]] = []
-        if skipped:
-            detail = "optimizer step skipped (AMP GradScaler found inf/NaN gradients)"
-            events.append(_event(step, "skipped_step", "grad_norm", "", grad_norm, detail=detail))
-        else:
-            if loss is not None and not np.isfinite(loss):
-                events.append(_event(step, "nonfinite_loss", "loss", "", loss))
-            bad = np.flatnonzero(nonfinite > 0)
-            if len(bad):
-                origin = int(bad[-1])  # nearest the output: where backprop went bad first
-                name = self.layers[origin]
-                detail = (
-                    f"{len(bad)} of {len(self.layers)} tensors have NaN/Inf gradients; "
-                    f"{name} is the one nearest the output"
-                )
-                events.append(
-                    _event(
-                        step,
-                        "nonfinite_grad",
-                        "grad_norm",
-                        name,
-                        float(nonfinite[origin]),
-                        detail=detail,
-                    )
-                )
-            x = np.concatenate(([np.nan if loss is None else loss, grad_norm], layer_norms))
-            events += self._spikes(step, x)
+        return self.update_chunk(
+            np.array([step]),
+            np.array([np.nan if loss is None else loss]),
+            np.array([loss is not None]),
+            np.array([grad_norm], dtype=float),
+            np.asarray(layer_norms, dtype=float)[None, :],
+            np.asarray(nonfinite, dtype=float)[None, :],
+            np.array([skipped]),
+        )
+
+    def update_chunk(
+        self,
+        steps: np.ndarray,
+        loss: np.ndarray,
+        has_loss: np.ndarray,
+        grad_norm: np.ndarray,
+        layer_norms: np.ndarray,
+        nonfinite: np.ndarray,
+        skipped: np.ndarray,
+    ) -> list[dict[str, Any]]:
+        """:meth:`update` for each row of a chunk in turn, vectorised over the rows.
+
+        The baselines of a block of rows are computed at once as if no row spiked; rows up to
+        the first spike are then exact, that row is folded in with its spikes clipped, and
+        the scan restarts after it (spikes are rare: usually one scan per chunk).
+        """
+        x = np.column_stack([np.where(has_loss, loss, np.nan), grad_norm, layer_norms])
+        bad_loss = has_loss & ~np.isfinite(loss) & ~skipped
+        bad_grad = (nonfinite > 0).any(axis=1) & ~skipped
+        by_row: dict[int, list[dict[str, Any]]] = {}
+        for t in np.flatnonzero(skipped | bad_loss | bad_grad):
+            known = float(loss[t]) if has_loss[t] else None
+            by_row[int(t)] = self._nonfinite_events(
+                int(steps[t]), known, float(grad_norm[t]), nonfinite[t], bool(skipped[t])
+            )
+        live = np.flatnonzero(~skipped)  # a skipped step leaves the baselines as they are
+        start = 0
+        while start < len(live):
+            rows = live[start : start + self._block]
+            block = x[rows]
+            finite = np.isfinite(block)
+            mean, std, count, after = self.ema.scan(np.where(finite, block, 0.0), finite)
+            spike = self._spiking(block, finite, mean, std, count)
+            hits = np.flatnonzero(spike.any(axis=1))
+            if not len(hits):
+                self.ema.set(*(a[-1] for a in after))
+                start += len(rows)
+                continue
+            i = int(hits[0])
+            if i:
+                self.ema.set(*(a[i - 1] for a in after))
+            by_row.setdefault(int(rows[i]), []).extend(
+                self._spike_events(int(steps[rows[i]]), block[i], mean[i], spike[i])
+            )
+            # Spikes enter the baseline clipped to the threshold; non-finite values not at all.
+            clipped = np.where(spike[i], mean[i] * self._ratio, block[i])
+            self.ema.update(np.where(finite[i], clipped, 0.0), finite[i])
+            start += i + 1
+        events = [e for t in sorted(by_row) for e in by_row[t]]
         self.counts.update(e["kind"] for e in events)
         return events
 
-    def _spikes(self, step: int, x: np.ndarray) -> list[dict[str, Any]]:
+    def _nonfinite_events(
+        self, step: int, loss: float | None, grad_norm: float, nonfinite: np.ndarray, skipped: bool
+    ) -> list[dict[str, Any]]:
+        if skipped:
+            detail = "optimizer step skipped (AMP GradScaler found inf/NaN gradients)"
+            return [_event(step, "skipped_step", "grad_norm", "", grad_norm, detail=detail)]
+        events = []
+        if loss is not None and not np.isfinite(loss):
+            events.append(_event(step, "nonfinite_loss", "loss", "", loss))
+        bad = np.flatnonzero(nonfinite > 0)
+        if len(bad):
+            origin = int(bad[-1])  # nearest the output: where backprop went bad first
+            name = self.layers[origin]
+            detail = (
+                f"{len(bad)} of {len(self.layers)} tensors have NaN/Inf gradients; "
+                f"{name} is the one nearest the output"
+            )
+            value = float(nonfinite[origin])
+            events.append(_event(step, "nonfinite_grad", "grad_norm", name, value, detail=detail))
+        return events
+
+    def _spiking(
+        self,
+        x: np.ndarray,
+        finite: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        count: np.ndarray,
+    ) -> np.ndarray:
+        """Which values spike against the baselines before them (rows × series)."""
         c = self.config
-        mean, std = self.ema.baseline()
-        finite = np.isfinite(x)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = x / mean
             z = (x - mean) / np.maximum(std, c.rel_floor * np.abs(mean))
-            spike = (
-                finite
-                & (self.ema.count >= c.warmup)
-                & (mean > 0)
-                & (ratio >= self._ratio)
-                & (z >= c.z)
+            return finite & (count >= c.warmup) & (mean > 0) & (ratio >= self._ratio) & (z >= c.z)
+
+    def _spike_events(
+        self, step: int, x: np.ndarray, mean: np.ndarray, spike: np.ndarray
+    ) -> list[dict[str, Any]]:
+        return [
+            _event(
+                step,
+                str(self._kind[i]),
+                str(self._metric[i]),
+                str(self._layer[i]),
+                float(x[i]),
+                float(mean[i]),
+                float(x[i] / mean[i]),
             )
-        events = []
-        if spike.any():
-            events = [
-                _event(
-                    step,
-                    str(self._kind[i]),
-                    str(self._metric[i]),
-                    str(self._layer[i]),
-                    float(x[i]),
-                    float(mean[i]),
-                    float(ratio[i]),
-                )
-                for i in np.flatnonzero(spike)
-            ]
-        # Spikes enter the baseline clipped to the threshold; non-finite values not at all.
-        clipped = np.where(spike, mean * self._ratio, x)
-        self.ema.update(np.where(finite, clipped, 0.0), finite)
-        return events
+            for i in np.flatnonzero(spike)
+        ]
 
 
 def _event(

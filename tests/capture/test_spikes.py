@@ -85,3 +85,82 @@ def test_skipped_step_is_an_event_but_not_a_nonfinite_one():
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         SpikeConfig(**bad)
+
+
+def _reference(detector, step, loss, grad_norm, layer_norms, nonfinite, skipped):
+    """The detector's definition, one step at a time (the loop it replaced)."""
+    events = []
+    if skipped:
+        events.append({"step": step, "kind": "skipped_step"})
+    else:
+        if loss is not None and not np.isfinite(loss):
+            events.append({"step": step, "kind": "nonfinite_loss"})
+        bad = np.flatnonzero(nonfinite > 0)
+        if len(bad):
+            layer = detector.layers[bad[-1]]
+            events.append({"step": step, "kind": "nonfinite_grad", "layer": layer})
+        c, ema = detector.config, detector.ema
+        x = np.concatenate(([np.nan if loss is None else loss, grad_norm], layer_norms))
+        mean, std = ema.baseline()
+        finite = np.isfinite(x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = x / mean
+            z = (x - mean) / np.maximum(std, c.rel_floor * np.abs(mean))
+            spike = (finite & (ema.count >= c.warmup) & (mean > 0) & (ratio >= detector._ratio)
+                     & (z >= c.z))  # fmt: skip
+        for i in np.flatnonzero(spike):
+            kind, layer = str(detector._kind[i]), str(detector._layer[i])
+            events.append({"step": step, "kind": kind, "layer": layer, "baseline": float(mean[i])})
+        clipped = np.where(spike, mean * detector._ratio, x)
+        ema.update(np.where(finite, clipped, 0.0), finite)
+    return events
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 50, 64, 65, 300])
+@pytest.mark.parametrize("beta", [0.95, 0.5, 0.01])
+def test_chunked_detection_equals_the_step_by_step_definition(chunk, beta):
+    """Crafted series with spikes (single, repeated, on layers), level shifts, NaN/Inf,
+    unknown losses and skipped steps: ``update_chunk`` over chunks of any size raises the
+    events the one-step-at-a-time definition raises, with the same baselines."""
+    rng = np.random.default_rng(7)
+    steps, n = 600, 3
+    loss = 1.0 + 0.05 * rng.standard_normal(steps)
+    grad = 2.0 + 0.2 * rng.standard_normal(steps) ** 2
+    layers = np.abs(1.0 + 0.1 * rng.standard_normal((steps, n)))
+    loss[[60, 61, 200, 450]] *= [6, 6, 3, 9]
+    grad[[100, 300, 301]] *= 30
+    layers[[150, 151, 152], 1] *= 40
+    loss[350:] += 2.0  # a level shift: absorbed, not a stream of spikes
+    loss[400], grad[401], layers[402, 2] = np.nan, np.inf, np.nan
+    nonfinite = np.zeros((steps, n))
+    nonfinite[402, 2] = 3
+    has_loss = rng.random(steps) > 0.1
+    skipped = np.zeros(steps, dtype=bool)
+    skipped[[30, 31, 250, 320]] = True
+    config = SpikeConfig(beta=beta, warmup=10)
+
+    expected, reference = [], SpikeDetector(["a", "b", "c"], config)
+    for t in range(steps):
+        known = float(loss[t]) if has_loss[t] else None
+        expected += _reference(reference, t, known, grad[t], layers[t], nonfinite[t], skipped[t])
+
+    chunked, detector = [], SpikeDetector(["a", "b", "c"], config)
+    for lo in range(0, steps, chunk):
+        part = slice(lo, lo + chunk)
+        chunked += detector.update_chunk(
+            np.arange(steps)[part], loss[part], has_loss[part], grad[part], layers[part],
+            nonfinite[part], skipped[part],
+        )  # fmt: skip
+
+    assert any(e["kind"].endswith("spike") for e in expected)  # the series do spike
+    assert [(e["step"], e["kind"]) for e in chunked] == [(e["step"], e["kind"]) for e in expected]
+    for got, want in zip(chunked, expected, strict=True):
+        if "baseline" in want:
+            assert got["layer"] == want["layer"]
+            assert got["baseline"] == pytest.approx(want["baseline"], rel=1e-9)
+        if want["kind"] == "nonfinite_grad":
+            assert got["layer"] == want["layer"]
+    np.testing.assert_allclose(detector.ema.mean, reference.ema.mean, rtol=1e-9)
+    np.testing.assert_allclose(detector.ema.var, reference.ema.var, rtol=1e-9)
+    np.testing.assert_array_equal(detector.ema.count, reference.ema.count)
+    assert sum(detector.counts.values()) == len(expected)
