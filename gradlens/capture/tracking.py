@@ -160,6 +160,10 @@ class Tracking:
         names = self._names(params, optimizer)
         tracked.recorder, tracked.decoder = self.make(params, names, tracked.serial, 0)
         tracked.ids = frozenset(map(id, params))
+        self.hyperparameters = [
+            hyperparameters(optimizer, h["serial"]) if h["serial"] == tracked.serial else h
+            for h in self.hyperparameters
+        ]
 
     def track_manual(self) -> Tracked | None:
         """The manual-update set (every trainable parameter of the models seen in forward)."""
