@@ -157,6 +157,7 @@ class Tracking:
         if not params or (len(params) == len(old) and all(p is q for p, q in zip(params, old))):
             return
         tracked.recorder.flush()
+        self._unowned.clear()
         names = self._names(params, optimizer)
         tracked.recorder, tracked.decoder = self.make(params, names, tracked.serial, 0)
         tracked.ids = frozenset(map(id, params))
@@ -185,17 +186,26 @@ class Tracking:
         return self.manual
 
     def owner_of(self, params: list[Tensor]) -> Tracked | None:
-        """The recorded optimizer whose parameters are being clipped (tracked from now on)."""
-        if not params:
+        """The recorded optimizer whose parameters are being clipped (tracked from now on),
+        known by the first trainable one: ``clip_grad_norm_(model.parameters())`` of a model
+        whose first layers are frozen starts with parameters no optimizer holds."""
+        first = next((p for p in params if p.requires_grad), None)
+        if first is None:
             return None
-        tracked = self.roles.owner_of(params[0])
-        if tracked is not None or id(params[0]) in self._unowned:
-            return tracked
-        for optimizer in list(self.known):
-            if any(p is params[0] for g in optimizer.param_groups for p in g["params"]):
-                return self.tracked_for(optimizer)
-        self._unowned.add(id(params[0]))  # no scan per step (cleared by a new optimizer)
-        return None
+        tracked = self.roles.owner_of(first)
+        if tracked is not None:
+            optimizer = next((o for o, t in self.roles.by_optimizer.items() if t is tracked), None)
+        elif id(first) in self._unowned:
+            return None
+        else:
+            optimizer = next((o for o in list(self.known) if _holds(o, first)), None)
+            if optimizer is None:
+                self._unowned.add(id(first))  # no scan per step (cleared by a new optimizer)
+                return None
+            tracked = self.tracked_for(optimizer)
+        if tracked is not None and optimizer is not None:
+            self.follow(optimizer, tracked)  # parameters that joined since its last step clip too
+        return tracked
 
     def settle_discovery(self) -> list[nn.Module]:
         """The root modules seen in forward so far (watched from now on)."""
@@ -235,6 +245,10 @@ class Tracking:
             for i, p in enumerate(group["params"]):
                 given[id(p)] = names[i] if i < len(names) else f"opt{self._serials}.group{g}.{i}"
         return self.namer.names(params, roots, given)
+
+
+def _holds(optimizer: torch.optim.Optimizer, param: Tensor) -> bool:
+    return any(p is param for g in optimizer.param_groups for p in g["params"])
 
 
 def _is_optimizer(obj: Any) -> bool:

@@ -82,3 +82,33 @@ def test_unchanged_optimizer_keeps_its_recorder(runs_dir):
             if _ == 0:
                 first = tracked.recorder
             assert tracked.recorder is first
+
+
+@pytest.mark.parametrize("how", ["add_param_group", "requires_grad"])
+def test_clipping_on_the_unfreezing_step(runs_dir, how):
+    """The clip call comes before the step's capture: the pre-clip norms of the new set."""
+    gc.collect()
+    model = _model()
+    model[0].requires_grad_(False)
+    head = model[2].parameters() if how == "add_param_group" else model.parameters()
+    opt = torch.optim.SGD(head, lr=0.1)
+    x, y = torch.randn(32, 5) * 4, torch.randint(0, 3, (32,))
+    pre, coef = [], []
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        for step in range(5):
+            if step == 2:
+                model[0].requires_grad_(True)
+                if how == "add_param_group":
+                    opt.add_param_group({"params": model[0].parameters()})
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            grads = [p.grad.double().norm() for p in model.parameters() if p.grad is not None]
+            pre.append(torch.stack(grads).norm().item())
+            total = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            coef.append(min(1.0, 0.1 / (total.item() + 1e-6)))
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    for metric, expected in (("grad_norm", pre), ("clip_coef", coef)):
+        df = run.table("scalars", filters=[("metric", "==", metric)]).sort_values("step")
+        assert df.step.tolist() == list(range(5)), metric
+        np.testing.assert_allclose(df.value.to_numpy(), expected, rtol=1e-4, err_msg=metric)

@@ -5,7 +5,8 @@ backbone gets ``requires_grad_(True)`` and its own param group (``add_param_grou
 ``--mode all_params``: the optimizer holds every parameter from the start, the backbone's
 with ``requires_grad=False`` until it is unfrozen (torch skips parameters without a gradient).
 An auxiliary head is used on even steps only: it has no gradient on odd ones
-(``zero_grad()`` sets gradients to None).
+(``zero_grad()`` sets gradients to None). Gradients are clipped with
+``clip_grad_norm_(model.parameters(), …)``: the frozen backbone's parameters come first.
 """
 
 import argparse
@@ -66,6 +67,8 @@ for step in range(args.steps):
     trace.add("grad_norm", grad_norm(model.parameters()))
     backbone = [p for p in model.backbone.parameters() if p.grad is not None]
     trace.add("backbone_grad_norm", grad_norm(backbone) if backbone else 0.0)
+    total = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.3)
+    trace.add("clip_coef", min(1.0, 0.3 / (total.item() + 1e-6)))
     opt.step()
     print(f"step {step} loss {loss.item():.5f} groups {len(opt.param_groups)}")
 trace.save(model.state_dict())

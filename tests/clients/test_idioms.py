@@ -38,6 +38,7 @@ def test_finetune_unfreeze_mid_training(tmp_path, mode):
     assert layer_names(pair.run) == set(pair.trace["names"])
     assert_steps(pair, "loss")
     assert_steps(pair, "grad_norm")  # the backbone's gradient counts from its first step
+    assert_steps(pair, "clip_coef", rtol=1e-4)  # a clip over frozen parameters, then all
     grads = _layer(pair.run, "grad_norm")
     backbone = [n for n in pair.trace["names"] if n.startswith("backbone.")]
     recorded = np.sqrt((grads[backbone].fillna(0.0) ** 2).sum(axis=1)).to_numpy()
