@@ -1,8 +1,8 @@
 """Process-wide interception of what a training script does, for listeners that want it.
 
 Patched while at least one listener is installed, restored exactly when the last one leaves:
-- ``torch.autograd.backward`` (and so ``Tensor.backward``): the loss being backpropagated,
-  and the moment backward completes;
+- ``torch.autograd.backward`` (and so ``Tensor.backward``): the loss being backpropagated
+  (a scalar, or a list of scalars: their sum), and the moment backward completes;
 - loss functions in ``torch.nn.functional`` (also reached through ``nn.CrossEntropyLoss`` &
   co. and from inside a model's ``forward``): the logits/predictions and targets, and for a
   call made with gradients off (``no_grad``, ``inference_mode``: an evaluation) the loss it
@@ -201,13 +201,27 @@ def _patch_all() -> None:
 def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(tensors, Tensor) and tensors.numel() == 1:
-            _emit("on_backward", tensors)
+        for loss in _losses(tensors, args, kwargs):
+            _emit("on_backward", loss)
         result = original(tensors, *args, **kwargs)
         _emit("after_backward")
         return result
 
     return backward
+
+
+def _losses(tensors: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Tensor]:
+    """The scalar losses a backward call propagates (their sum is the step's loss): a scalar
+    tensor, or scalars in a list without ``grad_tensors`` (``torch.autograd.backward([loss_a,
+    loss_b])``: their gradients add up)."""
+    if isinstance(tensors, Tensor):
+        return [tensors] if tensors.numel() == 1 else []
+    weights = kwargs.get("grad_tensors", args[0] if args else None)
+    if weights is not None or not isinstance(tensors, list | tuple):
+        return []
+    if all(isinstance(t, Tensor) and t.numel() == 1 for t in tensors):
+        return list(tensors)
+    return []
 
 
 def _wrap_loss(name: str, original: Callable[..., Any]) -> Callable[..., Any]:

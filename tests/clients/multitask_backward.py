@@ -1,6 +1,6 @@
 """Multi-task learning with one optimizer step per batch and several backward calls: a shared
 trunk, two heads, ``loss_a.backward(retain_graph=True)`` then ``loss_b.backward()`` (the
-gradients add up), every third step a third, regularisation backward; gradients are zeroed
+gradients add up; on odd steps ``torch.autograd.backward([loss_a, loss_b])``), every third step a third, regularisation backward; gradients are zeroed
 with ``zero_grad(set_to_none=False)``. The script's own step loss is the sum of the losses it
 backpropagated."""
 
@@ -42,8 +42,11 @@ for step in range(9):
     logits, pred = model(xb)
     loss_a = F.cross_entropy(logits, y_cls[step % 4 :: 4])
     loss_b = 0.5 * F.mse_loss(pred, y_reg[step % 4 :: 4])
-    loss_a.backward(retain_graph=True)
-    loss_b.backward()
+    if step % 2:
+        torch.autograd.backward([loss_a, loss_b])  # the same gradients, in one call
+    else:
+        loss_a.backward(retain_graph=True)
+        loss_b.backward()
     total = loss_a.item() + loss_b.item()
     if step % 3 == 0:
         reg = 1e-3 * sum(p.pow(2).sum() for p in model.trunk.parameters())

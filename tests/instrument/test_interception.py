@@ -1,0 +1,53 @@
+"""The backward event: which tensors a ``backward`` call propagates as the step's loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gradlens.instrument import interception
+
+
+class Losses(interception.ListenerBase):
+    def __init__(self) -> None:
+        self.seen: list[Tensor] = []
+        self.ends = 0
+
+    def on_backward(self, tensor: Tensor) -> None:
+        self.seen.append(tensor)
+
+    def after_backward(self) -> None:
+        self.ends += 1
+
+
+def _losses(call) -> tuple[list[float], int]:
+    listener = Losses()
+    interception.install(listener)
+    try:
+        w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+        call(w)
+    finally:
+        interception.uninstall(listener)
+    return [t.item() for t in listener.seen], listener.ends
+
+
+def test_a_scalar_loss():
+    assert _losses(lambda w: w.square().sum().backward()) == ([14.0], 1)
+    assert _losses(lambda w: torch.autograd.backward(w.sum())) == ([2.0], 1)
+
+
+def test_a_list_of_scalar_losses_is_their_sum():
+    def call(w):
+        torch.autograd.backward([w.square().sum(), w.sum()])  # multi-task: gradients add up
+
+    assert _losses(call) == ([14.0, 2.0], 1)
+    assert _losses(lambda w: torch.autograd.backward((w.sum(),))) == ([2.0], 1)
+
+
+def test_no_loss_for_vector_jacobian_products():
+    def weighted(w):  # explicit grad_tensors: a weighted sum gradlens does not read
+        torch.autograd.backward([w.sum(), w.square().sum()], [torch.tensor(2.0)] * 2)
+
+    assert _losses(lambda w: w.backward(torch.ones(3))) == ([], 1)
+    assert _losses(weighted) == ([], 1)
+    assert _losses(lambda w: torch.autograd.backward([w * 2], [torch.ones(3)])) == ([], 1)
