@@ -124,6 +124,7 @@ class ListenerBase:
 _listeners: list[Listener] = []
 _originals: dict[tuple[object, str], Any] = {}
 _suspended = 0
+_backward_depth = 0  # > 0 while a backward the script called runs
 _reported: set[str] = set()
 
 
@@ -201,9 +202,16 @@ def _patch_all() -> None:
 def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+        global _backward_depth
+        if _backward_depth:  # called by the autograd engine inside a backward (reentrant
+            return original(tensors, *args, **kwargs)  # checkpointing): not the script's
         for loss in _losses(tensors, args, kwargs):
             _emit("on_backward", loss)
-        result = original(tensors, *args, **kwargs)
+        _backward_depth += 1
+        try:
+            result = original(tensors, *args, **kwargs)
+        finally:
+            _backward_depth -= 1
         _emit("after_backward")
         return result
 

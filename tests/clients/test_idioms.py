@@ -122,6 +122,18 @@ def test_regression_with_a_loss_module(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "flags", [(), ("--reentrant",), ("--manual",), ("--reentrant", "--manual")]
+)
+def test_activation_checkpointing(tmp_path, flags):
+    pair = run_pair(tmp_path, "activation_checkpointing.py", *flags)
+    assert_unchanged(pair)
+    assert layer_names(pair.run) == set(pair.trace["names"])
+    assert_steps(pair, "loss")  # a reentrant backward inside backward is not a step
+    assert_steps(pair, "grad_norm")
+    assert pair.run.steps == len(pair.trace["loss"])
+
+
+@pytest.mark.parametrize(
     "script,probes",
     [
         ("wgan_gp.py", PROBES),  # no F.* loss: the probes wait, one line each

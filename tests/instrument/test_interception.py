@@ -51,3 +51,20 @@ def test_no_loss_for_vector_jacobian_products():
     assert _losses(lambda w: w.backward(torch.ones(3))) == ([], 1)
     assert _losses(weighted) == ([], 1)
     assert _losses(lambda w: torch.autograd.backward([w * 2], [torch.ones(3)])) == ([], 1)
+
+
+def test_a_backward_inside_backward_is_not_a_step():
+    """Reentrant activation checkpointing runs ``torch.autograd.backward`` from inside the
+    script's backward: one loss, one end of backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    block = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())
+
+    def call(w):
+        h = w.unsqueeze(0)
+        for _ in range(2):
+            h = checkpoint(block, h, use_reentrant=True)
+        h.sum().backward()
+
+    losses, ends = _losses(call)
+    assert len(losses) == 1 and ends == 1
