@@ -92,7 +92,11 @@ class Tracking:
         if self.auto:
             # Optimizers made before the Lens started are not announced by Optimizer.__init__:
             # find them once, so a backward is not taken for a manual update.
-            self.known.update(o for o in gc.get_objects() if _is_optimizer(o))
+            if any(_is_optimizer(o) for o in gc.get_objects()):
+                # Only then: drop the ones that only reference cycles keep alive (an earlier
+                # run in the same notebook or test process), so they do not name this run.
+                gc.collect()
+                self.known.update(o for o in gc.get_objects() if _is_optimizer(o))
             if self.known:
                 self.watch_owners(list(self.known))
             else:  # until an optimizer appears: a script may update parameters by hand

@@ -154,3 +154,29 @@ def test_a_lens_started_beside_an_optimizer_wrapper_records_the_real_optimizer(t
     run = gradlens.open_run(tmp_path / "wrapped")
     assert run.meta["optimizers"] == [run.meta["optimizers"][0]]  # one optimizer, not two
     assert sorted(run.table("layers").layer.unique()) == ["bias", "weight"]
+
+
+def test_an_optimizer_only_a_reference_cycle_keeps_alive_does_not_name_the_run(tmp_path):
+    """A notebook's earlier run leaves an optimizer that only a reference cycle keeps alive:
+    it is collected at start, so this run's layers are not prefixed as one of two models."""
+    import gc
+
+    from gradlens import Lens
+
+    gc.disable()
+    try:
+        old_model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        old = torch.optim.SGD(old_model.parameters(), lr=0.1)
+        old.cycle, old.model = old, old_model  # type: ignore[attr-defined]
+        del old, old_model
+        model = torch.nn.Linear(2, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with Lens(runs_dir=tmp_path, name="fresh"):
+            for _ in range(3):
+                opt.zero_grad()
+                model(torch.ones(4, 2)).sum().backward()
+                opt.step()
+    finally:
+        gc.enable()
+    run = gradlens.open_run(tmp_path / "fresh")
+    assert sorted(run.table("layers").layer.unique()) == ["bias", "weight"]
