@@ -225,7 +225,13 @@ class Lens(interception.ListenerBase):
             self._softmax = SoftmaxSignal(self.cos_every, every=self.softmax_every)
         say = self._output.say_once
         self._probes = ProbeRunner(
-            self.scheduled, self.probe_set, self._guard, writer.write, say, writes=self.dist.main
+            self.scheduled,
+            self.probe_set,
+            self._guard,
+            writer.write,
+            say,
+            writes=self.dist.main,
+            unavailable=self.unavailable,  # probes that cannot measure this run, and why
         )
         if self.dist.main:
             self._script = ScriptMetrics(writer.submit, say, self._guard, self.every)

@@ -21,9 +21,13 @@ from gradlens.instrument import interception
 __all__ = ["classifier_parameters", "find_classifier", "neural_collapse", "stream_collapse"]
 
 
-def find_classifier(model: nn.Module, classifier: nn.Module | str | None = None) -> nn.Module:
+def find_classifier(
+    model: nn.Module, classifier: nn.Module | str | None = None, num_classes: int | None = None
+) -> nn.Module:
     """The classifier layer: ``classifier`` (a submodule or its qualified name), else the
-    last ``nn.Linear`` registered in ``model``."""
+    last ``nn.Linear`` registered in ``model`` with ``num_classes`` outputs (when known: the
+    logits' classes in the loss call), else the last with at least 2 outputs (a multi-task
+    model's 1-output regression or auxiliary head is not a classifier)."""
     if isinstance(classifier, str):
         try:
             return model.get_submodule(classifier)
@@ -35,9 +39,13 @@ def find_classifier(model: nn.Module, classifier: nn.Module | str | None = None)
         return classifier
     if classifier is not None:
         raise TypeError(f"classifier must be a module, a name or None, not {type(classifier)}")
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features >= 2]
+    if num_classes is not None:
+        linears = [m for m in linears if m.out_features == num_classes]
+        if not linears:
+            raise ValueError(f"model has no nn.Linear with {num_classes} outputs; pass classifier=")
     if not linears:
-        raise ValueError("model has no nn.Linear; pass classifier=")
+        raise ValueError("model has no nn.Linear with 2 or more outputs; pass classifier=")
     return linears[-1]
 
 

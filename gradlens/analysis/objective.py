@@ -47,7 +47,8 @@ class Batch:
     ``loss_fn=None`` means the model returns its loss (a scalar, ``(logits, loss)``, a dict
     with ``"loss"`` or an object with ``.loss``). ``size`` weights the batch in the mean.
     ``labels`` are the class targets the loss saw (also when it ran inside ``forward``), for
-    probes that need labels (neural collapse).
+    probes that need labels (neural collapse). ``classes`` is the number of classes in the
+    logits the recorded loss call saw (``cross_entropy``/``nll_loss``), if known.
     """
 
     args: tuple[Any, ...]
@@ -56,6 +57,7 @@ class Batch:
     loss_fn: LossFn | None = None
     size: int = 1
     labels: Any = None
+    classes: int | None = None
 
 
 def _size(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
@@ -97,13 +99,26 @@ def batches_from_probe_set(probe_set: Any) -> list[Batch]:
         if call is None:
             continue
         size = recorded.batch_size or _size(recorded.args, recorded.kwargs)
-        if call.inside_forward:
-            out.append(Batch(recorded.args, recorded.kwargs, None, None, size, call.target))
-        else:
-            out.append(
-                Batch(recorded.args, recorded.kwargs, call.target, _replay(call), size, call.target)
+        loss_fn = None if call.inside_forward else _replay(call)
+        target = None if call.inside_forward else call.target
+        out.append(
+            Batch(
+                recorded.args, recorded.kwargs, target, loss_fn, size, call.target, _classes(call)
             )
+        )
     return out
+
+
+def _classes(call: Any) -> int | None:
+    """Number of classes in the logits of a ``cross_entropy``/``nll_loss`` call with class
+    indices: dimension 1 of (N, C, d1, …), the only one of (C,)."""
+    shape = call.input_shape
+    target = call.target
+    if call.name not in ("cross_entropy", "nll_loss") or not shape:
+        return None
+    if not isinstance(target, Tensor) or target.is_floating_point():
+        return None  # class probabilities: no class index per sample
+    return int(shape[1] if len(shape) > 1 else shape[0])
 
 
 def _replay(call: Any) -> LossFn:

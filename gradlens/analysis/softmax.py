@@ -1,6 +1,10 @@
 """The ghosts-of-softmax radius of a model along an update direction (Sao 2026,
 arXiv 2603.13552), from one JVP of its logits; the arithmetic on the logits' directional
 derivative is :func:`gradlens.functional.softmax.ghost_radius_from_derivative`.
+
+The JVP is forward-mode AD (``torch.func.jvp``); where an operation has no forward-AD formula
+(``torch.nn.utils.parametrizations.weight_norm``'s ``_weight_norm_interface``) the same
+derivative comes exactly from two reverse passes (the double-VJP trick: ``J v = ∂(Jᵀu · v)/∂u``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from torch.func import functional_call, jvp
 
 from gradlens.functional.softmax import ghost_radius_from_derivative
 
-__all__ = ["ghost_radius"]
+__all__ = ["ghost_radius", "jvp_by_double_backward"]
 
 
 def ghost_radius(
@@ -65,10 +69,43 @@ def ghost_radius(
     def logits_at(params: dict[str, Tensor]) -> Tensor:
         return pick(functional_call(model, params, args, dict(kwargs or {}), strict=False))
 
-    with warnings.catch_warnings():  # torch.func's first jvp scripts a decomposition
-        warnings.filterwarnings("ignore", ".*torch.jit.script.*", DeprecationWarning)
-        dlogits = jvp(logits_at, (primals,), (unit,))[1]
+    try:
+        with warnings.catch_warnings():  # torch.func's first jvp scripts a decomposition
+            warnings.filterwarnings("ignore", ".*torch.jit.script.*", DeprecationWarning)
+            dlogits = jvp(logits_at, (primals,), (unit,))[1]
+    except Exception:  # no forward-AD formula for some operation: two reverse passes
+        dlogits = jvp_by_double_backward(logits_at, primals, unit)
     return ghost_radius_from_derivative(dlogits, step)
+
+
+def jvp_by_double_backward(
+    fn: Callable[[dict[str, Tensor]], Tensor],
+    primals: Mapping[str, Tensor],
+    tangents: Mapping[str, Tensor],
+) -> Tensor:
+    """``∂fn(θ)/∂θ · v`` by reverse mode only: ``g(u) = Jᵀu`` with a graph, then ``∂(g·v)/∂u``.
+
+    Exact (no step size), for models whose operations have a backward of their backward but
+    no forward-AD formula. ``fn`` maps parameter names to tensors (``functional_call``).
+    """
+    with torch.enable_grad():
+        params = {n: p.detach().requires_grad_(True) for n, p in primals.items()}
+        out = fn(params)
+        u = torch.zeros_like(out, requires_grad=True)
+        grads = torch.autograd.grad(
+            out, list(params.values()), grad_outputs=u, create_graph=True, allow_unused=True
+        )
+        pairs = [
+            (g, tangents[n].to(g.dtype))
+            for g, n in zip(grads, params, strict=True)
+            if g is not None and g.requires_grad
+        ]
+        if not pairs:
+            return torch.zeros_like(out).detach()
+        (derivative,) = torch.autograd.grad(
+            [g for g, _ in pairs], u, grad_outputs=[t for _, t in pairs], allow_unused=True
+        )
+    return torch.zeros_like(out).detach() if derivative is None else derivative.detach()
 
 
 def _logits(output: Any) -> Tensor:

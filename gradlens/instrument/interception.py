@@ -15,6 +15,11 @@ Patched while at least one listener is installed, restored exactly when the last
 
 Nothing here changes a result: every wrapper calls the original with the same arguments and
 returns its result untouched. Listener errors are reported once and never reach the script.
+
+Two narrower channels cost nothing when unused (the probe set checks, while it records, that
+the recorded loss call is what the script backpropagates): :func:`request_loss_result` asks,
+from inside ``on_loss_call``, for the result of the loss call in progress; and
+:func:`watch_backward` sees the roots of each backward the script calls.
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ __all__ = [
     "ListenerBase",
     "install",
     "is_suspended",
+    "request_loss_result",
     "suspended",
     "uninstall",
+    "unwatch_backward",
+    "watch_backward",
 ]
 
 LOSS_FUNCTIONS = (
@@ -126,6 +134,8 @@ _originals: dict[tuple[object, str], Any] = {}
 _suspended = 0
 _backward_depth = 0  # > 0 while a backward the script called runs
 _reported: set[str] = set()
+_loss_result_wanted: Callable[[Any], None] | None = None  # see request_loss_result
+_backward_watchers: list[Callable[[list[Tensor]], None]] = []
 
 
 def install(listener: Listener) -> None:
@@ -143,6 +153,27 @@ def uninstall(listener: Listener) -> None:
         for (owner, name), original in _originals.items():
             setattr(owner, name, original)
         _originals.clear()
+        _backward_watchers.clear()
+
+
+def request_loss_result(callback: Callable[[Any], None]) -> None:
+    """Call ``callback(result)`` when the loss call now being announced by ``on_loss_call``
+    returns with gradients on (a training loss). Outside ``on_loss_call`` it does nothing."""
+    global _loss_result_wanted
+    _loss_result_wanted = callback
+
+
+def watch_backward(callback: Callable[[list[Tensor]], None]) -> None:
+    """Call ``callback(losses)`` at each backward the script calls (``losses``: the scalar
+    roots, as ``on_backward`` gets them; empty for a non-scalar backward), until
+    :func:`unwatch_backward`."""
+    if callback not in _backward_watchers:
+        _backward_watchers.append(callback)
+
+
+def unwatch_backward(callback: Callable[[list[Tensor]], None]) -> None:
+    if callback in _backward_watchers:
+        _backward_watchers.remove(callback)
 
 
 @contextmanager
@@ -165,14 +196,18 @@ def _emit(method: str, *args: Any) -> None:
     if _suspended:
         return
     for listener in list(_listeners):
-        try:
-            getattr(listener, method)(*args)
-        except Exception as exc:  # never break the training script
-            if os.environ.get("GRADLENS_STRICT") == "1":
-                raise
-            if method not in _reported:
-                _reported.add(method)
-                print(f"gradlens: ignored error in {method}: {exc!r}", file=sys.stderr)
+        _safely(method, getattr(listener, method), *args)
+
+
+def _safely(method: str, fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:  # never break the training script
+        if os.environ.get("GRADLENS_STRICT") == "1":
+            raise
+        if method not in _reported:
+            _reported.add(method)
+            print(f"gradlens: ignored error in {method}: {exc!r}", file=sys.stderr)
 
 
 def _compiling() -> bool:
@@ -205,8 +240,12 @@ def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
         global _backward_depth
         if _backward_depth:  # called by the autograd engine inside a backward (reentrant
             return original(tensors, *args, **kwargs)  # checkpointing): not the script's
-        for loss in _losses(tensors, args, kwargs):
+        losses = _losses(tensors, args, kwargs)
+        for loss in losses:
             _emit("on_backward", loss)
+        if _backward_watchers and not _suspended:
+            for watcher in list(_backward_watchers):
+                _safely("watch_backward", watcher, losses)
         _backward_depth += 1
         try:
             result = original(tensors, *args, **kwargs)
@@ -235,12 +274,17 @@ def _losses(tensors: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list
 def _wrap_loss(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def loss(*args: Any, **kwargs: Any) -> Any:
+        global _loss_result_wanted
         if not _listeners or _compiling():
             return original(*args, **kwargs)
+        _loss_result_wanted = None
         _emit("on_loss_call", name, args, kwargs)
+        wanted, _loss_result_wanted = _loss_result_wanted, None
         result = original(*args, **kwargs)
         if not torch.is_grad_enabled():  # an evaluation (a training loss needs gradients)
             _emit("on_eval_loss", name, args, kwargs, result)
+        elif wanted is not None:
+            _safely("request_loss_result", wanted, result)
         return result
 
     return loss

@@ -5,17 +5,27 @@ clones, so later in-place changes by the data pipeline cannot alter them) togeth
 loss call that consumed the output: the loss function, its targets and options, and whether
 it ran inside the model's ``forward`` (nanoGPT style) or on its output. Memory stays flat:
 nothing is kept after the set is full.
+
+While it records, it also checks that the recorded loss call is what the script trains on:
+the backward that follows must reach the loss call's result through constant scaling
+(``loss / accum``, GradScaler), casts, views and reductions of a scalar only, and be the only
+backward before the next forward. Otherwise (``loss = F.mse_loss(...) + custom``, the sum of a
+GAN's real and fake terms, one backward per task) the batch's ``whole`` is False: replaying
+the loss call would measure a part of the training loss. Once the set is full nothing is
+watched any more.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
+
+from gradlens.instrument import interception
 
 __all__ = ["LossCall", "ProbeBatch", "ProbeSet", "batch_size_of", "extract_loss"]
 
@@ -24,6 +34,26 @@ __all__ = ["LossCall", "ProbeBatch", "ProbeSet", "batch_size_of", "extract_loss"
 # accumulation passes the token count of all micro-batches).
 STEP_KWARGS = ("num_items_in_batch",)
 RETURNED = "returned by forward"  # LossCall.name of a loss the module returned
+# Autograd nodes between a loss call's result and the backward root that keep it the whole
+# objective (constant scaling, casts, views, reductions of a scalar); anything else — a sum
+# with another term, a function of the loss — makes the loss call a part of it.
+_SAME_OBJECTIVE = (
+    "MulBackward",
+    "DivBackward",
+    "ToCopyBackward",
+    "ViewBackward",
+    "UnsafeViewBackward",
+    "ReshapeAliasBackward",
+    "SqueezeBackward",
+    "UnsqueezeBackward",
+    "ExpandBackward",
+    "MeanBackward",
+    "SumBackward",
+    "CloneBackward",
+    "AliasBackward",
+)
+_WALK_LIMIT = 64  # nodes followed from a backward root
+_FORWARDS_WITHOUT_BACKWARD = 4  # a loss call not backpropagated by then is not checked
 
 
 def _copy(value: Any) -> Any:
@@ -51,6 +81,12 @@ class ProbeBatch:
     kwargs: dict[str, Any]
     loss: LossCall | None = None
     batch_size: int = 0
+    # The loss call is all the script backpropagated (None: not known, e.g. a loss inside
+    # forward, whose replay reads the model's returned loss)
+    whole: bool | None = None
+    _node: Any = field(default=None, repr=False, compare=False)  # its result's grad_fn
+    _backwards: int = field(default=0, repr=False, compare=False)
+    _forwards: int = field(default=0, repr=False, compare=False)
 
 
 class ProbeSet:
@@ -62,16 +98,19 @@ class ProbeSet:
         self.capacity = capacity
         self.batches: list[ProbeBatch] = []
         self._open: ProbeBatch | None = None  # waiting for its loss call
+        self._checks: list[ProbeBatch] = []  # loss results waiting for the script's backward
 
     @property
     def full(self) -> bool:
-        return len(self.batches) >= self.capacity and self._open is None
+        return len(self.batches) >= self.capacity and self._open is None and not self._checks
 
     def record_forward(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], batch_size: int
     ) -> None:
         """Called at a root module's training forward."""
         self._open = None
+        if self._checks:
+            self._settle()
         if len(self.batches) >= self.capacity:
             return
         kwargs = {k: v for k, v in kwargs.items() if k not in STEP_KWARGS}
@@ -93,6 +132,47 @@ class ProbeSet:
             name, tuple(args[0].shape), _copy(target), _copy(rest), _copy(options), inside_forward
         )
         self._open = None
+        if not inside_forward:  # inside forward, probes replay the loss the model returns
+            interception.request_loss_result(lambda result: self.record_loss_result(batch, result))
+
+    def record_loss_result(self, batch: ProbeBatch, result: Any) -> None:
+        """The loss call of ``batch`` returned ``result``: check it at the next backward."""
+        if not isinstance(result, Tensor) or result.numel() != 1 or result.grad_fn is None:
+            return
+        batch._node = result.grad_fn
+        self._checks.append(batch)
+        interception.watch_backward(self.record_backward)
+
+    def record_backward(self, losses: list[Tensor]) -> None:
+        """The script backpropagates ``losses`` (their sum): is it the recorded loss call?
+
+        A batch's first backward decides: whole if it reaches its loss call's result. When
+        another batch's loss is reached instead, this one was not backpropagated (not known);
+        a second backward before the next forward (one backward per task) makes it partial.
+        """
+        reached = {id(b) for b in self._checks if len(losses) == 1 and _reaches(losses[0], b._node)}
+        for batch in list(self._checks):
+            if batch._backwards:
+                batch.whole = False
+            elif id(batch) in reached or not reached:
+                batch.whole = id(batch) in reached
+            else:
+                self._done(batch)
+                continue
+            batch._backwards += 1
+
+    def _settle(self) -> None:
+        """At a forward: checks that saw their backward are done; others wait a little."""
+        for batch in list(self._checks):
+            batch._forwards += 1
+            if batch._backwards or batch._forwards > _FORWARDS_WITHOUT_BACKWARD:
+                self._done(batch)
+
+    def _done(self, batch: ProbeBatch) -> None:
+        batch._node = None  # the graph is the script's
+        self._checks = [b for b in self._checks if b is not batch]
+        if not self._checks:
+            interception.unwatch_backward(self.record_backward)
 
     def record_output_loss(self, module: nn.Module, output: Any) -> bool:
         """The forward of the batch recorded last returned a loss that no intercepted loss
@@ -108,6 +188,23 @@ class ProbeSet:
         batch.loss = LossCall(RETURNED, (), None, (), {}, inside_forward=True)
         self._open = None
         return True
+
+
+def _reaches(root: Tensor, node: Any) -> bool:
+    """``root`` is ``node``'s output up to constant scaling, casts, views and reductions."""
+    current = root.grad_fn
+    for _ in range(_WALK_LIMIT):
+        if current is None:
+            return False
+        if current is node:
+            return True
+        if not current.name().startswith(_SAME_OBJECTIVE):
+            return False
+        inputs = [n for n, _ in current.next_functions if n is not None]
+        if len(inputs) != 1:
+            return False
+        current = inputs[0]
+    return False
 
 
 def _replayable(module: nn.Module) -> nn.Module:

@@ -18,10 +18,16 @@ from torch import nn
 
 from gradlens.analysis.objective import MODES, Objective
 
-__all__ = ["PRESET_ORDER", "Probe", "ProbeContext", "Rows"]
+__all__ = ["PRESET_ORDER", "Probe", "ProbeContext", "ProbeUnavailable", "Rows"]
 
 PRESET_ORDER = ("cheap", "standard", "full")
 Rows = dict[str, dict[str, list[Any]]]
+
+
+class ProbeUnavailable(Exception):
+    """Raised by :meth:`Probe.compute` when the probe cannot measure this run (no class
+    targets, no derivative for the model): the runner says the one-line message once, lists
+    it in ``meta.json``'s ``unavailable`` and does not run the probe again."""
 
 
 @dataclass
@@ -60,6 +66,8 @@ class Probe(ABC):
         tables: the tables it writes.
         preset: the cheapest preset that includes it (cheap < standard < full).
         default_every: steps between runs by default.
+        needs_objective: it measures the training loss itself (curvature, values), so it is not
+            run when the recorded loss call is only a part of the loss the script trains on.
 
     Args:
         every: run after every ``every``-th optimizer step (0 disables the schedule).
@@ -71,6 +79,7 @@ class Probe(ABC):
     tables: ClassVar[tuple[str, ...]] = ()
     preset: ClassVar[str] = "full"
     default_every: ClassVar[int] = 500
+    needs_objective: ClassVar[bool] = False
 
     def __init__(self, every: int | None = None, at_end: bool = False, mode: str = "eval"):
         every = self.default_every if every is None else int(every)

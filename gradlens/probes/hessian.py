@@ -38,6 +38,7 @@ class HessianProbe(Probe):
     tables = ("hessian", "spectrum")
     preset = "standard"
     default_every = 500
+    needs_objective = True
 
     def __init__(
         self,

@@ -41,6 +41,7 @@ class LandscapeProbe(Probe):
     tables = ("landscape",)
     preset = "full"
     default_every = 1000
+    needs_objective = True
 
     def __init__(
         self,

@@ -1,6 +1,9 @@
 """Running scheduled probes: on the recorded probe set, isolated from training, timed, their
 rows checked against the schema, and switched off (one line, an ``internal_error`` event) when
-one fails or returns rows the writer could not store."""
+one fails or returns rows the writer could not store. A probe that cannot measure this run
+(:class:`~gradlens.probes.base.ProbeUnavailable`, or one that needs the training loss when the
+recorded loss call is only a part of it) is said once, listed as unavailable and not run again.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from gradlens.capture.facts import learning_rate
 from gradlens.instrument.distributed import unwrap_data_parallel
 from gradlens.instrument.guard import Guard
 from gradlens.instrument.probe_set import ProbeSet
-from gradlens.probes.base import Probe, ProbeContext, Rows
+from gradlens.probes.base import Probe, ProbeContext, ProbeUnavailable, Rows
 from gradlens.store.rows import check_rows, long_rows
 
 __all__ = ["ProbeRunner", "check_probe_rows"]
@@ -37,13 +40,15 @@ class ProbeRunner:
         write: Write,
         say: Callable[[str], None],
         writes: bool = True,
+        unavailable: dict[str, str] | None = None,
     ) -> None:
-        self.probes = probes
+        self.probes = list(probes)
         self.probe_set = probe_set
         self.guard = guard
         self.write = write
         self.say = say
         self.writes = writes  # multi-process: every rank measures, rank 0 writes
+        self.unavailable = {} if unavailable is None else unavailable  # "probe NAME" → why
 
     def due(self, step: int) -> list[Probe]:
         return [p for p in self.probes if p.should_run(step)]
@@ -86,6 +91,8 @@ class ProbeRunner:
                 "(an F.* loss, also inside forward, or a loss returned by forward)"
             )
             return
+        if any(b.whole is False for b in self.probe_set.batches):
+            probes = self._without_partial_objective(probes)
         model = unwrap_data_parallel(module)
         for probe in probes:
             start = time.perf_counter()
@@ -93,6 +100,9 @@ class ProbeRunner:
             context = ProbeContext(step, objective, lrs, optimizer, update_fn(objective), world)
             feature = f"probe {probe.name}"
             rows = self.guard.call(feature, _compute, probe, objective, context)
+            if isinstance(rows, ProbeUnavailable):
+                self._unavailable([probe], str(rows).splitlines()[0])
+                continue
             if rows is not None:  # checked here: a bad row fails this probe, not the writer
                 rows = self.guard.call(feature, check_probe_rows, probe, rows)
             if rows is None or not self.writes:
@@ -102,6 +112,28 @@ class ProbeRunner:
             seconds = time.perf_counter() - start
             metric = f"probe_seconds.{probe.name}"
             self.write("scalars", long_rows("scalars", step, metric=metric, index=0, value=seconds))
+
+    def _without_partial_objective(self, probes: list[Probe]) -> list[Probe]:
+        """``probes`` but those measuring the training loss: the script backpropagates more
+        than the recorded loss call (several terms, several backward calls)."""
+        partial = [p for p in self.probes if p.needs_objective]
+        if partial:
+            names = "/".join(p.name for p in partial)
+            why = (
+                f"the training loss is not one loss call (several terms): {names} would "
+                "measure a part of it"
+            )
+            self.say(f"probes: {why}")
+            self._unavailable(partial, why, quiet=True)
+        return [p for p in probes if not p.needs_objective]
+
+    def _unavailable(self, probes: list[Probe], why: str, quiet: bool = False) -> None:
+        """Say why once, list it in ``meta.json`` and stop scheduling these probes."""
+        for probe in probes:
+            self.unavailable[f"probe {probe.name}"] = why
+            if not quiet:
+                self.say(f"probe {probe.name} unavailable: {why}")
+        self.probes = [p for p in self.probes if p not in probes]
 
     def _batches(self) -> tuple[nn.Module | None, list[Batch]]:
         """The recorded batches of the first root module that has one with a loss (a model
@@ -130,9 +162,12 @@ def check_probe_rows(probe: Probe, rows: Rows) -> Rows:
     return rows
 
 
-def _compute(probe: Probe, objective: Objective, context: ProbeContext) -> Rows:
+def _compute(probe: Probe, objective: Objective, context: ProbeContext) -> Rows | ProbeUnavailable:
     with objective.isolated():
-        return probe.compute(context)
+        try:
+            return probe.compute(context)
+        except ProbeUnavailable as exc:  # not an internal error: said, not disabled
+            return exc
 
 
 def _lrs(optimizer: Any) -> list[float]:

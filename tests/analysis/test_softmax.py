@@ -92,3 +92,65 @@ class _LastPosition(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x)[:, -1]
+
+
+def _weight_normed() -> nn.Module:
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(3)
+    return nn.Sequential(weight_norm(nn.Linear(5, 7)), nn.Tanh(), nn.Linear(7, 4)).double()
+
+
+def test_double_backward_jvp_equals_forward_ad():
+    from torch.func import functional_call, jvp
+
+    from gradlens.analysis.softmax import jvp_by_double_backward
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 4)
+    ).double()
+    x = torch.randn(6, 2, 4, 4, dtype=torch.float64)
+    primals = {n: p.detach() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    tangents = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in primals.items()}
+    del tangents["0.bias"]  # a parameter held fixed
+    fixed = {n: p for n, p in primals.items() if n not in tangents}
+
+    def fn(params):
+        return functional_call(model, {**fixed, **params}, (x,))
+
+    moving = {n: primals[n] for n in tangents}
+    want = jvp(fn, (moving,), (tangents,))[1]
+    got = jvp_by_double_backward(fn, moving, tangents)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_ghost_radius_without_forward_ad_matches_finite_differences():
+    """weight_norm has no forward-AD formula: the double-backward JVP gives the radius, equal
+    to a central finite difference of the logits in float64."""
+    from torch.func import functional_call, jvp
+
+    from gradlens.functional.softmax import ghost_radius_from_derivative
+
+    model = _weight_normed().eval()
+    x = torch.randn(9, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(4)
+    direction = {
+        n: 0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()
+    }
+    with pytest.raises(NotImplementedError, match="forward AD"):  # why the fallback exists
+        jvp(lambda p: functional_call(model, p, (x,)), (params,), (direction,))
+    got = ghost_radius(model, x, direction)
+    step = math.sqrt(sum(float((t**2).sum()) for t in direction.values()))
+    eps = 1e-6
+
+    def at(sign: float) -> torch.Tensor:
+        moved = {n: params[n] + sign * eps * direction[n] / step for n in params}
+        return functional_call(model, moved, (x,)).detach()
+
+    derivative = (at(1.0) - at(-1.0)) / (2 * eps)
+    want = ghost_radius_from_derivative(derivative, torch.tensor(step, dtype=torch.float64))
+    assert got["delta_a"] == pytest.approx(want["delta_a"], rel=1e-7)
+    assert got["r"] == pytest.approx(want["r"], rel=1e-7)

@@ -14,6 +14,7 @@ import gradlens
 from gradlens.analysis.objective import Batch, Objective, batches_from_data
 from gradlens.functional.collapse import neural_collapse_metrics
 from gradlens.probes import ProbeContext
+from gradlens.probes.base import ProbeUnavailable
 from gradlens.probes.collapse import CollapseProbe
 from gradlens.store.schema import to_arrow
 
@@ -78,12 +79,29 @@ def test_rows_equal_the_pure_function_on_direct_features():
     assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
-def test_no_rows_without_labels():
+def test_unavailable_without_class_labels():
     model = _etf_network()
     x = F.one_hot(torch.arange(8) % C, C).double()
-    objective = Objective(model, [Batch((x,), size=8)])  # e.g. a loss without class targets
+    for labels in (None, torch.randn(8)):  # a loss without targets, a regression's
+        objective = Objective(model, [Batch((x,), size=8, labels=labels)])
+        with objective.isolated(), pytest.raises(ProbeUnavailable, match="class-index targets"):
+            CollapseProbe().compute(ProbeContext(0, objective))
+
+
+def test_classifier_with_the_classes_of_the_loss_logits():
+    """The last nn.Linear is a 1-output head; then one with C outputs that the loss never saw:
+    the classifier is the layer with as many outputs as the recorded logits."""
+    model = nn.Sequential(_etf_network(), nn.Linear(C, 1).double())
+    y = torch.arange(40) % C
+    x = F.one_hot(y, C).double()
+    objective = Objective(model, [Batch((x,), size=40, labels=y, classes=C)])
     with objective.isolated():
-        assert CollapseProbe().compute(ProbeContext(0, objective)) == {}
+        got = CollapseProbe().compute(ProbeContext(0, objective))["collapse"]
+    values = dict(zip(got["metric"], got["value"], strict=True))
+    assert values["num_classes"] == C and values["nc1"] == pytest.approx(0.0, abs=1e-12)
+    objective = Objective(model, [Batch((x,), size=40, labels=y, classes=7)])
+    with objective.isolated(), pytest.raises(ProbeUnavailable, match="no nn.Linear with 7"):
+        CollapseProbe().compute(ProbeContext(0, objective))
 
 
 def test_a_lens_run_writes_the_metrics_of_the_probe_batches(runs_dir):

@@ -5,7 +5,8 @@ keeps the fastest; finite differences qualify only when their product agrees wit
 engine's to ``fd_check_tol`` (1e-3 relative, in the run's dtype). The timings, the check and
 the choice are kept in the engine's ``selection`` and logged. Where double backward or forward
 AD is not implemented (fused attention kernels) it retries with the math attention backend,
-then falls back to finite differences — saying so on stderr. FSDP2-sharded parameters always
+then falls back to finite differences — saying so on stderr. Forward-over-reverse failing
+for any reason leaves the choice to the other engines. FSDP2-sharded parameters always
 get :class:`ShardedHVP`.
 """
 
@@ -99,7 +100,10 @@ def _fastest(
                 engines[method] = engine
                 engine.reset()  # free its graph before the next engine is timed
             except Exception as exc:
-                if not unsupported(exc):
+                # Forward-over-reverse may fail for any reason while double backward works:
+                # torch.func's forward AD has gaps of its own (F.mse_loss with the default
+                # mean reduction raises 'ZeroTensors are immutable', pytorch#123996).
+                if method == "double_backward" and not unsupported(exc):
                     raise
                 errors[method] = str(exc).splitlines()[0][:120]
             setup += engine.setup_count
@@ -149,7 +153,8 @@ def _fastest(
         "HVP engine "
         + ", ".join(f"{m} {1e3 * t:.3g} ms" for m, t in seconds.items())
         + f"; finite differences {'pass' if qualified else 'fail'} the accuracy check "
-        f"(relative error {check:.2e} vs {reference}, tol {tol:g}); using {chosen}",
+        f"(relative error {check:.2e} vs {reference}, tol {tol:g}); using {chosen}"
+        + "".join(f"; {m} failed ({e})" for m, e in errors.items() if m not in seconds),
     )
     return engine
 
