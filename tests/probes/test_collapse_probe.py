@@ -100,7 +100,7 @@ def test_classifier_with_the_classes_of_the_loss_logits():
     values = dict(zip(got["metric"], got["value"], strict=True))
     assert values["num_classes"] == C and values["nc1"] == pytest.approx(0.0, abs=1e-12)
     objective = Objective(model, [Batch((x,), size=40, labels=y, classes=7)])
-    with objective.isolated(), pytest.raises(ProbeUnavailable, match="no nn.Linear with 7"):
+    with objective.isolated(), pytest.raises(ProbeUnavailable, match=r"no nn\.Linear with 7"):
         CollapseProbe().compute(ProbeContext(0, objective))
 
 
