@@ -68,3 +68,39 @@ def test_a_backward_inside_backward_is_not_a_step():
 
     losses, ends = _losses(call)
     assert len(losses) == 1 and ends == 1
+
+
+class _Requests(interception.ListenerBase):
+    """Asks for the result of every loss call it is told about."""
+
+    def __init__(self) -> None:
+        self.results: list[Tensor] = []
+
+    def on_loss_call(self, name, args, kwargs) -> None:
+        interception.request_loss_result(self.results.append)
+
+
+def test_loss_results_and_backward_roots_on_request_only():
+    import torch.nn.functional as F
+
+    listener = _Requests()
+    roots: list[list[Tensor]] = []
+    interception.request_loss_result(lambda r: roots.append([r]))  # outside a loss call: no-op
+    interception.install(listener)
+    try:
+        w = torch.tensor([1.0, 2.0], requires_grad=True)
+        loss = F.mse_loss(w, torch.zeros(2))
+        with torch.no_grad():  # an evaluation: on_eval_loss, not a result
+            F.mse_loss(w, torch.zeros(2))
+        interception.watch_backward(roots.append)
+        (loss * 3).backward()
+        with interception.suspended():  # gradlens's own backward is not the script's
+            w.sum().backward()
+        interception.unwatch_backward(roots.append)
+        w.sum().backward()
+        interception.watch_backward(roots.append)
+    finally:
+        interception.uninstall(listener)
+    assert listener.results == [loss]
+    assert len(roots) == 1 and roots[0][0].grad_fn.name() == "MulBackward0"
+    assert interception._backward_watchers == []  # cleared with the last listener

@@ -67,3 +67,17 @@ def test_suspended_interception_records_nothing(runs_dir):
             model(torch.randn(4, 3)).sum().backward()
             opt.step()
         assert lens.step == 0
+
+
+def test_backward_root_reaches_the_loss_call_through_scaling_casts_and_views():
+    from gradlens.instrument.probe_set import _reaches
+
+    w = torch.randn(3, requires_grad=True)
+    loss = F.mse_loss(w, torch.zeros(3))
+    node = loss.grad_fn
+    assert _reaches(loss, node)
+    assert _reaches((loss.double() / 4 * torch.tensor(8.0)).float().reshape(1).mean(), node)
+    assert not _reaches(loss + w.sum(), node)  # another term
+    assert not _reaches(loss * w[0], node)  # scaled by something trained
+    assert not _reaches(loss.sqrt(), node)  # a function of the loss: another objective
+    assert not _reaches(F.mse_loss(w, torch.ones(3)), node)
