@@ -10,7 +10,9 @@ median plain one. "watched" is exactly what `gradlens watch` installs: an
 automatic Lens (global hooks, model discovery, loss interception, background writer).
 
 Columns: ``ratio`` is the default capture (``no-updates``: without ‖Δθ‖, which costs one
-parameter copy and a subtraction per step, `--no-updates` in `gradlens watch`), and the
+parameter copy and a subtraction per step, `--no-updates` in `gradlens watch`; ``graphs``, on
+the GPU: with ``GRADLENS_CUDA_GRAPHS=1``, an unsampled step's gradient norms replayed as one CUDA
+graph, see ``gradlens/capture/replay.py``), and the
 ``.item()/layer`` baseline is the naive logger (one host sync per parameter tensor).
 ``+ops`` and ``+launches`` count what gradlens adds per optimizer step (deterministic): aten
 ops seen by a ``TorchDispatchMode`` on the CPU (launches = ops that are not views), CUDA
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import os
 import statistics
 import sys
 import tempfile
@@ -109,6 +113,20 @@ def _added(model, opt, batch, loss_fn, device: str, runs_dir: Path) -> tuple[flo
     return added[0][0], added[0][1], added[1][1]
 
 
+@contextlib.contextmanager
+def _cuda_graphs(on: bool):
+    """``GRADLENS_CUDA_GRAPHS=1`` inside (read when a Lens's recorders are made)."""
+    saved = os.environ.pop("GRADLENS_CUDA_GRAPHS", None)
+    if on:
+        os.environ["GRADLENS_CUDA_GRAPHS"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("GRADLENS_CUDA_GRAPHS", None)
+        if saved is not None:
+            os.environ["GRADLENS_CUDA_GRAPHS"] = saved
+
+
 def _host(model, opt, batch, loss_fn, steps: int, device: str, runs_dir: Path) -> HostTime:
     """Seconds in gradlens's hooks (training thread) and of writer CPU over ``steps`` steps."""
     with HostTime() as host, gradlens.Lens(runs_dir=runs_dir, name="host", every=EVERY):
@@ -126,17 +144,22 @@ def bench(case: str, device: str, steps: int, trials: int, runs_dir: Path) -> di
     fused = case == "nanogpt" and device == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     _train(model, opt, batch, loss_fn, max(3, steps // 5), device)  # warm-up
-    plain, watched, no_updates, naive = [], [], [], []
+    plain, watched, no_updates, naive, graphed = [], [], [], [], []
+    variants = [(True, watched, False), (False, no_updates, False)]
+    if device == "cuda":
+        variants.append((True, graphed, True))
     for trial in range(trials):
         plain.append(_train(model, opt, batch, loss_fn, steps, device))
-        for track, out in ((True, watched), (False, no_updates)):
-            name = f"{case}-{trial}-{track}"
-            lens = gradlens.Lens(runs_dir=runs_dir, name=name, track_updates=track, every=EVERY)
-            with lens:
-                _train(model, opt, batch, loss_fn, 3, device)  # the first capture
-                out.append(_train(model, opt, batch, loss_fn, steps, device))
+        for track, out, graphs in variants:
+            name = f"{case}-{trial}-{track}-{graphs}"
+            with _cuda_graphs(graphs):
+                lens = gradlens.Lens(runs_dir=runs_dir, name=name, track_updates=track, every=EVERY)
+                with lens:
+                    _train(model, opt, batch, loss_fn, 3, device)  # the first capture
+                    out.append(_train(model, opt, batch, loss_fn, steps, device))
         naive.append(_item_per_layer(model, opt, batch, loss_fn, steps, device))
     p, w, u, n = (statistics.median(v) for v in (plain, watched, no_updates, naive))
+    g = statistics.median(graphed) if graphed else math.nan
     ops, launches, accelerator = _added(model, opt, batch, loss_fn, device, runs_dir)
     host = _host(model, opt, batch, loss_fn, steps, device, runs_dir)
     return {
@@ -148,6 +171,7 @@ def bench(case: str, device: str, steps: int, trials: int, runs_dir: Path) -> di
         "ratio": w / p,
         "no_updates_ratio": u / p,
         "item_ratio": n / p,
+        "graphs_ratio": g / p,
         "extra_ops": ops,
         "extra_launches": launches,
         "accelerator_launches": accelerator,
@@ -173,7 +197,7 @@ def main() -> None:
     )
     header = (
         f"{'case':<10} {'device':<6} {'tensors':>7} {'plain ms':>9} {'gradlens ms':>11} "
-        f"{'ratio':>6} {'target':>6} {'no-updates':>10} {'.item()/layer':>13} "
+        f"{'ratio':>6} {'target':>6} {'no-updates':>10} {'graphs':>6} {'.item()/layer':>13} "
         f"{'+ops':>6} {'+launches':>9} {'accel':>5} {'hook ms':>7} {'writer ms':>9}"
     )
     print(header)
@@ -185,7 +209,8 @@ def main() -> None:
             print(
                 f"{r['case']:<10} {r['device']:<6} {r['tensors']:>7} {r['plain_ms']:>9.2f} "
                 f"{r['watched_ms']:>11.2f} {r['ratio']:>6.3f} {target:>6.2f} "
-                f"{r['no_updates_ratio']:>10.3f} {r['item_ratio']:>13.3f} "
+                f"{r['no_updates_ratio']:>10.3f} {r['graphs_ratio']:>6.3f} "
+                f"{r['item_ratio']:>13.3f} "
                 f"{r['extra_ops']:>6.1f} {r['extra_launches']:>9.1f} "
                 f"{r['accelerator_launches']:>5.1f} {r['hook_ms']:>7.3f} {r['writer_ms']:>9.3f}",
                 flush=True,

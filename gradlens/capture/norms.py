@@ -10,6 +10,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from gradlens.capture.replay import NormReplay, graphs_enabled
 from gradlens.capture.signals import Slot, StepSignal, StepView, as_slot
 from gradlens.capture.updates import group_indices, optimizer_update, supported
 from gradlens.functional.norms import NormPlan, nonfinite_counts, tensor_norms
@@ -85,12 +86,18 @@ class NormSignal(StepSignal):
         self.sharded = is_sharded(self.params)
         self._norms = NormPlan(self._values())
         self._norms_both = NormPlan([*self._values(), *self._values()])
+        # Opt-in: an unsampled step's gradient norms as one CUDA-graph replay (capture.replay).
+        self._replay = (
+            NormReplay(self._norms)
+            if graphs_enabled(device) and self._norms.simple and not self.sharded
+            else None
+        )
 
     # -- StepSignal ------------------------------------------------------------------------------
 
     def before(self, view: StepView) -> Mapping[str, Tensor]:
         sample = view.sample or bool(self.update_lag)
-        gnorm, pnorm, nonfinite = self._grad_norms(with_params=sample)
+        gnorm, pnorm, nonfinite = self._grad_norms(with_params=sample, replay=self._replay)
         out: dict[str, Tensor] = {}
         if self._preclip is not None:
             gnorm, out["grad_norm_clipped"], out["clip_coef"] = self._clip_slots(gnorm)
@@ -163,10 +170,13 @@ class NormSignal(StepSignal):
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _grad_norms(self, with_params: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _grad_norms(
+        self, with_params: bool, replay: NormReplay | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """(per-tensor gradient norms, parameter norms or NaN, non-finite slots); a tensor
         without a gradient this step reads 0. Gradients and parameters go through one fused
-        norm call when every gradient is there."""
+        norm call when every gradient is there. With ``replay`` the gradient norms may be its
+        graph's buffer: the caller consumes them within the step."""
         grads, missing = self._grads()
         pnorm = self._nans
         if not missing:
@@ -174,7 +184,7 @@ class NormSignal(StepSignal):
                 both = self._norms_both([*grads, *self._values()])
                 gnorm, pnorm = both[: len(grads)], both[len(grads) :]
             else:
-                gnorm = self._norms(grads)
+                gnorm = self._norms(grads) if replay is None else replay(grads)
             return gnorm, pnorm, self._nonfinite(grads, gnorm)
         gnorm = tensor_norms(grads, self.device) if grads else self._zeros
         nonfinite = self._expand(self._nonfinite(grads, gnorm), missing)
