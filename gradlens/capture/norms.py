@@ -235,10 +235,11 @@ class NormSignal(StepSignal):
         tensor whose norm is not finite (1), without a device kernel or a host sync."""
         if not grads:
             return self._zeros[:0]
-        if not self._cpu_nonfinite:
-            return self._nans[: len(grads)]
+        n = len(grads)
+        if not self._cpu_nonfinite:  # (a slice is a dispatch: none when every tensor has one)
+            return self._nans if n == len(self._nans) else self._nans[:n]
         if math.isfinite(gnorm.sum().item()):  # a sum of norms is finite iff each is
-            return self._zeros[: len(grads)]
+            return self._zeros if n == len(self._zeros) else self._zeros[:n]
         return nonfinite_counts(grads, self.device)
 
     def _state_source(self, view: StepView) -> Any:
