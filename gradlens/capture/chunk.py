@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -54,11 +55,11 @@ class Layout:
     def width(self, slot: Slot) -> int:
         return self.n if slot.per_tensor else 1
 
-    @property
+    @cached_property  # read at every step's row write: computed once (the layout is frozen)
     def size(self) -> int:
         return sum(self.width(s) for s in self.slots)
 
-    @property
+    @cached_property
     def reduced(self) -> slice:
         """The slots summed over ranks (a prefix of the row)."""
         return slice(0, sum(self.width(s) for s in self.slots if s.reduce != "local"))
