@@ -1,5 +1,6 @@
 """What the watched models' top-level training calls tell: samples and tokens per step, the
-batch size, the batches probes replay, and a loss returned by a forward."""
+batch size, the batches probes replay, and a loss returned by a forward (probes replay it: the
+probe set checks that the script backpropagates it, not it plus terms added after forward)."""
 
 from __future__ import annotations
 
@@ -53,10 +54,15 @@ class ModelCalls:
 
     def after(self, module: nn.Module, output: Any) -> None:
         self.depth = max(0, self.depth - 1)
-        if self.depth or self.loss_seen or output is None:
+        if self.depth or output is None or self.probe_set.full:
             return
         if module.training and torch.is_grad_enabled() and not interception.is_suspended():
-            self.guard.call(FEATURE, self._loss_from_output, module, output)
+            self.guard.call(FEATURE, self._returned, module, output)
+
+    def _returned(self, module: nn.Module, output: Any) -> None:
+        if not self.loss_seen:
+            self._loss_from_output(module, output)
+        self.probe_set.record_returned(module, output)
 
     def _count_and_keep(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         samples, tokens = batch_size_of(args, kwargs)

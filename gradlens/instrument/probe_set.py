@@ -11,8 +11,12 @@ the backward that follows must reach the loss call's result through constant sca
 (``loss / accum``, GradScaler), casts, views and reductions of a scalar only, and be the only
 backward before the next forward. Otherwise (``loss = F.mse_loss(...) + custom``, the sum of a
 GAN's real and fake terms, one backward per task) the batch's ``whole`` is False: replaying
-the loss call would measure a part of the training loss. Once the set is full nothing is
-watched any more.
+the loss call would measure a part of the training loss. When the loss comes from inside
+``forward`` (nanoGPT's ``logits, loss = model(x, y)``, a Hugging Face output's ``.loss``, a
+``torch.compile``d graph), probes replay the module and take the loss it returns; so the same
+check follows that returned loss (``out.loss + 0.01 * l2`` is a part), never the loss call
+inside forward (a forward returning ``ce + aux`` returns the objective). Once the set is full
+nothing is watched any more.
 """
 
 from __future__ import annotations
@@ -81,10 +85,10 @@ class ProbeBatch:
     kwargs: dict[str, Any]
     loss: LossCall | None = None
     batch_size: int = 0
-    # The loss call is all the script backpropagated (None: not known, e.g. a loss inside
-    # forward, whose replay reads the model's returned loss)
+    # What probes replay (the loss call's result, or the loss forward returned) is all the
+    # script backpropagated (None: not known)
     whole: bool | None = None
-    _node: Any = field(default=None, repr=False, compare=False)  # its result's grad_fn
+    _node: Any = field(default=None, repr=False, compare=False)  # that loss's grad_fn
     _backwards: int = field(default=0, repr=False, compare=False)
     _forwards: int = field(default=0, repr=False, compare=False)
 
@@ -98,17 +102,19 @@ class ProbeSet:
         self.capacity = capacity
         self.batches: list[ProbeBatch] = []
         self._open: ProbeBatch | None = None  # waiting for its loss call
+        self._returning: ProbeBatch | None = None  # its forward has not returned yet
         self._checks: list[ProbeBatch] = []  # loss results waiting for the script's backward
 
     @property
     def full(self) -> bool:
-        return len(self.batches) >= self.capacity and self._open is None and not self._checks
+        waiting = self._open is not None or self._returning is not None or bool(self._checks)
+        return len(self.batches) >= self.capacity and not waiting
 
     def record_forward(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], batch_size: int
     ) -> None:
         """Called at a root module's training forward."""
-        self._open = None
+        self._open = self._returning = None
         if self._checks:
             self._settle()
         if len(self.batches) >= self.capacity:
@@ -116,7 +122,7 @@ class ProbeSet:
         kwargs = {k: v for k, v in kwargs.items() if k not in STEP_KWARGS}
         batch = ProbeBatch(_replayable(module), _copy(args), _copy(kwargs), batch_size=batch_size)
         self.batches.append(batch)
-        self._open = batch
+        self._open = self._returning = batch
 
     def record_loss(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], inside_forward: bool
@@ -136,7 +142,7 @@ class ProbeSet:
             interception.request_loss_result(lambda result: self.record_loss_result(batch, result))
 
     def record_loss_result(self, batch: ProbeBatch, result: Any) -> None:
-        """The loss call of ``batch`` returned ``result``: check it at the next backward."""
+        """Probes replay ``result`` as ``batch``'s loss: check it at the next backward."""
         if not isinstance(result, Tensor) or result.numel() != 1 or result.grad_fn is None:
             return
         batch._node = result.grad_fn
@@ -189,6 +195,18 @@ class ProbeSet:
         self._open = None
         return True
 
+    def record_returned(self, module: nn.Module, output: Any) -> None:
+        """The forward of the batch recorded last returned ``output``. If probes replay the
+        loss it returns (a loss inside forward), check that loss at the next backward."""
+        batch, self._returning = self._returning, None
+        if batch is None or batch.module is not _replayable(module):
+            return
+        if batch.loss is None or not batch.loss.inside_forward:
+            return
+        loss = _returned_loss(output)
+        if loss is not None:
+            self.record_loss_result(batch, loss)
+
 
 def _reaches(root: Tensor, node: Any) -> bool:
     """``root`` is ``node``'s output up to constant scaling, casts, views and reductions."""
@@ -216,8 +234,16 @@ def _replayable(module: nn.Module) -> nn.Module:
 
 def extract_loss(output: Any) -> Tensor:
     """The scalar loss inside a model's output (``loss``, ``(logits, loss)``, ``{"loss":…}``)."""
-    if isinstance(output, Tensor) and output.numel() == 1:
-        return output.reshape(())
+    loss = _returned_loss(output)
+    if loss is None:
+        raise ValueError("the model output holds no scalar loss; pass loss_fn")
+    return loss.reshape(())
+
+
+def _returned_loss(output: Any) -> Tensor | None:
+    """The scalar loss tensor inside a model's output, as returned (its own ``grad_fn``)."""
+    if isinstance(output, Tensor):
+        return output if output.numel() == 1 else None
     candidates: list[Any] = []
     if isinstance(output, Mapping):
         candidates = [output.get("loss")]
@@ -227,8 +253,8 @@ def extract_loss(output: Any) -> Tensor:
         candidates = [getattr(output, "loss", None)]
     for value in candidates:
         if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
-            return value.reshape(())
-    raise ValueError("the model output holds no scalar loss; pass loss_fn")
+            return value
+    return None
 
 
 def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int]:

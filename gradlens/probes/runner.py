@@ -91,8 +91,10 @@ class ProbeRunner:
                 "(an F.* loss, also inside forward, or a loss returned by forward)"
             )
             return
-        if any(b.whole is False for b in self.probe_set.batches):
-            probes = self._without_partial_objective(probes)
+        partial = [b for b in self.probe_set.batches if b.whole is False]
+        if partial:
+            returned = any(b.loss is not None and b.loss.inside_forward for b in partial)
+            probes = self._without_partial_objective(probes, returned)
         model = unwrap_data_parallel(module)
         for probe in probes:
             start = time.perf_counter()
@@ -113,16 +115,19 @@ class ProbeRunner:
             metric = f"probe_seconds.{probe.name}"
             self.write("scalars", long_rows("scalars", step, metric=metric, index=0, value=seconds))
 
-    def _without_partial_objective(self, probes: list[Probe]) -> list[Probe]:
+    def _without_partial_objective(self, probes: list[Probe], returned: bool) -> list[Probe]:
         """``probes`` but those measuring the training loss: the script backpropagates more
-        than the recorded loss call (several terms, several backward calls)."""
+        than the recorded loss call (several terms, several backward calls), or than the loss
+        the model returned (``returned``: terms added after forward)."""
         partial = [p for p in self.probes if p.needs_objective]
         if partial:
             names = "/".join(p.name for p in partial)
-            why = (
-                f"the training loss is not one loss call (several terms): {names} would "
-                "measure a part of it"
+            what = (
+                "the loss the model returns (terms added after forward)"
+                if returned
+                else "one loss call (several terms)"
             )
+            why = f"the training loss is not {what}: {names} would measure a part of it"
             self.say(f"probes: {why}")
             self._unavailable(partial, why, quiet=True)
         return [p for p in probes if not p.needs_objective]

@@ -81,3 +81,30 @@ def test_backward_root_reaches_the_loss_call_through_scaling_casts_and_views():
     assert not _reaches(loss * w[0], node)  # scaled by something trained
     assert not _reaches(loss.sqrt(), node)  # a function of the loss: another objective
     assert not _reaches(F.mse_loss(w, torch.ones(3)), node)
+
+
+def test_the_loss_forward_returns_is_checked_at_the_next_backward():
+    from gradlens.instrument.probe_set import ProbeSet
+
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    verdicts = []
+    for penalty in (False, True):
+        probe_set = ProbeSet(capacity=1)
+        probe_set.record_forward(model, (x, y), {}, 4)
+        logits = model(x)
+        inner = F.cross_entropy(logits, y)
+        probe_set.record_loss("cross_entropy", (logits, y), {}, inside_forward=True)
+        assert not probe_set.full  # its forward has not returned yet
+        returned = inner + 0.5 * logits.square().mean()  # the module's own objective
+        probe_set.record_returned(nn.Linear(3, 2), (logits, returned))  # another module
+        assert probe_set._checks == []
+        probe_set._returning = probe_set.batches[0]
+        probe_set.record_returned(model, (logits, returned))
+        assert probe_set._checks[0]._node is returned.grad_fn  # not the inner loss call's
+        root = returned / 4 + model.weight.square().sum() if penalty else returned / 4
+        probe_set.record_backward([root])
+        probe_set.record_forward(model, (x, y), {}, 4)  # the next forward settles it
+        assert probe_set.full and interception._backward_watchers == []
+        verdicts.append(probe_set.batches[0].whole)
+    assert verdicts == [True, False]
