@@ -177,7 +177,10 @@ def as_slot(value: Tensor, device: torch.device) -> Tensor:
     """A one-element tensor as a float32 ``(1,)`` slot on ``device`` (no host sync)."""
     if value.requires_grad:
         value = value.detach()
-    return value.reshape(1).to(device, torch.float32, non_blocking=True)
+    value = value.reshape(1)
+    if value.dtype != torch.float32 or value.device != device:  # skips a no-op .to dispatch
+        value = value.to(device, torch.float32, non_blocking=True)
+    return value
 
 
 def generic_rows(
