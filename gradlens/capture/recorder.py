@@ -77,6 +77,7 @@ class StepRecorder:
         self.every = every
         self.flush_secs = flush_secs
         self._buf = torch.empty(0)
+        self._rows: tuple[Tensor, ...] = ()  # views of the buffer's rows
         self._infos: list[StepInfo] = []
         self._view: StepView | None = None
         self._pending: dict[str, Tensor] | None = None
@@ -213,7 +214,8 @@ class StepRecorder:
             self._buf = torch.empty(
                 self.every, self.layout.size, dtype=torch.float32, device=self.device
             )
-        row = self._buf[len(self._infos)]
+            self._rows = self._buf.unbind(0)  # the row views, made once: indexing costs ~0.7 us
+        row = self._rows[len(self._infos)]
         torch.cat(self.layout.parts(values, self._defaults), out=row)
         if self.reduce:
             self._works.append(all_reduce_async(row[self.layout.reduced]))
