@@ -19,7 +19,7 @@ from torch.func import functional_call, jvp
 
 from gradlens.functional.softmax import ghost_radius_from_derivative
 
-__all__ = ["ghost_radius", "jvp_by_double_backward"]
+__all__ = ["NoLogits", "ghost_radius", "jvp_by_double_backward"]
 
 
 def ghost_radius(
@@ -108,14 +108,22 @@ def jvp_by_double_backward(
     return torch.zeros_like(out).detach() if derivative is None else derivative.detach()
 
 
+class NoLogits(ValueError):
+    """The model output holds no logits (e.g. only the loss): pass ``output_fn``."""
+
+
 def _logits(output: Any) -> Tensor:
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
-        return output["logits"]
-    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
-        return output[0]
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    raise ValueError("cannot find the logits in the model output; pass output_fn")
+    """The logits in a model output: the output itself, its ``logits`` entry or attribute, or
+    the first tensor of a tuple that is not a scalar (``(loss, logits)`` and ``(logits,
+    loss)`` both occur); a scalar is a loss, not logits."""
+    if isinstance(output, Mapping):
+        found = output.get("logits")
+    elif isinstance(output, tuple | list):
+        found = next((t for t in output if isinstance(t, Tensor) and t.dim() > 0), None)
+    else:
+        found = output if isinstance(output, Tensor) else getattr(output, "logits", None)
+    if not isinstance(found, Tensor):
+        raise NoLogits("cannot find the logits in the model output; pass output_fn")
+    if found.dim() == 0:
+        raise NoLogits("the model returns a scalar (a loss), not logits; pass output_fn")
+    return found

@@ -9,8 +9,8 @@ with update tracking); skipped otherwise.
 from __future__ import annotations
 
 from gradlens._attention import with_math_fallback
-from gradlens.analysis.softmax import ghost_radius
-from gradlens.probes.base import Probe, ProbeContext, Rows
+from gradlens.analysis.softmax import NoLogits, ghost_radius
+from gradlens.probes.base import Probe, ProbeContext, ProbeUnavailable, Rows
 from gradlens.store.rows import long_rows
 
 __all__ = ["GhostProbe"]
@@ -29,9 +29,12 @@ class GhostProbe(Probe):
         if not update or not ctx.objective.batches:
             return {}
         batch = ctx.objective.batches[0]
-        values = with_math_fallback(
-            lambda: ghost_radius(ctx.model, batch.args, update, kwargs=batch.kwargs)
-        )
+        try:
+            values = with_math_fallback(
+                lambda: ghost_radius(ctx.model, batch.args, update, kwargs=batch.kwargs)
+            )
+        except NoLogits as exc:  # a model returning only its loss: nothing to measure
+            raise ProbeUnavailable(str(exc)) from None
         metrics = {
             "ghost_rho": values["rho"],
             "ghost_r": values["r"],

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradlens.analysis.softmax import ghost_radius
+from gradlens.analysis.softmax import NoLogits, ghost_radius
 
 
 class _Tiny(nn.Module):
@@ -81,6 +81,31 @@ def test_ghost_radius_sequence_model_and_output_fn() -> None:
     assert last["delta_a"] <= got["delta_a"]
     with pytest.raises(ValueError, match="unknown"):
         ghost_radius(model, idx, {"nope": torch.zeros(1)})
+
+
+class _LossFirst(nn.Module):
+    """Returns ``(loss, logits)``: the order of Hugging Face's tuples with labels."""
+
+    def __init__(self, inner: nn.Module, lone_loss: bool = False) -> None:
+        super().__init__()
+        self.inner, self.lone_loss = inner, lone_loss
+
+    def forward(self, x: torch.Tensor) -> object:
+        logits = self.inner(x)
+        loss = logits.square().mean()
+        return loss if self.lone_loss else (loss, logits)
+
+
+def test_ghost_radius_takes_the_logits_not_a_loss_before_them() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    direction = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    inner = {f"inner.{n}": v for n, v in direction.items()}
+    got = ghost_radius(_LossFirst(model), x, inner)
+    assert got["delta_a"] == pytest.approx(_explicit_radius(model, x, direction)[0], rel=1e-10)
+    with pytest.raises(NoLogits, match="a scalar"):
+        ghost_radius(_LossFirst(model, lone_loss=True), x, inner)
 
 
 class _LastPosition(nn.Module):

@@ -194,3 +194,21 @@ def test_the_landscape_centre_is_the_returned_loss(runs_dir):
     with torch.no_grad():
         expected = sum(float(model(*b.args)) for b in batches) / len(batches)
     assert landscape[at].value.iloc[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_ghost_on_a_model_returning_only_its_loss_is_unavailable(runs_dir):
+    """The ghost radius needs logits: a lone returned loss makes it unavailable (said, not an
+    internal error), and the objective probes still run."""
+    torch.manual_seed(0)
+    model = _LossModel("loss")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.Lens(model, opt, runs_dir=runs_dir, probe_options={**OPTIONS, **GHOST}) as lens:
+        for x, y in _data():
+            opt.zero_grad()
+            _returned(model, x, y)
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    assert set(run.meta["unavailable"]) == {"probe ghost"}
+    assert "a scalar (a loss), not logits" in run.meta["unavailable"]["probe ghost"]
+    assert not run.meta.get("disabled")
+    assert set(run.table("hessian").step) == {3, 7}
