@@ -196,18 +196,26 @@ def _emit(method: str, *args: Any) -> None:
     if _suspended:
         return
     for listener in list(_listeners):
-        _safely(method, getattr(listener, method), *args)
+        try:  # _safely, inlined: several events a step, each to every listener
+            getattr(listener, method)(*args)
+        except Exception as exc:  # never break the training script
+            _ignored(method, exc)
 
 
 def _safely(method: str, fn: Callable[..., Any], *args: Any) -> None:
     try:
         fn(*args)
     except Exception as exc:  # never break the training script
-        if os.environ.get("GRADLENS_STRICT") == "1":
-            raise
-        if method not in _reported:
-            _reported.add(method)
-            print(f"gradlens: ignored error in {method}: {exc!r}", file=sys.stderr)
+        _ignored(method, exc)
+
+
+def _ignored(method: str, exc: Exception) -> None:
+    """Report a listener's error once per event (``GRADLENS_STRICT=1``: raise it)."""
+    if os.environ.get("GRADLENS_STRICT") == "1":
+        raise exc
+    if method not in _reported:
+        _reported.add(method)
+        print(f"gradlens: ignored error in {method}: {exc!r}", file=sys.stderr)
 
 
 def _compiling() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -104,3 +105,40 @@ def test_loss_results_and_backward_roots_on_request_only():
     assert listener.results == [loss]
     assert len(roots) == 1 and roots[0][0].grad_fn.name() == "MulBackward0"
     assert interception._backward_watchers == []  # cleared with the last listener
+
+
+class _Failing(interception.ListenerBase):
+    def __init__(self) -> None:
+        self.ends = 0
+
+    def on_backward(self, tensor: Tensor) -> None:
+        raise RuntimeError("listener bug")
+
+    def after_backward(self) -> None:
+        self.ends += 1
+
+
+def test_a_failing_listener_is_reported_once_and_never_reaches_the_script(monkeypatch, capsys):
+    monkeypatch.setenv("GRADLENS_STRICT", "0")
+    monkeypatch.setattr(interception, "_reported", set())
+    failing, other = _Failing(), Losses()
+    interception.install(failing)
+    interception.install(other)
+    try:
+        w = torch.tensor([1.0, 2.0], requires_grad=True)
+        for _ in range(2):
+            w.square().sum().backward()
+    finally:
+        interception.uninstall(other)
+        interception.uninstall(failing)
+    assert w.grad is not None and w.grad.tolist() == [4.0, 8.0]  # two backwards, unchanged
+    assert failing.ends == 2 and [t.item() for t in other.seen] == [5.0, 5.0]
+    err = capsys.readouterr().err
+    assert err.count("gradlens: ignored error in on_backward: RuntimeError('listener bug')") == 1
+    monkeypatch.setenv("GRADLENS_STRICT", "1")  # the test suite's mode: raised
+    interception.install(failing)
+    try:
+        with pytest.raises(RuntimeError, match="listener bug"):
+            w.sum().backward()
+    finally:
+        interception.uninstall(failing)
