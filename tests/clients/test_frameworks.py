@@ -1,8 +1,9 @@
-"""Framework training loops under ``gradlens watch``: Hugging Face ``Trainer`` and Lightning
-``Trainer.fit`` (test dependencies: the ``clients`` extra)."""
+"""Framework training loops under ``gradlens watch``: Hugging Face ``Trainer``, an
+``accelerate`` loop and Lightning ``Trainer.fit`` (test dependencies: the ``clients`` extra)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.clients.harness import assert_steps, assert_unchanged, layer_names, run_pair, scalar
@@ -33,6 +34,21 @@ def test_hf_trainer_with_accumulation_checkpointing_and_probes(tmp_path):
     # the probe replays two recorded micro-batches without the Trainer's num_items_in_batch:
     # the full loss, not loss / accumulation steps
     assert 0.8 * min(loss) < centre < 1.2 * max(loss)
+
+
+def test_accelerate_loop_with_accumulation_two_groups_and_evaluation(tmp_path):
+    pytest.importorskip("accelerate")
+    pytest.importorskip("transformers")
+    pair = run_pair(tmp_path, "accelerate_loop.py")
+    assert_unchanged(pair)
+    assert layer_names(pair.run) == set(pair.trace["names"])
+    assert_steps(pair, "loss", rtol=1e-6)  # the mean of the accumulated micro-batch losses
+    assert_steps(pair, "grad_norm", rtol=1e-5)  # what accelerator.clip_grad_norm_ returned
+    steps, coef = scalar(pair.run, "clip_coef")
+    assert steps == list(range(10)) and (coef < 1).any() and (coef == 1).any()
+    steps, eval_loss = scalar(pair.run, "eval_loss")
+    assert steps == [4, 9]  # after each epoch's last optimizer step
+    np.testing.assert_allclose(eval_loss, pair.trace["eval_loss"], rtol=1e-6)
 
 
 def test_lightning_fit_closure_clipping_validation(tmp_path):
