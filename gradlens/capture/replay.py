@@ -10,7 +10,7 @@ at capture (``data_ptr``\\ s, checked each step; the caching allocator hands ``s
 gradients back at the same addresses in steady state, and ``zero_grad(set_to_none=False)``
 keeps them); on any other step the norms run eagerly, and once the addresses have held for
 ``WARM`` steps a new graph is captured (at most ``MAX_CAPTURES`` in a run, then eager for
-good). A failed capture also means eager for good. The replayed output is the graph's own
+good). A capture or replay that fails also means eager for good. The replayed output is the graph's own
 buffer: it must be consumed (copied into the step's row) before the next call.
 
 Off by default until measured on a GPU (``bench/overhead.py``'s ``graphs`` column); never on
@@ -87,7 +87,7 @@ class NormReplay:
     def __call__(self, tensors: Sequence[Tensor]) -> Tensor:
         addresses = tuple([t.data_ptr() for t in tensors])
         if self._graph is not None and addresses == self._addresses:
-            return self._replay()
+            return self._replay(tensors)
         self._held = self._held + 1 if addresses == self._last else 0
         self._last = addresses
         if self._held >= self.WARM and self._may_capture():
@@ -99,13 +99,17 @@ class NormReplay:
                 return self.norms(tensors)
             self._addresses = addresses
             self.captures += 1
-            return self._replay()
+            return self._replay(tensors)
         return self.norms(tensors)
 
-    def _replay(self) -> Tensor:
+    def _replay(self, tensors: Sequence[Tensor]) -> Tensor:
         assert self._graph is not None
         replay, out = self._graph
-        replay()
+        try:
+            replay()
+        except Exception:  # a graph that does not replay: eager for good, capture goes on
+            self._graph, self.broken = None, True
+            return self.norms(tensors)
         self.replays += 1
         return out
 

@@ -24,8 +24,8 @@ from gradlens.functional.norms import NormPlan
 class StandIn:
     """A capture with ``cuda_capture``'s contract: fixed inputs, one output buffer."""
 
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
+    def __init__(self, fail: bool = False, replays_fail: bool = False) -> None:
+        self.fail, self.replays_fail = fail, replays_fail
         self.calls = 0
 
     def __call__(self, norms, tensors):
@@ -36,6 +36,8 @@ class StandIn:
         out = norms(captured).clone()
 
         def replay() -> None:
+            if self.replays_fail:
+                raise RuntimeError("CUDA error: invalid argument")
             out.copy_(norms(captured))
 
         return replay, out
@@ -94,6 +96,15 @@ def test_addresses_that_keep_moving_stop_capturing():
 
 def test_a_failed_capture_means_eager_for_good():
     capture = StandIn(fail=True)
+    replay = NormReplay(NormPlan(_grads(0)), capture)
+    grads = _grads(0)
+    for _ in range(10):
+        torch.testing.assert_close(replay(grads), _expected(grads))
+    assert replay.broken and capture.calls == 1 and replay.replays == 0
+
+
+def test_a_graph_that_does_not_replay_means_eager_for_good():
+    capture = StandIn(replays_fail=True)
     replay = NormReplay(NormPlan(_grads(0)), capture)
     grads = _grads(0)
     for _ in range(10):
