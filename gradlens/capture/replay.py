@@ -10,8 +10,8 @@ at capture (``data_ptr``\\ s, checked each step; the caching allocator hands ``s
 gradients back at the same addresses in steady state, and ``zero_grad(set_to_none=False)``
 keeps them); on any other step the norms run eagerly, and once the addresses have held for
 ``WARM`` steps a new graph is captured (at most ``MAX_CAPTURES`` in a run, then eager for
-good). A capture or replay that fails also means eager for good. The replayed output is the graph's own
-buffer: it must be consumed (copied into the step's row) before the next call.
+good). A capture or a replay that fails also means eager for good. The replayed output is the
+graph's own buffer: it must be consumed (copied into the step's row) before the next call.
 
 Off by default until measured on a GPU (``bench/overhead.py``'s ``graphs`` column); never on
 the CPU, under an enclosing capture, for sharded parameters (FSDP2), or for parameters of
