@@ -421,6 +421,7 @@ class Lens(interception.ListenerBase):
                 "probe_batches": self.probe_set.capacity,
                 "track_updates": self.track_updates,
                 "updates_from": self.updates_from,
+                "cuda_graphs": os.environ.get("GRADLENS_CUDA_GRAPHS") == "1",  # capture.replay
                 "track_softmax": self.track_softmax,
                 "cos_every": self.cos_every,
                 "softmax_every": self.softmax_every,

@@ -175,3 +175,12 @@ def test_recorded_values_are_unchanged_with_replays(runs_dir, monkeypatch, set_t
     assert len(made) == 1
     if not set_to_none:  # persistent gradients: every unsampled step after warm-up replays
         assert made[0].replays >= 8
+
+
+def test_the_run_says_whether_graphs_were_asked_for(runs_dir, monkeypatch):
+    monkeypatch.setenv("GRADLENS_CUDA_GRAPHS", "1")
+    _train(runs_dir, "asked", set_to_none=True, clip=False)
+    monkeypatch.delenv("GRADLENS_CUDA_GRAPHS")
+    _train(runs_dir, "default", set_to_none=True, clip=False)
+    asked, default = (gradlens.open_run(runs_dir / n).meta["config"] for n in ("asked", "default"))
+    assert asked["cuda_graphs"] is True and default["cuda_graphs"] is False
