@@ -179,3 +179,19 @@ def test_parametrized_ghost_probe(tmp_path):
     assert_unchanged(pair)
     ghost = pair.run.table("softmax", filters=[("metric", "==", "ghost_r")])
     assert sorted(ghost.step) == list(range(1, pair.run.steps, 2))
+
+
+@pytest.mark.parametrize("context", ["spawn", "fork"])
+def test_dataloader_worker_processes(tmp_path, context):
+    """Workers started by ``spawn`` unpickle the script's Dataset and collate_fn from the
+    script run as ``__main__``; forked ones inherit gradlens's patches and stay silent."""
+    pair = run_pair(tmp_path, "loader_workers.py", "--context", context)
+    assert_unchanged(pair)
+    assert layer_names(pair.run) == set(pair.trace["names"])
+    assert_steps(pair, "loss")
+    assert_steps(pair, "grad_norm")
+    steps, eval_loss = scalar(pair.run, "eval_loss")
+    assert steps == [5, 11]  # after each epoch's last optimizer step
+    np.testing.assert_allclose(eval_loss, pair.trace["eval_loss"], rtol=1e-6)
+    _, samples = scalar(pair.run, "samples_per_s")
+    assert len(samples) == 11 and (samples > 0).all()  # the batches reached the model
