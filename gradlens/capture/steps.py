@@ -53,6 +53,7 @@ class StepCapture(interception.ListenerBase):
         self.step = 0
         self.closure_done = False  # this step's closure ran; later calls are line search
         self._loss: Tensor | None = None
+        self._loss_at: tuple[int, ...] = ()  # Tracking.param_versions() at its first backward
         self._scaled: tuple[Tensor, Tensor] | None = None  # (scaled, unscaled)
         self._scaler_step: list[Any] | None = None  # [scaler, optimizer, pre-hook fired]
         self._wall0 = time.time()
@@ -69,7 +70,13 @@ class StepCapture(interception.ListenerBase):
         if self._scaled is not None and tensor is self._scaled[0]:
             tensor = self._scaled[1]
         value = tensor.detach()  # (float32 and shape (1,) when the row is written)
-        self._loss = value if self._loss is None else self._loss.float() + value.float()
+        versions = self.tracking.param_versions()
+        if self._loss is None:
+            self._loss, self._loss_at = value, versions
+        elif versions == self._loss_at:  # accumulation, several tasks: the losses add up
+            self._loss = self._loss.float() + value.float()
+        # else the parameters moved in place since this step's first backward (SAM's ascent
+        # step): that loss is at other weights; the step's loss is the one before they moved
 
     def after_backward(self) -> None:
         if not self.tracking.known:

@@ -86,6 +86,8 @@ class Tracking:
         self._serials = 0
         self._members: dict[int, _Membership] = {}  # by serial
         self._unowned: set[int] = set()  # id() of clipped tensors no optimizer owns
+        self._sentinels: list[weakref.ref[Tensor]] = []  # see param_versions()
+        self._sentinels_of = 0  # len(self.known) when they were picked
 
     def start(self) -> None:
         """Watch the given models; in auto mode, find the optimizers made before the start."""
@@ -114,6 +116,18 @@ class Tracking:
             self.known.add(optimizer)
             self.roles.created(optimizer)
             self.watch_owners([optimizer])
+
+    def param_versions(self) -> tuple[int, ...]:
+        """The version counters of one trainable parameter per known optimizer: they move
+        when parameters are changed in place (an optimizer step; SAM's ascent step between
+        its two backward passes), not by forward or backward passes. The last one is taken:
+        the first is often an embedding, which ``nn.Embedding(max_norm=…)`` renormalises in
+        place during forward."""
+        if len(self.known) != self._sentinels_of:
+            self._sentinels_of = len(self.known)
+            picked = [_last_trainable(o) for o in self.known]
+            self._sentinels = [weakref.ref(p) for p in picked if p is not None]
+        return tuple([p._version for p in (ref() for ref in self._sentinels) if p is not None])
 
     def called(self) -> None:
         """A watched model was called."""
@@ -266,3 +280,11 @@ def _is_optimizer(obj: Any) -> bool:
     except AttributeError:  # __slots__: nothing to forward to
         return True
     return "_optimizer_step_pre_hooks" in own
+
+
+def _last_trainable(optimizer: torch.optim.Optimizer) -> Tensor | None:
+    for group in reversed(optimizer.param_groups):
+        for p in reversed(group["params"]):
+            if isinstance(p, Tensor) and p.requires_grad:
+                return p
+    return None

@@ -6,7 +6,8 @@ What gradlens records for a step is what was backpropagated since the previous o
 with several ``backward()`` calls (multi-task losses, ``retain_graph=True``, accumulation of
 ``loss / accum``) the step's ``loss`` is their sum; a gradient taken with
 ``torch.autograd.grad`` (a gradient penalty) is part of the loss only through what is
-backpropagated. Parameters without a gradient on a step (an unused branch) read 0; parameters
+backpropagated; when the weights move in place between two backward calls (SAM) the step's
+loss is the one before they moved. Parameters without a gradient on a step (an unused branch) read 0; parameters
 that join the optimizer's steps later (unfrozen, ``add_param_group``) have no rows before.
 """
 
@@ -195,3 +196,15 @@ def test_dataloader_worker_processes(tmp_path, context):
     np.testing.assert_allclose(eval_loss, pair.trace["eval_loss"], rtol=1e-6)
     _, samples = scalar(pair.run, "samples_per_s")
     assert len(samples) == 11 and (samples > 0).all()  # the batches reached the model
+
+
+@pytest.mark.parametrize("form", ["two-steps", "closure"])
+def test_sam_two_backward_passes_per_step(tmp_path, form):
+    """SAM moves the weights in place between its two backward passes: the step's loss is
+    the one at w (what the script reports), not the sum with the ascent point's; the gradient
+    norm is the one the base optimizer applies."""
+    pair = run_pair(tmp_path, "sam_sharpness.py", "--form", form)
+    assert_unchanged(pair)
+    assert layer_names(pair.run) == set(pair.trace["names"])
+    assert_steps(pair, "loss")
+    assert_steps(pair, "grad_norm")
