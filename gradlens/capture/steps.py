@@ -45,11 +45,14 @@ class StepCapture(interception.ListenerBase):
         param_every: int,
         due: Callable[[int], bool],
         on_end: Callable[[torch.optim.Optimizer | None], None],
+        on_unseen: Callable[[str], None] = lambda why: None,
     ) -> None:
         self.tracking, self.calls, self.guard = tracking, calls, guard
         self.param_every = param_every
         self.due = due  # a probe runs after this step (it needs this step's Δθ)
         self.on_end = on_end  # after the primary's step: step already advanced
+        self.on_unseen = on_unseen  # optimizer steps happen that no hook sees (said once)
+        self._moved_unseen = 0  # backward passes at moved weights before any captured step
         self.step = 0
         self.closure_done = False  # this step's closure ran; later calls are line search
         self._loss: Tensor | None = None
@@ -71,12 +74,28 @@ class StepCapture(interception.ListenerBase):
             tensor = self._scaled[1]
         value = tensor.detach()  # (float32 and shape (1,) when the row is written)
         versions = self.tracking.param_versions()
+        if self.step == 0 and self._moved_unseen >= 0:
+            self._check_unseen(versions)
         if self._loss is None:
             self._loss, self._loss_at = value, versions
         elif versions == self._loss_at:  # accumulation, several tasks: the losses add up
             self._loss = self._loss.float() + value.float()
         # else the parameters moved in place since this step's first backward (SAM's ascent
         # step): that loss is at other weights; the step's loss is the one before they moved
+
+    def _check_unseen(self, versions: tuple[int, ...]) -> None:
+        """Before the first captured step: the weights moved in place between backward passes
+        twice with no optimizer step seen, so steps run where no hook does (an
+        ``optimizer.step`` inside ``torch.compile``: hooks are not run in compiled code)."""
+        if self._loss_at and versions and versions != self._loss_at:
+            self._moved_unseen += 1
+        if self._moved_unseen >= 2:
+            self._moved_unseen = -1  # said: not checked again
+            self.on_unseen(
+                "the weights change between backward passes but no optimizer step is seen "
+                "(an optimizer.step inside torch.compile? its hooks do not run in compiled "
+                "code): no per-step rows are recorded"
+            )
 
     def after_backward(self) -> None:
         if not self.tracking.known:

@@ -205,6 +205,7 @@ def test_sam_two_backward_passes_per_step(tmp_path, form):
     norm is the one the base optimizer applies."""
     pair = run_pair(tmp_path, "sam_sharpness.py", "--form", form)
     assert_unchanged(pair)
+    assert "no optimizer step is seen" not in pair.watched.stderr
     assert layer_names(pair.run) == set(pair.trace["names"])
     assert_steps(pair, "loss")
     assert_steps(pair, "grad_norm")
