@@ -53,6 +53,8 @@ class StepCapture(interception.ListenerBase):
         self.on_end = on_end  # after the primary's step: step already advanced
         self.on_unseen = on_unseen  # optimizer steps happen that no hook sees (said once)
         self._moved_unseen = 0  # backward passes at moved weights before any captured step
+        self._stepping: torch.optim.Optimizer | None = None  # whose step() is running
+        self._inner: set[int] = set()  # id() of optimizers stepped inside it (not recorded)
         self.step = 0
         self.closure_done = False  # this step's closure ran; later calls are line search
         self._loss: Tensor | None = None
@@ -135,6 +137,13 @@ class StepCapture(interception.ListenerBase):
     def pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         if interception.is_suspended() or _compiling() or not self.guard.active(CAPTURE):
             return None
+        outer = self._stepping
+        if outer is not None and outer is not optimizer and _same_parameters(outer, optimizer):
+            # a wrapper's inner optimizer (Lookahead, SAM.step): the wrapper's step is the
+            # script's, and the one recorded
+            self._inner.add(id(optimizer))
+            return None
+        self._stepping = optimizer
         self.closure_done = False  # a step that raised after its closure left it set
         # args = (optimizer, *step's arguments): torch passes ``self`` along
         closure = kwargs.get("closure") if "closure" in kwargs else (args[1:2] or [None])[0]
@@ -156,6 +165,11 @@ class StepCapture(interception.ListenerBase):
     ) -> None:
         if interception.is_suspended() or _compiling():
             return
+        if id(optimizer) in self._inner:
+            self._inner.discard(id(optimizer))
+            return
+        if optimizer is self._stepping:
+            self._stepping = None
         self.closure_done = False
         tracked = self.tracking.roles.by_optimizer.get(optimizer)
         if tracked is None or not self.guard.active(CAPTURE):
@@ -266,6 +280,16 @@ class StepCapture(interception.ListenerBase):
 
 def _compiling() -> bool:
     return bool(torch.compiler.is_compiling())
+
+
+def _same_parameters(outer: torch.optim.Optimizer, inner: torch.optim.Optimizer) -> bool:
+    """``inner`` steps the parameters ``outer`` does (a wrapper optimizer around its base)."""
+    if inner.param_groups is outer.param_groups:
+        return True
+    try:
+        return inner.param_groups[0]["params"][0] is outer.param_groups[0]["params"][0]
+    except (IndexError, KeyError, TypeError):
+        return False
 
 
 def _scaler_enabled(scaler: Any) -> bool:

@@ -206,6 +206,22 @@ def test_sam_two_backward_passes_per_step(tmp_path, form):
     pair = run_pair(tmp_path, "sam_sharpness.py", "--form", form)
     assert_unchanged(pair)
     assert "no optimizer step is seen" not in pair.watched.stderr
+    # step(closure): SGD steps inside SAM's step, which is the one recorded (no "@2" rows)
+    recorded = [o["optimizer"] for o in pair.run.meta["optimizers"]]
+    assert recorded == (["SAM"] if form == "closure" else ["SGD"])
     assert layer_names(pair.run) == set(pair.trace["names"])
     assert_steps(pair, "loss")
     assert_steps(pair, "grad_norm")
+
+
+def test_lookahead_wrapper_records_the_wrapper_once(tmp_path):
+    """The base optimizer steps inside the wrapper's step over the same parameters: one
+    optimizer is recorded (the wrapper, whose Δθ includes the pull to the slow weights)."""
+    pair = run_pair(tmp_path, "lookahead_wrapper.py")
+    assert_unchanged(pair)
+    assert [o["optimizer"] for o in pair.run.meta["optimizers"]] == ["Lookahead"]
+    assert layer_names(pair.run) == set(pair.trace["names"])
+    assert_steps(pair, "loss")
+    assert_steps(pair, "grad_norm")
+    metrics = set(pair.run.table("scalars", columns=["metric"]).metric)
+    assert not any("@" in m for m in metrics)
