@@ -47,6 +47,7 @@ from gradlens.capture.norms import UPDATE_SOURCES
 from gradlens.capture.output import RunOutput
 from gradlens.capture.recorder import StepRecorder
 from gradlens.capture.recorders import Recorders
+from gradlens.capture.replay import graphs_asked
 from gradlens.capture.script_metrics import ScriptMetrics
 from gradlens.capture.signals import Guarded
 from gradlens.capture.softmax import SoftmaxSignal
@@ -426,7 +427,7 @@ class Lens(interception.ListenerBase):
                 "probe_batches": self.probe_set.capacity,
                 "track_updates": self.track_updates,
                 "updates_from": self.updates_from,
-                "cuda_graphs": os.environ.get("GRADLENS_CUDA_GRAPHS") == "1",  # capture.replay
+                "cuda_graphs": graphs_asked(),
                 "track_softmax": self.track_softmax,
                 "cos_every": self.cos_every,
                 "softmax_every": self.softmax_every,

@@ -26,15 +26,20 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["NormReplay", "cuda_capture", "graphs_enabled"]
+__all__ = ["NormReplay", "cuda_capture", "graphs_asked", "graphs_enabled"]
 
 Norms = Callable[[Sequence[Tensor]], Tensor]
 Capture = Callable[[Norms, Sequence[Tensor]], tuple[Callable[[], None], Tensor]]
 
 
+def graphs_asked() -> bool:
+    """``GRADLENS_CUDA_GRAPHS=1`` (read when a recorder is made; ``meta.json`` says it too)."""
+    return os.environ.get("GRADLENS_CUDA_GRAPHS") == "1"
+
+
 def graphs_enabled(device: torch.device) -> bool:
-    """``GRADLENS_CUDA_GRAPHS=1`` and a CUDA device."""
-    return os.environ.get("GRADLENS_CUDA_GRAPHS") == "1" and device.type == "cuda"
+    """Graphs asked for, and a CUDA device."""
+    return graphs_asked() and device.type == "cuda"
 
 
 def cuda_capture(norms: Norms, tensors: Sequence[Tensor]) -> tuple[Callable[[], None], Tensor]:
