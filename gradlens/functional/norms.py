@@ -10,7 +10,21 @@ from torch import Tensor
 
 from gradlens.instrument.distributed import local
 
-__all__ = ["NormPlan", "nonfinite_counts", "tensor_norms"]
+__all__ = ["NormPlan", "measurable", "nonfinite_counts", "tensor_norms"]
+
+
+def measurable(t: Tensor) -> Tensor:
+    """A dense real tensor with ``t``'s L2 norm and non-finite entries: a sparse tensor's
+    stored values (COO coalesced first: repeated indices add up), a complex tensor's real view
+    (``|a + bi|² = a² + b²``). Others as they are. Sparse gradients come from
+    ``nn.Embedding(sparse=True)``; complex parameters from spectral layers."""
+    if t.layout == torch.sparse_coo:
+        t = t.coalesce().values()
+    elif t.layout != torch.strided:  # CSR/CSC/BSR/BSC: no repeated entries
+        t = t.values()
+    if t.is_complex():
+        t = torch.view_as_real(t.resolve_conj())
+    return t
 
 
 def _groups(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
@@ -44,7 +58,7 @@ def tensor_norms(tensors: Sequence[Tensor], device: torch.device | None = None) 
         >>> tensor_norms([torch.ones(4), torch.full((2,), 3.0)])
         tensor([2.0000, 4.2426])
     """
-    tensors = [local(t) for t in tensors]
+    tensors = [measurable(local(t)) for t in tensors]
     if not tensors:
         return torch.zeros(0, device=device)
     out_device = device or tensors[0].device
@@ -55,8 +69,8 @@ def tensor_norms(tensors: Sequence[Tensor], device: torch.device | None = None) 
     out = torch.empty(len(tensors), dtype=torch.float32, device=out_device)
     for (_, dtype), idx in groups.items():
         group = [tensors[i] for i in idx]
-        if dtype.is_floating_point or dtype.is_complex:
-            wide = torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
+        if dtype.is_floating_point:
+            wide = torch.float64 if dtype == torch.float64 else torch.float32
             norms = [n.float() for n in torch._foreach_norm(group, 2, dtype=wide)]
         else:
             norms = [torch.linalg.vector_norm(t.float()) for t in group]
@@ -74,17 +88,17 @@ def nonfinite_counts(tensors: Sequence[Tensor], device: torch.device | None = No
         >>> nonfinite_counts([torch.tensor([1.0, float("nan"), float("inf")]), torch.ones(2)])
         tensor([2., 0.])
     """
-    tensors = [local(t) for t in tensors]
+    tensors = [measurable(local(t)) for t in tensors]
     if not tensors:
         return torch.zeros(0, device=device)
     out_device = device or tensors[0].device
     out = torch.zeros(len(tensors), dtype=torch.float32, device=out_device)
     for (_, dtype), idx in _groups(tensors).items():
-        if not (dtype.is_floating_point or dtype.is_complex):
+        if not dtype.is_floating_point:
             continue  # integer tensors are always finite
         group = [tensors[i] for i in idx]
         # Count in float32 at least: a bf16 count would be exact only up to 256.
-        wide = torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
         counts = torch._foreach_norm(torch._foreach_mul(group, 0.0), 0, dtype=wide)
         _scatter(out, idx, [c.float() for c in counts])
     return out
@@ -130,6 +144,15 @@ class NormPlan:
     def __call__(self, tensors: Sequence[Tensor]) -> Tensor:
         if not self.simple or len(tensors) != self.n:
             return tensor_norms(tensors, self.device)
+        try:
+            return self._fused(tensors)
+        except (RuntimeError, NotImplementedError):
+            # Gradients unlike their parameters: sparse (``Embedding(sparse=True)``). Checking
+            # each tensor's layout every step would cost Python per tensor; this happens once.
+            self.simple = False
+            return tensor_norms(tensors, self.device)
+
+    def _fused(self, tensors: Sequence[Tensor]) -> Tensor:
         if not self.blas:
             return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float32))
         parts = [

@@ -224,8 +224,12 @@ def grad_weight_cosine(
 
 
 def _wide(t: Tensor) -> Tensor:
-    """float32 at least (a half-precision unit vector is too coarse for a cosine); called
-    under ``no_grad``, so nothing is recorded for autograd."""
+    """float32 at least (a half-precision unit vector is too coarse for a cosine), a complex
+    tensor as its real view (the real inner product ``Re⟨w, g⟩``); called under ``no_grad``,
+    so nothing is recorded for autograd. A sparse gradient stays sparse: adding it to the dense
+    unit weight sums repeated indices."""
+    if t.is_complex():
+        t = torch.view_as_real(t.resolve_conj())
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 

@@ -25,10 +25,17 @@ def strict() -> bool:
     return os.environ.get("GRADLENS_STRICT") == "1"
 
 
+REASON_CHARS = 200  # PyTorch's dispatcher errors run to thousands of characters on one line
+
+
 def reason_of(exc: BaseException) -> str:
-    """``Type: first line of the message`` — one line, no traceback."""
+    """``Type: first line of the message`` — one line, no traceback; a long line is cut at
+    its first sentence (or at ``REASON_CHARS``)."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
+    if len(first) > REASON_CHARS:
+        end = first.find(". ", 0, REASON_CHARS)
+        first = first[: end + 1] if end > 0 else first[: REASON_CHARS - 1] + "…"
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 

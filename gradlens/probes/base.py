@@ -68,6 +68,9 @@ class Probe(ABC):
         default_every: steps between runs by default.
         needs_objective: it measures the training loss itself (curvature, values), so it is not
             run when the recorded loss call is only a part of the loss the script trains on.
+        real_only: its math takes real parameter vectors (Lanczos, a radius along Δθ,
+            filter-normalized directions), so it is unavailable on a model with complex
+            parameters.
 
     Args:
         every: run after every ``every``-th optimizer step (0 disables the schedule).
@@ -80,6 +83,7 @@ class Probe(ABC):
     preset: ClassVar[str] = "full"
     default_every: ClassVar[int] = 500
     needs_objective: ClassVar[bool] = False
+    real_only: ClassVar[bool] = False
 
     def __init__(self, every: int | None = None, at_end: bool = False, mode: str = "eval"):
         every = self.default_every if every is None else int(every)

@@ -39,6 +39,7 @@ class HessianProbe(Probe):
     preset = "standard"
     default_every = 500
     needs_objective = True
+    real_only = True
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ class LandscapeProbe(Probe):
     preset = "full"
     default_every = 1000
     needs_objective = True
+    real_only = True
 
     def __init__(
         self,

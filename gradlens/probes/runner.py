@@ -168,6 +168,8 @@ def check_probe_rows(probe: Probe, rows: Rows) -> Rows:
 
 
 def _compute(probe: Probe, objective: Objective, context: ProbeContext) -> Rows | ProbeUnavailable:
+    if probe.real_only and any(p.is_complex() for p in objective.params):
+        return ProbeUnavailable("the model has complex parameters; it measures real ones only")
     with objective.isolated():
         try:
             return probe.compute(context)

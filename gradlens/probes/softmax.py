@@ -22,6 +22,7 @@ class GhostProbe(Probe):
     name = "ghost"
     tables = ("softmax",)
     preset = "standard"
+    real_only = True
     default_every = 100
 
     def compute(self, ctx: ProbeContext) -> Rows:

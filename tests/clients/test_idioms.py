@@ -140,6 +140,7 @@ def test_activation_checkpointing(tmp_path, flags):
         ("wgan_gp.py", PROBES),  # no F.* loss: the probes wait, one line each
         ("optimizer_zoo.py", PROBES),
         ("swa_onecycle.py", PROBES),
+        ("sparse_complex.py", PROBES),  # sparse embedding gradients in the HVPs
         # probes over the recorder that replaced the first one at the unfreezing step
         # (collapse: see test_multitask_collapse_probe)
         ("finetune_unfreeze.py", (*PROBES, "--probe", "collapse.every=1000")),
@@ -225,3 +226,45 @@ def test_lookahead_wrapper_records_the_wrapper_once(tmp_path):
     assert_steps(pair, "grad_norm")
     metrics = set(pair.run.table("scalars", columns=["metric"]).metric)
     assert not any("@" in m for m in metrics)
+
+
+@pytest.mark.parametrize(
+    "model, updates_from", [("recsys", "copy"), ("spectral", "copy"), ("spectral", "optimizer")]
+)
+def test_sparse_and_complex_gradients(tmp_path, model, updates_from):
+    """Sparse embedding gradients and complex parameters are measured like dense real ones
+    (they used to switch capture off at the first step)."""
+    watch = ("--param-every", "5", "--softmax-every", "5", "--updates-from", updates_from)
+    pair = run_pair(tmp_path, "sparse_complex.py", "--model", model, watch=watch)
+    assert_unchanged(pair)
+    names = pair.trace["names"]
+    assert layer_names(pair.run) == set(names)
+    both = model == "recsys"  # SparseAdam for the tables, Adam for the tower
+    # (one backward for both: the loss is the first optimizer's step's, no ``loss@2``)
+    for metric in ("loss", "grad_norm", *(("grad_norm@2",) if both else ())):
+        assert_steps(pair, metric)
+    grads, updates = _layer(pair.run, "grad_norm"), _layer(pair.run, "update_norm")
+    assert list(updates.index) == [0, 5, 10]
+    cos = pair.run.table("softmax", filters=[("metric", "==", "grad_weight_cos")])
+    cos = cos[cos.layer != ""].pivot(index="step", columns="layer", values="value")
+    assert list(cos.index) == [0, 5, 10]
+    primary = [n for n in names if n.endswith("user.weight") or n.endswith("history.weight")]
+    for name in names:
+        np.testing.assert_allclose(grads[name], pair.trace[f"grad.{name}"], rtol=1e-5)
+        expected = np.asarray(pair.trace[f"update.{name}"])[updates.index]
+        np.testing.assert_allclose(updates[name], expected, rtol=1e-4, atol=1e-9)
+        if name in primary or not both:  # cosines: the primary optimizer's tensors
+            expected = np.asarray(pair.trace[f"cos.{name}"])[cos.index]
+            np.testing.assert_allclose(cos[name], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_complex_parameters_probes_say_unavailable(tmp_path):
+    """Hessian, ghost and landscape take real parameter vectors: on a model with complex
+    parameters each says so once (not an internal error); collapse needs class targets."""
+    pair = run_pair(tmp_path, "sparse_complex.py", "--model", "spectral", watch=PROBES)
+    assert_unchanged(pair)
+    assert_steps(pair, "grad_norm")
+    unavailable = pair.run.meta["unavailable"]
+    for probe in ("hessian", "ghost", "landscape"):
+        assert "complex parameters" in unavailable[f"probe {probe}"]
+        assert f"probe {probe} unavailable: the model has complex" in pair.watched.stderr

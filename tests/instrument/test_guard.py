@@ -10,7 +10,7 @@ from torch import nn
 
 import gradlens
 from gradlens.capture.recorder import StepRecorder
-from gradlens.instrument.guard import Guard
+from gradlens.instrument.guard import REASON_CHARS, Guard, reason_of
 
 
 def test_guard_disables_once_and_reports(monkeypatch, capsys):
@@ -24,6 +24,21 @@ def test_guard_disables_once_and_reports(monkeypatch, capsys):
     assert (
         capsys.readouterr().err == "gradlens: demo disabled: ZeroDivisionError: division by zero\n"
     )
+
+
+def test_a_dispatcher_wall_of_text_is_cut_to_its_first_sentence():
+    backends = ", ".join(f"Backend{i}" for i in range(300))
+    wall = RuntimeError(
+        "Could not run 'aten::linalg_vector_norm' with arguments from the 'SparseCPU' backend. "
+        f"This could be because the operator doesn't exist. It is only available for {backends}."
+    )
+    assert reason_of(wall) == (
+        "RuntimeError: Could not run 'aten::linalg_vector_norm' with arguments from the "
+        "'SparseCPU' backend."
+    )
+    no_sentence = reason_of(ValueError("x" * 1000))
+    assert len(no_sentence) == len("ValueError: ") + REASON_CHARS and no_sentence.endswith("…")
+    assert reason_of(ValueError("short. message")) == "ValueError: short. message"
 
 
 def test_strict_mode_raises(monkeypatch):
