@@ -237,6 +237,8 @@ def _next_steps(lens: Any) -> None:
     dist = getattr(lens, "dist", None)
     if run_dir is None or (dist is not None and not getattr(dist, "main", True)):
         return
+    if getattr(lens, "forked_child", False):  # the script's os.fork() child ran to its end
+        return
     try:
         from gradlens.report.format import loss_value
         from gradlens.report.summary import DEFINITIONS, summarize

@@ -59,6 +59,7 @@ from gradlens.instrument.distributed import dist_info, group_ready
 from gradlens.instrument.guard import Guard
 from gradlens.instrument.live import MODES
 from gradlens.instrument.probe_set import ProbeSet
+from gradlens.instrument.processes import ChildProcesses, children_note, detach_in_forked_children
 from gradlens.instrument.roots import RootCalls
 from gradlens.instrument.signals import HeldSignals
 from gradlens.probes import PRESET_ORDER, make_probes
@@ -177,6 +178,8 @@ class Lens(interception.ListenerBase):
         self._script: ScriptMetrics | None = None  # gradlens.log, evaluation (rank 0)
         self._probes: ProbeRunner | None = None
         self._calls = ModelCalls(self._guard, self.probe_set, self._on_call, self._compiled_loss)
+        self._children = ChildProcesses()  # processes the script starts (instrument.processes)
+        self.forked_child = False  # this process is a fork of the one recording the run
         self._roots = RootCalls(self._calls.before, self._calls.after)
         self._tracking = Tracking(self.models, self.optimizers, self._recorder, self._roots.add)
         self._steps = StepCapture(
@@ -246,6 +249,7 @@ class Lens(interception.ListenerBase):
         self._handles.append(register_optimizer_step_pre_hook(self._steps.pre_step))
         self._handles.append(register_optimizer_step_post_hook(self._steps.post_step))
         atexit.register(self._at_exit)
+        detach_in_forked_children(self)
         return self
 
     def close(
@@ -265,8 +269,8 @@ class Lens(interception.ListenerBase):
                 if held.first is not None and status == "finished":
                     self._output.interrupted_while_closing(held.first)
 
-    def _teardown(self, status: str, exit_code: int | None, error: str | None) -> None:
-        """Remove every patch and hook, flush, compact and finalize — always, in this order."""
+    def _detach(self) -> None:
+        """Remove every patch and hook this Lens put on the process."""
         self._closed = True
         interception.uninstall(self)
         interception.uninstall(self._steps)
@@ -275,10 +279,24 @@ class Lens(interception.ListenerBase):
         self._handles.clear()
         self._roots.close()
         self._tracking.discovery.disable()
-        self._steps.finish()
         user_log.detach(self._log_user)
+
+    def forked(self) -> None:
+        """In a forked child (``instrument.processes``): stop recording there, write nothing;
+        the run is the parent's."""
+        atexit.unregister(self._at_exit)
+        self.forked_child = True
+        self._detach()
+
+    def _teardown(self, status: str, exit_code: int | None, error: str | None) -> None:
+        """Remove every patch and hook, flush, compact and finalize — always, in this order."""
+        self._detach()
+        self._steps.finish()
         if self._script is not None:
             self._script.flush()
+        note = children_note(self._children) if self.step == 0 else None
+        if note is not None:
+            self._steps_unseen(note)
         self._output.finish(
             status,
             self.step,
@@ -330,6 +348,9 @@ class Lens(interception.ListenerBase):
     def on_loader_iter(self, loader: Any) -> None:
         if self._script is not None:
             self._script.loader_started()
+
+    def on_process_start(self, process: Any) -> None:
+        self._children.saw(process)
 
     def _log_user(self, values: Any, step: int | None) -> None:
         """``gradlens.log``: at the last optimizer step (or ``step``)."""

@@ -11,7 +11,8 @@ Patched while at least one listener is installed, restored exactly when the last
 - ``torch.amp.GradScaler.scale`` / ``.step``: unscaled losses and skipped steps;
 - ``torch.optim.Optimizer.__init__``: which optimizers exist before their first step;
 - ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``: gradients about to be clipped
-  (their norms are the model's own gradient) and the total norm the clip computed.
+  (their norms are the model's own gradient) and the total norm the clip computed;
+- ``multiprocessing``'s ``Process.start``: child processes the script starts.
 
 Nothing here changes a result: every wrapper calls the original with the same arguments and
 returns its result untouched. Listener errors are reported once and never reach the script.
@@ -25,6 +26,7 @@ from inside ``on_loss_call``, for the result of the loss call in progress; and
 from __future__ import annotations
 
 import functools
+import multiprocessing.process
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -89,6 +91,8 @@ class Listener(Protocol):
 
     def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None: ...
 
+    def on_process_start(self, process: Any) -> None: ...
+
 
 class ListenerBase:
     """A :class:`Listener` that ignores every event: subclasses override the ones they use."""
@@ -126,6 +130,9 @@ class ListenerBase:
         pass
 
     def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None:
+        pass
+
+    def on_process_start(self, process: Any) -> None:
         pass
 
 
@@ -240,6 +247,7 @@ def _patch_all() -> None:
     for owner in (torch.nn.utils, clip_grad):  # both names scripts call them by
         _patch(owner, "clip_grad_norm_", _wrap_clip_norm)
         _patch(owner, "clip_grad_value_", _wrap_clip_value)
+    _patch(multiprocessing.process.BaseProcess, "start", _wrap_process_start)
 
 
 def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -375,3 +383,12 @@ def _wrap_clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
         return result
 
     return clip_grad_value_
+
+
+def _wrap_process_start(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def start(self: Any) -> None:
+        _emit("on_process_start", self)
+        return original(self)
+
+    return start
