@@ -332,7 +332,7 @@ class Lens(interception.ListenerBase):
                 kwargs,
                 self._calls.depth > 0,
             )
-        if self._softmax is not None:
+        if self._softmax is not None and self._calls.training:
             self._guard.call(SOFTMAX, self._softmax.observe_call, name, args, kwargs, self.step)
 
     def on_optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:

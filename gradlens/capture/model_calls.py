@@ -33,6 +33,10 @@ class ModelCalls:
         self.guard, self.probe_set = guard, probe_set
         self.on_call, self.on_compiled_loss = on_call, on_compiled_loss
         self.depth = 0  # > 0 while a watched model runs (a loss call is then inside forward)
+        # The last top-level call was a training forward (train mode, gradients on): loss calls
+        # after an evaluation forward run with gradients on (``model.eval()`` without
+        # ``no_grad``) are not the training loop's. True until a watched model is called.
+        self.training = True
         self.loss_seen = False  # a loss function was called during this forward
         self.batch_size: int | None = None  # the first training batch's, for meta.json
         self.samples = self.tokens = 0  # since the last optimizer step
@@ -49,7 +53,8 @@ class ModelCalls:
         if self.depth > 1 or interception.is_suspended():
             return
         self.loss_seen = False
-        if module.training and torch.is_grad_enabled() and self.guard.active(FEATURE):
+        self.training = module.training and torch.is_grad_enabled()
+        if self.training and self.guard.active(FEATURE):
             self.guard.call(FEATURE, self._count_and_keep, module, args, kwargs)
 
     def after(self, module: nn.Module, output: Any) -> None:

@@ -23,3 +23,29 @@ def test_k_dimensional_cross_entropy_counts_every_position_as_a_sample(runs_dir)
     softmax = gradlens.open_run(lens.run_dir).table("softmax")
     samples = softmax[softmax.metric == "num_samples"].value
     assert samples.tolist() == [42.0] * 3
+
+
+def test_an_evaluation_forward_with_gradients_on_is_not_observed(runs_dir):
+    """``model.eval()`` then a loss without ``no_grad`` (a common slip): its logits are not the
+    training loop's, so they do not join the next step's softmax row (they used to: 288
+    samples, the evaluation batch's logit norm)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 10), torch.randint(0, 3, (32,))
+    x_val, y_val = torch.randn(512, 10) * 10, torch.randint(0, 3, (512,))
+    norms = []
+    with gradlens.Lens(model, opt, runs_dir=runs_dir, softmax_every=1) as lens:
+        for _ in range(4):
+            model.train()
+            opt.zero_grad()
+            logits = model(x)
+            norms.append(logits.detach().double().norm(dim=1).mean().item())
+            F.cross_entropy(logits, y).backward()
+            opt.step()
+            model.eval()
+            F.cross_entropy(model(x_val), y_val)  # gradients on, never backpropagated
+    softmax = gradlens.open_run(lens.run_dir).table("softmax")
+    stats = softmax.pivot_table(index="step", columns="metric", values="value")
+    assert stats.num_samples.tolist() == [32.0] * 4
+    torch.testing.assert_close(stats.logit_norm.tolist(), norms, rtol=1e-5, atol=0)
