@@ -24,6 +24,7 @@ off with one line and training goes on.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import sys
 import time
@@ -59,7 +60,12 @@ from gradlens.instrument.distributed import dist_info, group_ready
 from gradlens.instrument.guard import Guard
 from gradlens.instrument.live import MODES
 from gradlens.instrument.probe_set import ProbeSet
-from gradlens.instrument.processes import ChildProcesses, children_note, detach_in_forked_children
+from gradlens.instrument.processes import (
+    ChildProcesses,
+    children_note,
+    detach_in_forked_children,
+    worker_command,
+)
 from gradlens.instrument.roots import RootCalls
 from gradlens.instrument.signals import HeldSignals
 from gradlens.probes import PRESET_ORDER, make_probes
@@ -170,6 +176,20 @@ class Lens(interception.ListenerBase):
         self.dist = dist_info()
         self.probe_set = ProbeSet(probe_batches)
         self.scheduled = make_probes(probes, probe_options)
+        self._worker_options = {  # a spawned worker's Lens (gradlens.workers): JSON-ready
+            "every": every,
+            "flush_secs": flush_secs,
+            "probes": probes,
+            "probe_options": probe_options,
+            "probe_batches": probe_batches,
+            "spikes": dataclasses.asdict(self.spike_config),
+            "track_updates": track_updates,
+            "updates_from": updates_from,
+            "track_softmax": track_softmax,
+            "cos_every": cos_every,
+            "softmax_every": softmax_every,
+            "param_every": param_every,
+        }
         self.unavailable: dict[str, str] = {}  # signal → why it cannot be recorded here
         self._output = RunOutput(self.runs_dir, self.name, self.dist, status)
         self._guard = Guard(self._on_disabled)
@@ -350,7 +370,21 @@ class Lens(interception.ListenerBase):
             self._script.loader_started()
 
     def on_process_start(self, process: Any) -> None:
-        self._children.saw(process)
+        method = self._children.saw(process)
+        if method == "spawn" and self.auto and self.dist.world == 1 and self._started:
+            name = f"{self.name}-w{len(self._children.workers)}"  # recorded as its own run
+            self._children.workers.append(name)
+            config = {
+                "runs_dir": str(self.runs_dir),
+                "name": name,
+                "command": f"{self.command} (worker {name})",
+                "argv": self.argv,
+                "options": self._worker_options,
+            }
+            interception.bootstrap_next_spawn(worker_command(config))
+
+    def after_process_start(self, process: Any) -> None:
+        interception.bootstrap_next_spawn(None)
 
     def _log_user(self, values: Any, step: int | None) -> None:
         """``gradlens.log``: at the last optimizer step (or ``step``)."""

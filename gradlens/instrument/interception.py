@@ -12,7 +12,9 @@ Patched while at least one listener is installed, restored exactly when the last
 - ``torch.optim.Optimizer.__init__``: which optimizers exist before their first step;
 - ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``: gradients about to be clipped
   (their norms are the model's own gradient) and the total norm the clip computed;
-- ``multiprocessing``'s ``Process.start``: child processes the script starts.
+- ``multiprocessing``'s ``Process.start``: child processes the script starts; with
+  :func:`bootstrap_next_spawn`, a 'spawn'-started child runs a line of gradlens's first
+  (``multiprocessing.spawn.get_command_line``: the ``-c`` program of the child).
 
 Nothing here changes a result: every wrapper calls the original with the same arguments and
 returns its result untouched. Listener errors are reported once and never reach the script.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing.process
+import multiprocessing.spawn
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -42,6 +45,7 @@ __all__ = [
     "LOSS_FUNCTIONS",
     "Listener",
     "ListenerBase",
+    "bootstrap_next_spawn",
     "install",
     "is_suspended",
     "request_loss_result",
@@ -93,6 +97,8 @@ class Listener(Protocol):
 
     def on_process_start(self, process: Any) -> None: ...
 
+    def after_process_start(self, process: Any) -> None: ...
+
 
 class ListenerBase:
     """A :class:`Listener` that ignores every event: subclasses override the ones they use."""
@@ -135,6 +141,9 @@ class ListenerBase:
     def on_process_start(self, process: Any) -> None:
         pass
 
+    def after_process_start(self, process: Any) -> None:
+        pass
+
 
 _listeners: list[Listener] = []
 _originals: dict[tuple[object, str], Any] = {}
@@ -143,6 +152,7 @@ _backward_depth = 0  # > 0 while a backward the script called runs
 _reported: set[str] = set()
 _loss_result_wanted: Callable[[Any], None] | None = None  # see request_loss_result
 _backward_watchers: list[Callable[[list[Tensor]], None]] = []
+_spawn_bootstrap: str | None = None  # see bootstrap_next_spawn
 
 
 def install(listener: Listener) -> None:
@@ -161,6 +171,7 @@ def uninstall(listener: Listener) -> None:
             setattr(owner, name, original)
         _originals.clear()
         _backward_watchers.clear()
+        bootstrap_next_spawn(None)
 
 
 def request_loss_result(callback: Callable[[Any], None]) -> None:
@@ -168,6 +179,13 @@ def request_loss_result(callback: Callable[[Any], None]) -> None:
     returns with gradients on (a training loss). Outside ``on_loss_call`` it does nothing."""
     global _loss_result_wanted
     _loss_result_wanted = callback
+
+
+def bootstrap_next_spawn(code: str | None) -> None:
+    """Python ``code`` the next 'spawn'-started child runs before multiprocessing's own (from
+    ``on_process_start``; the listener clears it in ``after_process_start``). None: nothing."""
+    global _spawn_bootstrap
+    _spawn_bootstrap = code
 
 
 def watch_backward(callback: Callable[[list[Tensor]], None]) -> None:
@@ -248,6 +266,7 @@ def _patch_all() -> None:
         _patch(owner, "clip_grad_norm_", _wrap_clip_norm)
         _patch(owner, "clip_grad_value_", _wrap_clip_value)
     _patch(multiprocessing.process.BaseProcess, "start", _wrap_process_start)
+    _patch(multiprocessing.spawn, "get_command_line", _wrap_spawn_command)
 
 
 def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -389,6 +408,23 @@ def _wrap_process_start(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def start(self: Any) -> None:
         _emit("on_process_start", self)
-        return original(self)
+        try:
+            return original(self)
+        finally:
+            _emit("after_process_start", self)
 
     return start
+
+
+def _wrap_spawn_command(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def get_command_line(**kwds: Any) -> list[str]:
+        command = original(**kwds)
+        code = _spawn_bootstrap
+        if code is None or "-c" not in command or _suspended:
+            return command
+        at = command.index("-c") + 1  # the child's program: ours first, guarded
+        guarded = f"try:\n    {code}\nexcept Exception:\n    pass\n"
+        return [*command[:at], guarded + command[at], *command[at + 1 :]]
+
+    return get_command_line

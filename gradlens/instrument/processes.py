@@ -6,20 +6,23 @@ nobody writes, and an ``atexit`` close would finish the parent's run. So every o
 registered with :func:`detach_in_forked_children` has its ``forked()`` called in the child
 right after the fork; the run stays the parent's.
 
-Training in child processes (``torch.multiprocessing.spawn`` for DDP, Hogwild's
-``mp.Process``) is not recorded: gradlens records the process it watches. A run that records no
-step but started such processes says so (:func:`children_note`), instead of only "no step".
+A worker started with 'spawn' (``torch.multiprocessing.spawn`` for DDP, an ``mp.Process``
+of the spawn context) while ``gradlens watch`` records runs :func:`worker_command` first: it is
+recorded as its own run (``gradlens.workers``). Forked trainers (Hogwild's default) are not
+recorded. A run that records no step but started such processes says why
+(:func:`children_note`), instead of only "no step".
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import weakref
 from collections import Counter
 from typing import Any, Protocol
 
-__all__ = ["ChildProcesses", "children_note", "detach_in_forked_children"]
+__all__ = ["ChildProcesses", "children_note", "detach_in_forked_children", "worker_command"]
 
 
 class Forkable(Protocol):
@@ -53,19 +56,34 @@ class ChildProcesses:
 
     def __init__(self) -> None:
         self.started: Counter[str] = Counter()
+        self.workers: list[str] = []  # the runs of the spawned workers (gradlens.workers)
 
-    def saw(self, process: Any) -> None:
+    def saw(self, process: Any) -> str | None:
+        """Count ``process``; its start method, or None for a DataLoader worker."""
         target = getattr(process, "_target", None)
         if getattr(target, "__module__", "").startswith("torch.utils.data"):
-            return
+            return None
         method = getattr(process, "_start_method", None)
-        self.started[method or multiprocessing.get_start_method(allow_none=True) or "fork"] += 1
+        method = method or multiprocessing.get_start_method(allow_none=True) or "fork"
+        self.started[method] += 1
+        return str(method)
+
+
+def worker_command(config: dict[str, Any]) -> str:
+    """The line a spawned worker runs first: ``gradlens.workers.bootstrap(config)`` (a JSON
+    string inside the child's ``-c`` program; interception guards it with ``try``)."""
+    return f"import gradlens.workers as _gl; _gl.bootstrap({json.dumps(config)!r})"
 
 
 def children_note(children: ChildProcesses) -> str | None:
     """Why a run with no recorded step may still have trained, or None."""
     if not children.started:
         return None
+    if children.workers:
+        return (
+            f"this process took no optimizer step; its {len(children.workers)} spawned workers "
+            f"are recorded as runs {', '.join(children.workers)}"
+        )
     how = ", ".join(f"{n} with {method!r}" for method, n in sorted(children.started.items()))
     return (
         f"the script started child processes ({how}) and took no optimizer step itself; "

@@ -186,9 +186,11 @@ def test_parametrized_ghost_probe(tmp_path):
 @pytest.mark.parametrize("context", ["spawn", "fork"])
 def test_dataloader_worker_processes(tmp_path, context):
     """Workers started by ``spawn`` unpickle the script's Dataset and collate_fn from the
-    script run as ``__main__``; forked ones inherit gradlens's patches and stay silent."""
+    script run as ``__main__``; forked ones drop gradlens's patches. Neither is a trainer:
+    no worker runs (``gradlens.workers``) beside the script's."""
     pair = run_pair(tmp_path, "loader_workers.py", "--context", context)
     assert_unchanged(pair)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["client"]
     assert layer_names(pair.run) == set(pair.trace["names"])
     assert_steps(pair, "loss")
     assert_steps(pair, "grad_norm")
