@@ -75,6 +75,12 @@ class LossCall:
     kwargs: dict[str, Any]
     inside_forward: bool
 
+    @property
+    def per_sample(self) -> bool:
+        """``reduction="none"`` (or the legacy ``reduce=False``): one loss per sample, which
+        the script reduces itself (a masked or weighted mean) — not an objective to replay."""
+        return self.kwargs.get("reduction") == "none" or self.kwargs.get("reduce") is False
+
 
 @dataclass
 class ProbeBatch:

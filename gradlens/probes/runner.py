@@ -94,7 +94,15 @@ class ProbeRunner:
         partial = [b for b in self.probe_set.batches if b.whole is False]
         if partial:
             returned = any(b.loss is not None and b.loss.inside_forward for b in partial)
-            probes = self._without_partial_objective(probes, returned)
+            what = (
+                "the loss the model returns (terms added after forward)"
+                if returned
+                else "one loss call (several terms)"
+            )
+            probes = self._without_objective(probes, f"the training loss is not {what}")
+        if any(b.loss is not None and b.loss.per_sample for b in self.probe_set.batches):
+            why = "the loss call returns per-sample losses (reduction='none') the script reduces"
+            probes = self._without_objective(probes, why)
         model = unwrap_data_parallel(module)
         for probe in probes:
             start = time.perf_counter()
@@ -115,19 +123,15 @@ class ProbeRunner:
             metric = f"probe_seconds.{probe.name}"
             self.write("scalars", long_rows("scalars", step, metric=metric, index=0, value=seconds))
 
-    def _without_partial_objective(self, probes: list[Probe], returned: bool) -> list[Probe]:
-        """``probes`` but those measuring the training loss: the script backpropagates more
-        than the recorded loss call (several terms, several backward calls), or than the loss
-        the model returned (``returned``: terms added after forward)."""
+    def _without_objective(self, probes: list[Probe], why: str) -> list[Probe]:
+        """``probes`` but those measuring the training loss, which the recorded loss call is
+        not (``why``): the script backpropagates more than the call (several terms, several
+        backward calls), more than the loss the model returned (terms added after forward), or
+        its own reduction of per-sample losses."""
         partial = [p for p in self.probes if p.needs_objective]
         if partial:
             names = "/".join(p.name for p in partial)
-            what = (
-                "the loss the model returns (terms added after forward)"
-                if returned
-                else "one loss call (several terms)"
-            )
-            why = f"the training loss is not {what}: {names} would measure a part of it"
+            why = f"{why}: {names} would measure another objective"
             self.say(f"probes: {why}")
             self._unavailable(partial, why, quiet=True)
         return [p for p in probes if not p.needs_objective]

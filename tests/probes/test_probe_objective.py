@@ -160,3 +160,29 @@ def test_collapse_unavailable_for_a_regression(runs_dir, capsys):
     }
     assert "hessian" in run.tables() and "collapse" not in run.tables()
     assert capsys.readouterr().err.count("probe collapse unavailable") == 1
+
+
+def _masked_mean(model, x, y, r):  # padding-style masking of per-sample losses
+    per_sample = F.cross_entropy(model(x)[0], y, reduction="none")
+    mask = (r > -0.5).float()
+    ((per_sample * mask).sum() / mask.sum()).backward()
+
+
+def _legacy_reduce(model, x, y, r):
+    per_sample = F.cross_entropy(model(x)[0], y, reduce=False)
+    (per_sample * torch.linspace(0.5, 1.5, len(y))).mean().backward()
+
+
+@pytest.mark.parametrize("step_fn", [_masked_mean, _legacy_reduce], ids=lambda f: f.__name__)
+def test_per_sample_losses_leave_the_objective_probes_unavailable(runs_dir, capsys, step_fn):
+    """``reduction="none"`` then the script's own weighting: replaying the call gives a
+    vector, not the objective (it used to switch Hessian and landscape off as internal
+    errors); ghost and collapse read the logits and still run."""
+    run, *_ = _train(runs_dir, step_fn)
+    why = "the loss call returns per-sample losses (reduction='none') the script reduces"
+    unavailable = run.meta["unavailable"]
+    assert why in unavailable.pop("probe hessian") and why in unavailable.pop("probe landscape")
+    assert not unavailable and not run.meta.get("disabled")
+    assert set(run.table("collapse").step) == {3, 7}
+    assert set(run.table("softmax", filters=[("metric", "==", "ghost_r")]).step) == {3, 7}
+    assert capsys.readouterr().err.count(why) == 1
