@@ -1,7 +1,8 @@
 """Softmax-collapse signals, a :class:`~gradlens.capture.signals.StepSignal` of the step row.
 
 Each training call of ``F.cross_entropy`` (also through ``nn.CrossEntropyLoss`` and inside a
-model's ``forward``) on a sampled step adds its stats
+model's ``forward``), or of ``F.nll_loss`` on ``log_softmax`` outputs (pytorch/examples'
+MNIST style: the shift-invariant stats only), on a sampled step adds its stats
 (``gradlens.functional.softmax.softmax_collapse_stats``, sync-free, on at most ``max_rows``
 evenly strided rows) to the step's accumulator: sample-weighted means, maxima for the max
 entries. At the primary optimizer's pre-step hook the accumulator becomes the signal's slots of
@@ -32,6 +33,14 @@ _MAXIMA = {"max_logit_gap", "log_z_max"}
 _IS_MAX = torch.tensor([name in _MAXIMA for name in SOFTMAX_STATS])
 _COUNT = SOFTMAX_STATS.index("num_samples")
 _COS, _COS_ALL = "grad_weight_cos", "grad_weight_cos_all"
+_OBSERVED = ("cross_entropy", "nll_loss")
+
+
+def _from_log_softmax(t: Tensor) -> bool:
+    """``t`` is the output of ``log_softmax`` (as ``F.nll_loss``'s input in pytorch/examples'
+    MNIST and word-language-model scripts)."""
+    node = t.grad_fn
+    return node is not None and node.name().startswith("LogSoftmaxBackward")
 
 
 class SoftmaxSignal(StepSignal):
@@ -61,25 +70,33 @@ class SoftmaxSignal(StepSignal):
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], step: int
     ) -> None:
         """A loss call of step ``step``: a training cross-entropy of a sampled step is observed."""
+        if name not in _OBSERVED or step % self.every:
+            return
         logits = args[0] if args else kwargs.get("input")
         if (
-            name == "cross_entropy"
-            and step % self.every == 0
-            and isinstance(logits, Tensor)
+            isinstance(logits, Tensor)
             and logits.requires_grad  # a training forward, not an evaluation loop
             and torch.is_grad_enabled()
         ):
+            log_probs = name == "nll_loss"
+            if log_probs and not _from_log_softmax(logits):
+                return  # log-probabilities of some other model: not a softmax to read
             target = args[1] if len(args) > 1 else kwargs.get("target")
-            self.observe(logits, target, kwargs.get("ignore_index", -100))
+            self.observe(logits, target, kwargs.get("ignore_index", -100), log_probs)
 
-    def observe(self, logits: Tensor, target: Any, ignore_index: int = -100) -> None:
-        """One cross-entropy call's logits (training forward only; the caller checks)."""
+    def observe(
+        self, logits: Tensor, target: Any, ignore_index: int = -100, log_probs: bool = False
+    ) -> None:
+        """One cross-entropy call's logits, or ``log_softmax`` outputs of an ``nll_loss`` call
+        (``log_probs``) (training forward only; the caller checks)."""
         if not isinstance(target, Tensor) or target.is_floating_point():
             target = None  # soft labels: no per-sample "zero loss"/accuracy
         if logits.dim() > 2:  # cross-entropy's K-dim form (N, C, d1, …): classes at dim 1
             logits = logits.movedim(1, -1)
         logits, target = _strided_rows(logits, target, self.max_rows)
-        stats = softmax_collapse_stats(logits, target, ignore_index=ignore_index)
+        stats = softmax_collapse_stats(
+            logits, target, ignore_index=ignore_index, log_probs=log_probs
+        )
         weight = stats[_COUNT]
         if self._sum is None or self._max is None or self._count is None:
             self._sum, self._max, self._count = stats * weight, stats, weight

@@ -56,7 +56,9 @@ SOFTMAX_STATS = (
 - ``accuracy``: argmax equals the target.
 - ``num_samples``: rows counted (targets equal to ``ignore_index`` are left out).
 
-``zero_loss_fraction`` and ``accuracy`` are NaN without targets.
+``zero_loss_fraction`` and ``accuracy`` are NaN without targets. From log-probabilities
+(``log_probs=True``: ``F.nll_loss`` after ``F.log_softmax``, pytorch/examples' style) the
+shift-invariant entries are exact and ``log_z_*``/``logit_norm`` are NaN (the shift is gone).
 """
 
 
@@ -85,13 +87,18 @@ def _rows(logits: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor | None
 
 @torch.no_grad()
 def softmax_collapse_stats(
-    logits: Tensor, targets: Tensor | None = None, *, ignore_index: int = -100
+    logits: Tensor,
+    targets: Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    log_probs: bool = False,
 ) -> Tensor:
     """Softmax-collapse signals as a float32 vector on the logits' device, ordered as
     :data:`SOFTMAX_STATS`; no host synchronisation, the input and its graph untouched.
 
     ``logits`` is (N, C) or (B, T, V) (leading dims flattened); ``targets`` are class indices
     (rows equal to ``ignore_index`` are left out of every entry) or class probabilities.
+    ``log_probs``: ``logits`` are ``log_softmax`` outputs (the loss is ``F.nll_loss``).
     Saturation is computed exactly as Prieto et al. log it, in the logits' own dtype:
     ``(exp(z − max z).sum(-1) == 1)``.
 
@@ -122,7 +129,9 @@ def softmax_collapse_stats(
         weight = torch.ones_like(gap) if soft else (t != ignore_index).float()
         label = t.argmax(-1) if soft else torch.where(t == ignore_index, 0, t)
         picked = z.gather(1, label[:, None])[:, 0]
-        if not soft and z.dtype in (torch.float32, torch.float64):
+        if log_probs:  # nll_loss's per-sample loss is −log p_t itself
+            zero_loss = (picked == 0).float()
+        elif not soft and z.dtype in (torch.float32, torch.float64):
             # log_softmax's own formula in the logits' dtype: (z_t − max) − log Σ exp(z − max),
             # without another pass over the logits
             zero_loss = (((picked - first[:, 0]) - exp_sum.log()) == 0).float()
@@ -137,6 +146,9 @@ def softmax_collapse_stats(
 
     def largest(x: Tensor) -> Tensor:
         return torch.where(weight > 0, x, -math.inf).amax()
+
+    if log_probs:  # log Z of log-probabilities is 0, their norm is not the logits'
+        log_z = norms = nan
 
     return torch.stack(
         [

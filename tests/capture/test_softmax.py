@@ -49,3 +49,30 @@ def test_an_evaluation_forward_with_gradients_on_is_not_observed(runs_dir):
     stats = softmax.pivot_table(index="step", columns="metric", values="value")
     assert stats.num_samples.tolist() == [32.0] * 4
     torch.testing.assert_close(stats.logit_norm.tolist(), norms, rtol=1e-5, atol=0)
+
+
+def test_nll_loss_after_log_softmax_is_observed(runs_dir):
+    """pytorch/examples' MNIST: the model returns ``log_softmax``, the loss is ``nll_loss``.
+    The softmax rows are those of the logits for every shift-invariant stat; an ``nll_loss`` on
+    other log-probabilities (a log of something else) is not a softmax to read."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [(torch.randn(32, 10), torch.randint(0, 3, (32,))) for _ in range(3)]
+    gaps = []
+    with gradlens.Lens(model, opt, runs_dir=runs_dir, softmax_every=1) as lens:
+        for x, y in data:
+            opt.zero_grad()
+            logits = model(x)
+            top2 = logits.detach().topk(2, dim=1).values
+            gaps.append((top2[:, 0] - top2[:, 1]).mean().item())
+            F.nll_loss(F.log_softmax(logits, dim=1), y).backward()
+            opt.step()
+        opt.zero_grad()  # a step whose nll_loss reads log-sigmoids: no softmax row
+        F.nll_loss(F.logsigmoid(model(data[0][0])), data[0][1]).backward()
+        opt.step()
+    softmax = gradlens.open_run(lens.run_dir).table("softmax")
+    stats = softmax.pivot_table(index="step", columns="metric", values="value", dropna=False)
+    assert stats.num_samples.tolist() == [32.0] * 3  # steps 0–2; step 3 not observed
+    torch.testing.assert_close(stats.mean_logit_gap.tolist(), gaps, rtol=1e-5, atol=1e-6)
+    assert stats.log_z_mean.isna().all() and stats.logit_norm.isna().all()

@@ -185,3 +185,21 @@ def test_probability_targets() -> None:
     soft = F.one_hot(t, C).float()
     out = softmax_collapse(z, soft)
     assert out == softmax_collapse(z, t)  # one-hot probabilities: the same numbers
+
+
+def test_log_probabilities_give_the_shift_invariant_stats_of_their_logits():
+    """``F.nll_loss(F.log_softmax(z))``: saturation, gaps and accuracy are those of ``z``
+    (exact counts on the crafted rows); a sample whose log-probability is exactly 0 has loss 0;
+    log Z and the logit norm cannot be known from log-probabilities (NaN)."""
+    z, t = crafted()
+    from_logits = dict(zip(SOFTMAX_STATS, softmax_collapse_stats(z, t).tolist(), strict=True))
+    log_p = F.log_softmax(z, dim=1)
+    stats = softmax_collapse_stats(log_p, t, log_probs=True).tolist()
+    got = dict(zip(SOFTMAX_STATS, stats, strict=True))
+    for name in ("saturated_fraction", "accuracy", "num_samples"):
+        assert got[name] == from_logits[name], name
+    for name in ("max_logit_gap", "mean_logit_gap"):
+        assert got[name] == pytest.approx(from_logits[name], rel=1e-6), name
+    expected_zero = (F.nll_loss(log_p, t, reduction="none") == 0).float().mean().item()
+    assert got["zero_loss_fraction"] == expected_zero > 0  # the saturated correct rows
+    assert all(math.isnan(got[n]) for n in ("log_z_mean", "log_z_max", "logit_norm"))
