@@ -352,8 +352,14 @@ class Lens(interception.ListenerBase):
                 kwargs,
                 self._calls.depth > 0,
             )
-        if self._softmax is not None and self._calls.training:
-            self._guard.call(SOFTMAX, self._softmax.observe_call, name, args, kwargs, self.step)
+        if self._calls.training:
+            if self._softmax is not None:
+                self._guard.call(SOFTMAX, self._softmax.observe_call, name, args, kwargs, self.step)
+        elif self._script is not None and torch.is_grad_enabled():  # eval() without no_grad?
+            script, step = self._script, max(self.step - 1, 0)
+            interception.request_loss_result(
+                lambda value: script.held_eval_loss(name, args, kwargs, value, step)
+            )
 
     def on_optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
         self._guard.call(ROOTS, self._tracking.created, optimizer)
@@ -393,8 +399,14 @@ class Lens(interception.ListenerBase):
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def on_backward(self, tensor: Tensor) -> None:
+        if self._script is not None:
+            self._script.backward()  # held evaluation calls were the training loss
+
     def _on_call(self) -> None:
         self._tracking.called()
+        if self._script is not None:
+            self._script.model_called()  # held evaluation calls were evaluations
 
     @property
     def step(self) -> int:

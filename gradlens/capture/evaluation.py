@@ -2,8 +2,11 @@
 
 A loss call made with gradients off (``torch.no_grad()``, ``torch.inference_mode()``) is an
 evaluation call: a training loss needs gradients, and HF Trainer, Lightning, nanoGPT and the
-PyTorch examples all evaluate under one of the two. A call with gradients on never counts, even
-with the model in eval mode (a model kept in eval mode may be the one training). gradlens's own
+PyTorch examples all evaluate under one of the two. A call with gradients on after a forward of
+a model in eval mode (``model.eval()`` without ``no_grad``, a common slip) is *held*
+(:meth:`EvalMetrics.hold`): a model kept in eval mode may be the one training, so it counts
+only if no backward comes before the next top-level model call, optimizer step or close
+(:meth:`EvalMetrics.settle`; a backward calls :meth:`EvalMetrics.drop_held`). gradlens's own
 calls (probes) are never seen, nor a loss computed inside a ``torch.compile``'d forward.
 
 Between two optimizer steps the calls are summed on their device, without a host sync: the
@@ -72,14 +75,41 @@ class EvalMetrics:
         self._step = 0
         self._phases: list[Tensor] = []  # one sum vector (see eval_term) per loader phase
         self._next_phase = False
+        self._held: list[tuple[Tensor, int]] = []  # gradients on: evaluations unless backward
+
+    def hold(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any, step: int
+    ) -> None:
+        """A loss call that kept gradients on after an eval-mode forward: an evaluation
+        unless the script backpropagates it before :meth:`settle`."""
+        with torch.no_grad():
+            term = eval_term(name, args, kwargs, value)
+        if term is not None:
+            self._held.append((term, step))
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def drop_held(self) -> None:
+        """A backward: the held calls were the training loss (a model trained in eval mode)."""
+        self._held.clear()
+
+    def settle(self) -> None:
+        """No backward came: the held calls were evaluations."""
+        held, self._held = self._held, []
+        for term, step in held:
+            self._add(term, step)
 
     def observe(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any, step: int
     ) -> None:
         """Add one evaluation loss call (``value``: what it returned) made after ``step``."""
         term = eval_term(name, args, kwargs, value)
-        if term is None:
-            return
+        if term is not None:
+            self._add(term, step)
+
+    def _add(self, term: Tensor, step: int) -> None:
         if not self._phases:
             self._step = step
         if self._next_phase or not self._phases:
@@ -90,10 +120,12 @@ class EvalMetrics:
 
     def loader_started(self) -> None:
         """A DataLoader iterator was created: later calls start a new phase, if any were seen."""
+        self.settle()  # the last held call belongs to the phase that ends
         self._next_phase = bool(self._phases)
 
     def flush(self) -> None:
         """Hand the phases seen so far to the writer (one copy to the host, no sync)."""
+        self.settle()
         if not self._phases:
             return
         phases, step = self._phases, self._step

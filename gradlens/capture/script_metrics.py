@@ -35,6 +35,18 @@ class ScriptMetrics:
     def eval_loss(self, name: str, args: Any, kwargs: Any, value: Any, step: int) -> None:
         self.guard.call(EVAL, self.eval.observe, name, args, kwargs, value, step)
 
+    def held_eval_loss(self, name: str, args: Any, kwargs: Any, value: Any, step: int) -> None:
+        """A loss call with gradients on after an eval-mode forward (``EvalMetrics.hold``)."""
+        self.guard.call(EVAL, self.eval.hold, name, args, kwargs, value, step)
+
+    def backward(self) -> None:
+        if self.eval.holding:
+            self.guard.call(EVAL, self.eval.drop_held)
+
+    def model_called(self) -> None:
+        if self.eval.holding:
+            self.guard.call(EVAL, self.eval.settle)
+
     def loader_started(self) -> None:
         self.guard.call(EVAL, self.eval.loader_started)
 

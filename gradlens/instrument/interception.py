@@ -150,7 +150,7 @@ _originals: dict[tuple[object, str], Any] = {}
 _suspended = 0
 _backward_depth = 0  # > 0 while a backward the script called runs
 _reported: set[str] = set()
-_loss_result_wanted: Callable[[Any], None] | None = None  # see request_loss_result
+_loss_results_wanted: list[Callable[[Any], None]] = []  # see request_loss_result
 _backward_watchers: list[Callable[[list[Tensor]], None]] = []
 _spawn_bootstrap: str | None = None  # see bootstrap_next_spawn
 
@@ -176,9 +176,9 @@ def uninstall(listener: Listener) -> None:
 
 def request_loss_result(callback: Callable[[Any], None]) -> None:
     """Call ``callback(result)`` when the loss call now being announced by ``on_loss_call``
-    returns with gradients on (a training loss). Outside ``on_loss_call`` it does nothing."""
-    global _loss_result_wanted
-    _loss_result_wanted = callback
+    returns with gradients on (a training loss, or an evaluation that kept gradients on).
+    Outside ``on_loss_call`` it does nothing."""
+    _loss_results_wanted.append(callback)
 
 
 def bootstrap_next_spawn(code: str | None) -> None:
@@ -309,17 +309,18 @@ def _losses(tensors: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list
 def _wrap_loss(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def loss(*args: Any, **kwargs: Any) -> Any:
-        global _loss_result_wanted
         if not _listeners or _compiling():
             return original(*args, **kwargs)
-        _loss_result_wanted = None
+        _loss_results_wanted.clear()
         _emit("on_loss_call", name, args, kwargs)
-        wanted, _loss_result_wanted = _loss_result_wanted, None
+        wanted = _loss_results_wanted[:]
+        _loss_results_wanted.clear()
         result = original(*args, **kwargs)
         if not torch.is_grad_enabled():  # an evaluation (a training loss needs gradients)
             _emit("on_eval_loss", name, args, kwargs, result)
-        elif wanted is not None:
-            _safely("request_loss_result", wanted, result)
+            return result
+        for callback in wanted:
+            _safely("request_loss_result", callback, result)
         return result
 
     return loss

@@ -68,7 +68,11 @@ def evaluate_mean(model, loader, mode):
 
 def train(mode="no_grad", evaluate=True, epochs=2):
     """Returns (final weights, one dict per evaluation: step, val and test loss/accuracy)."""
-    mode = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[mode]
+    mode = {
+        "no_grad": torch.no_grad,
+        "inference_mode": torch.inference_mode,
+        "grad_on": nullcontext,  # model.eval() without no_grad: a common slip
+    }[mode]
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -131,7 +135,7 @@ def _assert_matches(run: gradlens.Run, history: list[dict], rtol: float = 1e-6) 
         assert set(at["index"]) == {0, 1}
 
 
-@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "grad_on"])
 def test_eval_loss_equals_the_scripts_own_average(runs_dir, mode):
     train = _script()["train"]
     plain_weights, plain_history = train(mode)
@@ -248,29 +252,34 @@ def test_loss_inside_forward_estimate_loss(runs_dir):
         assert at["eval_samples"] == 6 * 4 * 7
 
 
-def test_only_calls_without_gradients_count(runs_dir):
-    """An eval-mode model with gradients on may be training; gradlens's own calls are not the
-    script's; a grad-enabled call inside an evaluation period is left out of it."""
+def test_which_calls_are_evaluations(runs_dir):
+    """Gradients off: an evaluation. A model trained in eval mode (its loss backpropagated) is
+    not evaluated; a call with gradients on after an eval-mode forward that no backward
+    follows (``model.eval()`` without ``no_grad``) is; gradlens's own calls are not the
+    script's; a training-mode call is not."""
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     with gradlens.Lens(model, opt, runs_dir=runs_dir, name="grad") as lens:
         model.eval()
-        F.cross_entropy(model(x), y)  # gradients on: not an evaluation
+        for _ in range(2):  # trained in eval mode (frozen dropout/BN statistics)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
         with torch.no_grad(), interception.suspended():
             F.cross_entropy(model(x), y)  # gradlens's own
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+        model.train()
+        F.cross_entropy(model(x), y)  # training mode, never backpropagated: not evaluated
+        model.eval()
+        expected = [F.cross_entropy(model(x[:5]), y[:5]).item()]  # gradients on
         with torch.no_grad():
-            expected = F.mse_loss(model(x), F.one_hot(y, 3).float()).item()
-            with torch.enable_grad():
-                F.cross_entropy(model(x), y)
-    rows = _eval_rows(gradlens.open_run(lens.run_dir)).set_index("metric").value
-    assert set(rows.index) == {"eval_loss", "eval_samples"}  # regression: no accuracy
-    np.testing.assert_allclose(rows["eval_loss"], expected, rtol=1e-6)
-    assert rows["eval_samples"] == 24
+            expected.append(F.cross_entropy(model(x[5:]), y[5:]).item())
+    rows = _eval_rows(gradlens.open_run(lens.run_dir))
+    assert set(rows.step) == {1}  # after the last optimizer step
+    rows = rows.set_index("metric").value
+    np.testing.assert_allclose(rows["eval_loss"], (expected[0] * 5 + expected[1] * 3) / 8)
+    assert rows["eval_samples"] == 8
 
 
 def test_a_failing_eval_capture_leaves_training_alone(runs_dir, monkeypatch):
