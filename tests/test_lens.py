@@ -303,3 +303,27 @@ def test_dispatch_count_per_step_is_flat_in_the_number_of_tensors(runs_dir, monk
     extra = [launches(n, True) - launches(n, False) for n in (1, 16)]
     assert extra[0] == pytest.approx(extra[1], abs=0.1)
     assert extra[0] <= 12
+
+
+def test_lazy_modules_with_the_optimizer_made_before_the_dry_run(runs_dir):
+    """``nn.LazyLinear`` parameters are uninitialized when the optimizer takes them (the
+    model's owner is found then): they are named and measured once the first forward has
+    materialized them (finding the owner used to read their size and switch model calls off)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.LazyLinear(3))
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    norms = []
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model(x[:1])  # the dry run
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            norms.append([p.grad.double().norm().item() for p in model.parameters()])
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    assert not run.meta.get("disabled")
+    grads = run.table("layers", filters=[("metric", "==", "grad_norm")])
+    grads = grads.pivot(index="step", columns="layer", values="value")
+    names = [n for n, _ in model.named_parameters()]
+    np.testing.assert_allclose(grads[names].to_numpy(), norms, rtol=1e-6)

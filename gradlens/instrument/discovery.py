@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
 __all__ = [
@@ -113,7 +114,7 @@ class ModuleDiscovery:
             and any(True for _ in m.parameters())
         ]
         # Deterministic order: the module with the most parameters first.
-        new.sort(key=lambda m: -sum(p.numel() for p in m.parameters()))
+        new.sort(key=lambda m: -_size(m))
         self._roots = [r for r in self._roots if r() is not None and id(r()) not in inside]
         self._roots += [weakref.ref(m) for m in new]
         return new
@@ -124,6 +125,12 @@ class ModuleDiscovery:
     def _note(self, module: nn.Module, args: Any) -> None:
         if not torch.compiler.is_compiling() and not isinstance(module, torch.fx.GraphModule):
             self._seen.add(module)  # (GraphModules are compiled graphs, not user models)
+
+
+def _size(module: nn.Module) -> int:
+    """Entries of the module's parameters; lazy ones (``nn.LazyLinear`` before its first
+    forward, when the optimizer may already hold them) have none yet."""
+    return sum(p.numel() for p in module.parameters() if not is_lazy(p))
 
 
 def owning_roots(params: Iterable[Tensor]) -> list[nn.Module]:
@@ -147,7 +154,7 @@ def owning_roots(params: Iterable[Tensor]) -> list[nn.Module]:
         and not isinstance(m, torch.fx.GraphModule)
         and any(id(p) in wanted for p in m.parameters())
     ]
-    roots.sort(key=lambda m: -sum(p.numel() for p in m.parameters()))
+    roots.sort(key=lambda m: -_size(m))
     return roots
 
 
