@@ -392,16 +392,16 @@ class Lens(interception.ListenerBase):
     def after_process_start(self, process: Any) -> None:
         interception.bootstrap_next_spawn(None)
 
+    def on_backward(self, tensor: Tensor) -> None:
+        if self._script is not None:
+            self._script.backward()  # held evaluation calls were the training loss
+
     def _log_user(self, values: Any, step: int | None) -> None:
         """``gradlens.log``: at the last optimizer step (or ``step``)."""
         if self._script is not None:
             self._script.log(values, max(self.step - 1, 0) if step is None else step)
 
     # -- helpers ---------------------------------------------------------------------------------
-
-    def on_backward(self, tensor: Tensor) -> None:
-        if self._script is not None:
-            self._script.backward()  # held evaluation calls were the training loss
 
     def _on_call(self) -> None:
         self._tracking.called()

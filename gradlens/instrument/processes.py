@@ -63,8 +63,10 @@ class ChildProcesses:
         target = getattr(process, "_target", None)
         if getattr(target, "__module__", "").startswith("torch.utils.data"):
             return None
-        method = getattr(process, "_start_method", None)
-        method = method or multiprocessing.get_start_method(allow_none=True) or "fork"
+        method = getattr(process, "_start_method", None)  # None: the default context's
+        # (get_start_method() without allow_none would fix the default for the script)
+        method = method or multiprocessing.get_start_method(allow_none=True)
+        method = method or multiprocessing.get_all_start_methods()[0]  # the platform default
         self.started[method] += 1
         return str(method)
 
