@@ -200,6 +200,7 @@ class Lens(interception.ListenerBase):
         self._calls = ModelCalls(self._guard, self.probe_set, self._on_call, self._compiled_loss)
         self._children = ChildProcesses()  # processes the script starts (instrument.processes)
         self.forked_child = False  # this process is a fork of the one recording the run
+        self._training_losses = False  # a loss call after a training forward was seen
         self._roots = RootCalls(self._calls.before, self._calls.after)
         self._tracking = Tracking(self.models, self.optimizers, self._recorder, self._roots.add)
         self._steps = StepCapture(
@@ -315,6 +316,11 @@ class Lens(interception.ListenerBase):
         if self._script is not None:
             self._script.flush()
         note = children_note(self._children) if self.step == 0 else None
+        if self.step == 0 and note is None and self._training_losses and not self._steps.backwards:
+            note = (
+                "training loss calls were seen but no backward() and no optimizer step: "
+                "gradients taken with torch.autograd.grad and applied by hand are not recorded"
+            )
         if note is not None:
             self._steps_unseen(note)
         self._output.finish(
@@ -353,6 +359,7 @@ class Lens(interception.ListenerBase):
                 self._calls.depth > 0,
             )
         if self._calls.training:
+            self._training_losses = True
             if self._softmax is not None:
                 self._guard.call(SOFTMAX, self._softmax.observe_call, name, args, kwargs, self.step)
         elif self._script is not None and torch.is_grad_enabled():  # eval() without no_grad?

@@ -63,6 +63,7 @@ class StepCapture(interception.ListenerBase):
         self._scaler_step: list[Any] | None = None  # [scaler, optimizer, pre-hook fired]
         self._wall0 = time.time()
         self._last_end = time.perf_counter()
+        self.backwards = 0  # backward() calls of the script seen so far
 
     def start(self, wall0: float) -> None:
         self._wall0, self._last_end = wall0, time.perf_counter()
@@ -70,6 +71,7 @@ class StepCapture(interception.ListenerBase):
     # -- interception events ---------------------------------------------------------------------
 
     def on_backward(self, tensor: Tensor) -> None:
+        self.backwards += 1
         if self.closure_done or not self.guard.active(CAPTURE):
             return  # a closure's later calls (line search) are not this step's loss
         if self._scaled is not None and tensor is self._scaled[0]:

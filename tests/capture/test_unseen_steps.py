@@ -76,3 +76,22 @@ def test_accumulation_and_weights_moved_once_before_a_step_are_not_it(runs_dir, 
     run = gradlens.open_run(lens.run_dir)
     assert run.steps == 4 and "step capture" not in run.meta["unavailable"]
     assert UNSEEN not in capsys.readouterr().err
+
+
+def test_functional_training_with_autograd_grad_is_said(runs_dir, capsys):
+    """Gradients from ``torch.autograd.grad`` applied by hand: no backward, no optimizer step
+    to capture. The run says so instead of finishing silently empty."""
+    model = _model()
+    params = list(model.parameters())
+    x, y = _data()
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        for _ in range(3):
+            grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    p -= 0.1 * g
+    run = gradlens.open_run(lens.run_dir)
+    assert run.steps == 0
+    why = run.meta["unavailable"]["step capture"]
+    assert "torch.autograd.grad" in why
+    assert capsys.readouterr().err.count(why) == 1
