@@ -315,7 +315,7 @@ class Lens(interception.ListenerBase):
         self._steps.finish()
         if self._script is not None:
             self._script.flush()
-        note = children_note(self._children) if self.step == 0 else None
+        note = children_note(self._children, self.runs_dir) if self.step == 0 else None
         if self.step == 0 and note is None and self._training_losses and not self._steps.backwards:
             note = (
                 "training loss calls were seen but no backward() and no optimizer step: "

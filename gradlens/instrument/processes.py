@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import weakref
 from collections import Counter
+from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = ["ChildProcesses", "children_note", "detach_in_forked_children", "worker_command"]
@@ -77,14 +78,15 @@ def worker_command(config: dict[str, Any]) -> str:
     return f"import gradlens.workers as _gl; _gl.bootstrap({json.dumps(config)!r})"
 
 
-def children_note(children: ChildProcesses) -> str | None:
+def children_note(children: ChildProcesses, runs_dir: Path) -> str | None:
     """Why a run with no recorded step may still have trained, or None."""
     if not children.started:
         return None
-    if children.workers:
+    recorded = [name for name in children.workers if (runs_dir / name).is_dir()]
+    if recorded:  # (a worker that took no step left no run)
         return (
-            f"this process took no optimizer step; its {len(children.workers)} spawned workers "
-            f"are recorded as runs {', '.join(children.workers)}"
+            f"this process took no optimizer step; its {len(recorded)} spawned workers "
+            f"that trained are recorded as runs {', '.join(recorded)}"
         )
     how = ", ".join(f"{n} with {method!r}" for method, n in sorted(children.started.items()))
     return (

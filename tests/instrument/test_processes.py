@@ -48,14 +48,16 @@ def test_forked_trainers_are_named_as_the_reason_for_no_steps(tmp_path):
 
 def test_spawned_workers_are_recorded_as_runs_of_their_own(tmp_path):
     """Workers of the spawn context: one run each, ``failed`` with the exit code of a worker
-    that raised (after the steps it took), ``finished`` for the other."""
+    that raised (after the steps it took), ``finished`` for the other; a third worker that only
+    produced data leaves no run."""
     done = _watch(tmp_path, "hogwild", "spawn", "--fail")
     assert "exit codes [0, 1]" in done.stdout
     runs = tmp_path / "runs"
     assert sorted(p.name for p in runs.iterdir()) == ["parent", "parent-w0", "parent-w1"]
     parent = gradlens.open_run(runs / "parent")
     assert parent.steps == 0
-    assert "recorded as runs parent-w0, parent-w1" in parent.meta["unavailable"]["step capture"]
+    why = parent.meta["unavailable"]["step capture"]
+    assert "2 spawned workers that trained are recorded as runs parent-w0, parent-w1" in why
     ok, failed = gradlens.open_run(runs / "parent-w0"), gradlens.open_run(runs / "parent-w1")
     assert (ok.status, ok.steps) == ("finished", 6)
     assert (failed.status, failed.steps, failed.meta["exit_code"]) == ("failed", 3, 1)

@@ -46,6 +46,10 @@ def train(rank, model, steps, lens_dir, fail=False):
         loop()
 
 
+def produce(queue):
+    queue.put(torch.randn(4).sum().item())
+
+
 def ddp_worker(rank, world, port, out):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -80,11 +84,16 @@ if __name__ == "__main__":
         ctx = mp.get_context(sys.argv[2])
         fail = "--fail" in sys.argv
         workers = [ctx.Process(target=train, args=(r, model, 6, lens_dir, fail)) for r in range(2)]
+        queue = ctx.Queue()
+        if sys.argv[2] == "spawn":  # and one that only produces data: it leaves no run
+            workers.append(ctx.Process(target=produce, args=(queue,)))
         for w in workers:
             w.start()
+        if len(workers) > 2:
+            queue.get(timeout=120)
         for w in workers:
             w.join()
-        print("exit codes", [w.exitcode for w in workers])
+        print("exit codes", [w.exitcode for w in workers][:2])
     elif mode == "ddp":
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
