@@ -160,11 +160,12 @@ def test_no_evaluation_no_rows(runs_dir):
 
 
 @pytest.mark.slow
-def test_through_watch(tmp_path):
+@pytest.mark.parametrize("mode", ["no_grad", "grad_on"])
+def test_through_watch(tmp_path, mode):
     script = tmp_path / "mnist_style.py"
     script.write_text(SCRIPT)
     plain = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "plain"), "no_grad"],
+        [sys.executable, str(script), str(tmp_path / "plain"), mode],
         capture_output=True,
         text=True,
         env=cli_env(),
@@ -173,7 +174,7 @@ def test_through_watch(tmp_path):
     assert plain.returncode == 0, plain.stderr
     watched = gradlens_cli(
         "watch", "--runs-dir", str(tmp_path / "runs"), "--name", "mnist", "--status", "off",
-        str(script), str(tmp_path / "watched"), "no_grad",
+        str(script), str(tmp_path / "watched"), mode,
     )  # fmt: skip
     assert watched.returncode == 0, watched.stderr
     assert "disabled" not in watched.stderr, watched.stderr

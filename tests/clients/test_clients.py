@@ -44,6 +44,13 @@ def test_examples_style_manual_sgd_and_torch_save(tmp_path):
     assert layer_names(pair.run) == set(pair.trace["names"])
     assert_steps(pair, "loss")
     assert_steps(pair, "grad_norm")
+    # nn.NLLLoss on the model's log_softmax: the shift-invariant softmax stats, no log Z
+    stats = pair.run.table("softmax").pivot_table(
+        index="step", columns="metric", values="value", dropna=False
+    )
+    assert list(stats.index) == [0] and stats.num_samples[0] > 0
+    assert stats.mean_logit_gap[0] > 0 and 0 <= stats.accuracy[0] <= 1
+    assert stats.log_z_mean.isna().all() and stats.logit_norm.isna().all()
 
 
 def test_ema_deepcopy_pickle(tmp_path):
