@@ -258,6 +258,7 @@ class Lens(interception.ListenerBase):
             say,
             writes=self.dist.main,
             unavailable=self.unavailable,  # probes that cannot measure this run, and why
+            trained=self._trained_params,
         )
         if self.dist.main:
             self._script = ScriptMetrics(writer.submit, say, self._guard, self.every)
@@ -333,6 +334,7 @@ class Lens(interception.ListenerBase):
             world_size=self.dist.world,
             disabled=dict(self._guard.disabled),
             unavailable=dict(self.unavailable),
+            **self._probe_scope(),
             optimizers=self._tracking.hyperparameters,
             hyperparameters={
                 **next(iter(self._tracking.hyperparameters), {}),
@@ -472,6 +474,13 @@ class Lens(interception.ListenerBase):
         primary = next((t for t in self._tracking.roles.all if t.primary), None)
         delta = primary.recorder.last_update() if primary is not None else None
         return None if primary is None or delta is None else (primary.recorder.params, delta)
+
+    def _trained_params(self) -> list[Tensor]:
+        return [p for t in self._tracking.all() for p in t.recorder.params]
+
+    def _probe_scope(self) -> dict[str, Any]:
+        scope = self._probes.scope if self._probes is not None else {}
+        return {"probe_scope": dict(scope)} if scope else {}
 
     def _world(self) -> int:
         return self.dist.world if self.dist.active and group_ready() else 1

@@ -25,6 +25,7 @@ __all__ = ["ProbeRunner", "check_probe_rows"]
 
 Write = Callable[[str, dict[str, Any]], None]
 UpdateFn = Callable[[], dict[str, Tensor] | None]
+Trained = Callable[[], list[Tensor]]  # the parameters the script's optimizers step
 # The primary optimizer's parameters and their Δθ at the last step (None: not known)
 LastUpdate = Callable[[], tuple[list[Tensor], list[Tensor]] | None]
 
@@ -41,6 +42,7 @@ class ProbeRunner:
         say: Callable[[str], None],
         writes: bool = True,
         unavailable: dict[str, str] | None = None,
+        trained: Trained | None = None,
     ) -> None:
         self.probes = list(probes)
         self.probe_set = probe_set
@@ -49,6 +51,9 @@ class ProbeRunner:
         self.say = say
         self.writes = writes  # multi-process: every rank measures, rank 0 writes
         self.unavailable = {} if unavailable is None else unavailable  # "probe NAME" → why
+        self.trained = trained
+        # meta "probe_scope": set when the replayed module holds only part of what is trained
+        self.scope: dict[str, Any] = {}
 
     def due(self, step: int) -> list[Probe]:
         return [p for p in self.probes if p.should_run(step)]
@@ -104,6 +109,8 @@ class ProbeRunner:
             why = "the loss call returns per-sample losses (reduction='none') the script reduces"
             probes = self._without_objective(probes, why)
         model = unwrap_data_parallel(module)
+        if not self.scope:
+            self._note_scope(model)
         for probe in probes:
             start = time.perf_counter()
             objective = Objective(model, batches, probe.mode)
@@ -135,6 +142,27 @@ class ProbeRunner:
             self.say(f"probes: {why}")
             self._unavailable(partial, why, quiet=True)
         return [p for p in probes if not p.needs_objective]
+
+    def _note_scope(self, model: nn.Module) -> None:
+        """Say once (and keep for ``meta.json``) when the probes' module holds only part of the
+        trained parameters: a model split over several root modules (an encoder and a decoder
+        called in turn, a GAN's generator and discriminator) is replayed through the root whose
+        forward fed the loss, with its inputs (the other modules' outputs) held fixed, so its
+        curvature is that module's block of the Hessian."""
+        if self.trained is None:
+            return
+        trained = {id(p): p for p in self.trained()}
+        covered = {id(p) for p in model.parameters()}
+        if not trained or trained.keys() <= covered:
+            return
+        inside = sum(p.numel() for i, p in trained.items() if i in covered)
+        total = sum(p.numel() for p in trained.values())
+        name = type(model).__name__
+        self.scope.update(module=name, parameters=inside, trained=total)
+        self.say(
+            f"probes measure {name} only ({inside:,} of the {total:,} trained parameters): "
+            f"the loss is replayed through {name} with its inputs held fixed"
+        )
 
     def _unavailable(self, probes: list[Probe], why: str, quiet: bool = False) -> None:
         """Say why once, list it in ``meta.json`` and stop scheduling these probes."""

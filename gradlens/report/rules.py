@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -139,7 +140,23 @@ def gradlens_health(data: RunData, t: Thresholds) -> list[Finding]:
             findings.append(
                 Finding("gradlens_health", severity, message.format(feature), str(reason))
             )
+    scope = meta.get("probe_scope")
+    if isinstance(scope, dict) and scope.get("module"):
+        findings.append(Finding("gradlens_health", "info", *_scope_text(scope)))
     return findings[:MAX_FINDINGS_PER_RULE]
+
+
+def _scope_text(scope: dict[str, Any]) -> tuple[str, str]:
+    """What the probes measured when their module holds part of the trained parameters."""
+    module = scope["module"]
+    share = ""
+    if isinstance(scope.get("parameters"), int) and isinstance(scope.get("trained"), int):
+        share = f" ({scope['parameters']:,} of the {scope['trained']:,} trained parameters)"
+    return (
+        f"probes measure {module} only",
+        f"the loss was replayed through {module}{share} with its inputs held fixed: "
+        "Hessian, landscape and ghost numbers are of that block",
+    )
 
 
 @rule("nonfinite", "no NaN/Inf loss or gradients", needs=("scalars",))

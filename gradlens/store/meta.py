@@ -196,6 +196,7 @@ META_FIELDS: dict[str, tuple[Callable[[Any], str | None], bool]] = {
     "layers": (_count, True),
     "world_size": (_count, True),
     "storage_error": (_text, True),
+    "probe_scope": (_mapping, True),
 }
 
 

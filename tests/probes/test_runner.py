@@ -14,6 +14,7 @@ from torch import nn
 import gradlens
 from gradlens.probes import REGISTRY, Probe
 from gradlens.probes.runner import check_probe_rows
+from gradlens.report import build_report
 from gradlens.store.rows import long_rows
 
 
@@ -55,13 +56,44 @@ def test_probes_replay_the_right_module_of_a_split_model(runs_dir):
     backbone, head = nn.Sequential(nn.Linear(4, 8), nn.Tanh()), nn.Linear(8, 3)
     opt = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.1)
     x, y = _data()
+    first = backbone(x).detach()  # the head's input as recorded (the first batch)
     options = {"hessian": {"every": 2, "k": 1, "trace": False}}
     with gradlens.Lens(runs_dir=runs_dir, probe_options=options) as lens:
         for _ in range(4):
             opt.zero_grad()
             F.cross_entropy(head(backbone(x)), y).backward()
             opt.step()
-    assert sorted(gradlens.open_run(lens.run_dir).table("hessian").step.unique()) == [1, 3]
+    run = gradlens.open_run(lens.run_dir)
+    assert sorted(run.table("hessian").step.unique()) == [1, 3]
+    # The loss is replayed through the head (the root whose call fed it), the backbone's
+    # output held fixed: the run says so, and the curvature is the head's block's.
+    assert run.meta["probe_scope"] == {"module": "Linear", "parameters": 27, "trained": 67}
+    top = run.table("hessian", filters=[("metric", "==", "top_eigenvalue")])
+    measured = float(top[top.step == 3].value.iloc[0])
+    assert measured == pytest.approx(_top_eigenvalue(head, first, y), rel=1e-4)
+    found = [f for f in build_report(run).findings if f.message == "probes measure Linear only"]
+    assert len(found) == 1 and "27 of the 67 trained parameters" in found[0].evidence
+
+
+def _top_eigenvalue(head: nn.Linear, features: torch.Tensor, y: torch.Tensor) -> float:
+    """Largest eigenvalue of the dense float64 Hessian of the head's loss on fixed features."""
+    w, b = head.weight.detach().double(), head.bias.detach().double()
+    sizes = (w.numel(), b.numel())
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        w_, b_ = flat.split(sizes)
+        logits = features.double() @ w_.view_as(w).T + b_
+        return F.cross_entropy(logits, y)
+
+    hessian = torch.autograd.functional.hessian(loss, torch.cat([w.flatten(), b]))
+    return float(torch.linalg.eigvalsh(hessian)[-1])
+
+
+def test_a_whole_model_probed_has_no_scope_note(runs_dir):
+    options = {"hessian": {"every": 2, "k": 1, "trace": False}}
+    run = _train(_mlp(), steps=2, runs_dir=runs_dir, probe_options=options)
+    assert len(run.table("hessian")) > 0
+    assert "probe_scope" not in run.meta
 
 
 def test_at_end_probe_does_not_repeat_the_scheduled_one(runs_dir):
