@@ -210,7 +210,7 @@ class Lens(interception.ListenerBase):
             param_every=param_every,
             due=self._probe_due,
             on_end=self._end_step,
-            on_unseen=self._steps_unseen,
+            on_unseen=lambda feature, why: self._steps_unseen(why, feature),
         )
         self._handles: list[RemovableHandle] = []
         self._wall0 = 0.0
@@ -425,8 +425,8 @@ class Lens(interception.ListenerBase):
     def _probe_due(self, step: int) -> bool:
         return self._probes is not None and bool(self._probes.due(step))
 
-    def _steps_unseen(self, why: str) -> None:
-        self.unavailable.setdefault("step capture", why)
+    def _steps_unseen(self, why: str, feature: str = "step capture") -> None:
+        self.unavailable.setdefault(feature, why)
         self._say_once(why)
 
     def _compiled_loss(self) -> None:

@@ -45,14 +45,16 @@ class StepCapture(interception.ListenerBase):
         param_every: int,
         due: Callable[[int], bool],
         on_end: Callable[[torch.optim.Optimizer | None], None],
-        on_unseen: Callable[[str], None] = lambda why: None,
+        on_unseen: Callable[[str, str], None] = lambda feature, why: None,
     ) -> None:
         self.tracking, self.calls, self.guard = tracking, calls, guard
         self.param_every = param_every
         self.due = due  # a probe runs after this step (it needs this step's Δθ)
         self.on_end = on_end  # after the primary's step: step already advanced
-        self.on_unseen = on_unseen  # optimizer steps happen that no hook sees (said once)
-        self._moved_unseen = 0  # backward passes at moved weights before any captured step
+        # optimizer steps happen that no hook sees: (what is missing, why), said once
+        self.on_unseen = on_unseen
+        self._moved_unseen = 0  # moves of the weights between backward passes, no step seen
+        self._versions_seen: tuple[int, ...] = ()  # param versions at the last backward
         self._stepping: torch.optim.Optimizer | None = None  # whose step() is running
         self._inner: set[int] = set()  # id() of optimizers stepped inside it (not recorded)
         self.step = 0
@@ -64,6 +66,11 @@ class StepCapture(interception.ListenerBase):
         self._wall0 = time.time()
         self._last_end = time.perf_counter()
         self.backwards = 0  # backward() calls of the script seen so far
+        # An optimizer stepped where no hook runs (compiled step): its rows are taken at each
+        # backward's end and committed once the weights are seen to have moved.
+        self._unseen: torch.optim.Optimizer | None = None
+        self._tentative: tuple[int, ...] | None = None  # param versions at the pending row
+        self._tentative_lrs: tuple[Any, ...] = ()  # the step's learning rates (before it)
 
     def start(self, wall0: float) -> None:
         self._wall0, self._last_end = wall0, time.perf_counter()
@@ -78,7 +85,11 @@ class StepCapture(interception.ListenerBase):
             tensor = self._scaled[1]
         value = tensor.detach()  # (float32 and shape (1,) when the row is written)
         versions = self.tracking.param_versions()
-        if self.step == 0 and self._moved_unseen >= 0:
+        if self._unseen is not None:
+            if self._tentative is not None and versions != self._tentative:
+                self._commit_unseen()  # the weights moved since the last backward: a step
+                self._loss = None
+        elif self.step == 0 and self._moved_unseen >= 0:
             self._check_unseen(versions)
         if self._loss is None:
             self._loss, self._loss_at = value, versions
@@ -91,18 +102,34 @@ class StepCapture(interception.ListenerBase):
         """Before the first captured step: the weights moved in place between backward passes
         twice with no optimizer step seen, so steps run where no hook does (an
         ``optimizer.step`` inside ``torch.compile``: hooks are not run in compiled code)."""
-        if self._loss_at and versions and versions != self._loss_at:
+        last, self._versions_seen = self._versions_seen, versions
+        if last and versions and versions != last:
             self._moved_unseen += 1
-        if self._moved_unseen >= 2:
-            self._moved_unseen = -1  # said: not checked again
+        if self._moved_unseen < 2:
+            return
+        steps, self._moved_unseen = self._moved_unseen, -1  # said: not checked again
+        known = list(self.tracking.known)
+        if len(known) == 1 and self.tracking.tracked_for(known[0]) is not None:
+            self._unseen, self._loss, self.step = known[0], None, steps
             self.on_unseen(
+                "step hooks",
                 "the weights change between backward passes but no optimizer step is seen "
                 "(an optimizer.step inside torch.compile? its hooks do not run in compiled "
-                "code): no per-step rows are recorded"
+                f"code): steps are recorded from step {steps} on, read at the end of each "
+                "backward and counted when the weights move (clipping is not recorded)",
             )
+            return
+        self.on_unseen(
+            "step capture",
+            "the weights change between backward passes but no optimizer step is seen "
+            "(an optimizer.step inside torch.compile? its hooks do not run in compiled "
+            "code): no per-step rows are recorded",
+        )
 
     def after_backward(self) -> None:
-        if not self.tracking.known:
+        if self._unseen is not None:
+            self.guard.call(CAPTURE, self._capture_unseen, self._unseen)
+        elif not self.tracking.known:
             self.guard.call(CAPTURE, self._capture_manual)
 
     def on_scale(self, unscaled: Tensor, scaled: Tensor) -> None:
@@ -121,11 +148,15 @@ class StepCapture(interception.ListenerBase):
         self.post_step(optimizer, (), {}, skipped=True)
 
     def before_clip(self, params: list[Tensor]) -> None:
+        if self._unseen is not None:
+            return  # the row was read before the clip (at the end of backward)
         tracked = self.guard.call(CLIP, self._owner_of, params)
         if tracked is not None:
             self.guard.call(CLIP, tracked.recorder.before_clip)
 
     def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None:
+        if self._unseen is not None:
+            return
         tracked = self.guard.call(CLIP, self._owner_of, params)
         if tracked is None:
             return
@@ -147,6 +178,8 @@ class StepCapture(interception.ListenerBase):
             return None
         self._stepping = optimizer
         self.closure_done = False  # a step that raised after its closure left it set
+        if optimizer is self._unseen:  # its hooks run after all: captured as usual again
+            self._unseen = self._tentative = None
         # args = (optimizer, *step's arguments): torch passes ``self`` along
         closure = kwargs.get("closure") if "closure" in kwargs else (args[1:2] or [None])[0]
         if callable(closure):  # capture once the closure has produced this step's gradients
@@ -183,7 +216,10 @@ class StepCapture(interception.ListenerBase):
             self._end_step(optimizer)
 
     def finish(self) -> None:
-        """At close: the update applied after the last manual-update step, then every row."""
+        """At close: the last unseen step or the update applied after the last manual-update
+        step, then every row."""
+        if self._tentative is not None and self.tracking.param_versions() != self._tentative:
+            self.guard.call(CAPTURE, self._commit_unseen)
         manual = self.tracking.manual
         if manual is not None:
             self.guard.call(CAPTURE, lambda: manual.recorder.final_update(self._info(manual)))
@@ -237,6 +273,29 @@ class StepCapture(interception.ListenerBase):
         manual.recorder.before_update(loss, step=self.step)
         manual.recorder.after_update(self._info(manual))
         self._end_step(None)
+
+    def _capture_unseen(self, optimizer: torch.optim.Optimizer) -> None:
+        """End of a backward while ``optimizer`` steps unseen: read the row the step about to
+        come would apply (gradients, and θ on sampled steps), pending until the weights move;
+        a further backward before that (accumulation) reads it again."""
+        loss = self._loss
+        self._capture(optimizer, None)
+        self._loss = loss  # accumulation: the next backward's loss adds to it
+        self._tentative = self.tracking.param_versions()
+        self._tentative_lrs = tuple(learning_rate(g.get("lr")) for g in optimizer.param_groups)
+
+    def _commit_unseen(self) -> None:
+        """The weights moved since the pending row was read: that step was applied."""
+        optimizer, self._tentative = self._unseen, None
+        tracked = self.tracking.roles.by_optimizer.get(optimizer) if optimizer else None
+        if tracked is None:
+            return
+        info = self._info(tracked)
+        info.lrs = self._tentative_lrs
+        tracked.recorder.after_update(info)
+        self.tracking.roles.stepped(tracked)
+        if tracked.primary:
+            self._end_step(optimizer)
 
     def _end_step(self, optimizer: torch.optim.Optimizer | None) -> None:
         self.step += 1

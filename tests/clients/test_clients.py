@@ -93,3 +93,18 @@ def test_accumulation_clipping_cosine(tmp_path):
     assert_steps(pair, "loss")
     assert_steps(pair, "grad_norm")
     assert_steps(pair, "clip_coef", rtol=1e-4)
+
+
+def test_compiled_optimizer_step_and_scheduler(tmp_path):
+    """The recipe's ``opt.step(); sched.step()`` inside ``torch.compile``: no hook runs there,
+    so the steps are recorded from the end of backward once the weights are seen to move
+    unseen twice; from the third step on, loss, pre-step gradient norm and the lr the step used
+    are the script's."""
+    pair = run_pair(tmp_path, "compiled_optimizer.py", "--backend", "aot_eager")
+    assert_unchanged(pair)
+    assert layer_names(pair.run) == set(pair.trace["names"])
+    assert "step hooks" in pair.run.meta["unavailable"]
+    for metric in ("loss", "grad_norm", "lr"):
+        steps, values = scalar(pair.run, metric)
+        assert steps == list(range(2, 8)), metric
+        np.testing.assert_allclose(values, pair.trace[metric][2:], rtol=1e-5, err_msg=metric)
