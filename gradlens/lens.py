@@ -282,6 +282,7 @@ class Lens(interception.ListenerBase):
             return
         atexit.unregister(self._at_exit)
         try:  # final probes stay interruptible; the teardown is atomic w.r.t. signals
+            self._steps.settle()  # a step no hook saw, pending until its weights moved
             if status == "finished" and self.step > 0 and self._probes is not None:
                 primary = self._tracking.roles.primary
                 self._probes.at_close(self.step - 1, primary, self._last_update, self._world())

@@ -71,6 +71,7 @@ class StepCapture(interception.ListenerBase):
         self._unseen: torch.optim.Optimizer | None = None
         self._tentative: tuple[int, ...] | None = None  # param versions at the pending row
         self._tentative_lrs: tuple[Any, ...] = ()  # the step's learning rates (before it)
+        self._end_deferred: list[torch.optim.Optimizer] = []  # on_end waits for the backward
 
     def start(self, wall0: float) -> None:
         self._wall0, self._last_end = wall0, time.perf_counter()
@@ -127,6 +128,8 @@ class StepCapture(interception.ListenerBase):
         )
 
     def after_backward(self) -> None:
+        if self._end_deferred:  # the script's graph is consumed: probes may touch weights
+            self.on_end(self._end_deferred.pop())
         if self._unseen is not None:
             self.guard.call(CAPTURE, self._capture_unseen, self._unseen)
         elif not self.tracking.known:
@@ -218,8 +221,7 @@ class StepCapture(interception.ListenerBase):
     def finish(self) -> None:
         """At close: the last unseen step or the update applied after the last manual-update
         step, then every row."""
-        if self._tentative is not None and self.tracking.param_versions() != self._tentative:
-            self.guard.call(CAPTURE, self._commit_unseen)
+        self.settle()
         manual = self.tracking.manual
         if manual is not None:
             self.guard.call(CAPTURE, lambda: manual.recorder.final_update(self._info(manual)))
@@ -274,6 +276,12 @@ class StepCapture(interception.ListenerBase):
         manual.recorder.after_update(self._info(manual))
         self._end_step(None)
 
+    def settle(self) -> None:
+        """At close (no graph of the script's is live): the pending row of an unseen step is
+        committed if the weights moved since it was read."""
+        if self._tentative is not None and self.tracking.param_versions() != self._tentative:
+            self.guard.call(CAPTURE, self._commit_unseen, False)
+
     def _capture_unseen(self, optimizer: torch.optim.Optimizer) -> None:
         """End of a backward while ``optimizer`` steps unseen: read the row the step about to
         come would apply (gradients, and θ on sampled steps), pending until the weights move;
@@ -284,8 +292,9 @@ class StepCapture(interception.ListenerBase):
         self._tentative = self.tracking.param_versions()
         self._tentative_lrs = tuple(learning_rate(g.get("lr")) for g in optimizer.param_groups)
 
-    def _commit_unseen(self) -> None:
-        """The weights moved since the pending row was read: that step was applied."""
+    def _commit_unseen(self, defer: bool = True) -> None:
+        """The weights moved since the pending row was read: that step was applied. Called
+        at the next backward, what follows a step (probes) waits for its end (``defer``)."""
         optimizer, self._tentative = self._unseen, None
         tracked = self.tracking.roles.by_optimizer.get(optimizer) if optimizer else None
         if tracked is None:
@@ -295,12 +304,15 @@ class StepCapture(interception.ListenerBase):
         tracked.recorder.after_update(info)
         self.tracking.roles.stepped(tracked)
         if tracked.primary:
-            self._end_step(optimizer)
+            self._end_step(optimizer, defer=defer)
 
-    def _end_step(self, optimizer: torch.optim.Optimizer | None) -> None:
+    def _end_step(self, optimizer: torch.optim.Optimizer | None, defer: bool = False) -> None:
         self.step += 1
         self._scaled = None
-        self.on_end(optimizer)
+        if defer and optimizer is not None:
+            self._end_deferred = [optimizer]
+        else:
+            self.on_end(optimizer)
         self._last_end = time.perf_counter()  # a probe's time is not the next step's
 
     def _sampled(self, tracked: Tracked) -> bool:

@@ -99,9 +99,14 @@ def test_compiled_optimizer_step_and_scheduler(tmp_path):
     """The recipe's ``opt.step(); sched.step()`` inside ``torch.compile``: no hook runs there,
     so the steps are recorded from the end of backward once the weights are seen to move
     unseen twice; from the third step on, loss, pre-step gradient norm and the lr the step used
-    are the script's."""
-    pair = run_pair(tmp_path, "compiled_optimizer.py", "--backend", "aot_eager")
-    assert_unchanged(pair)
+    are the script's, and probes (which restore weights in place) leave the training as it is."""
+    pair = run_pair(
+        tmp_path,
+        "compiled_optimizer.py", "--backend", "aot_eager",
+        watch=("--probes", "standard", "--probe", "hessian.every=2", "--probe", "ghost.every=2"),
+    )  # fmt: skip
+    assert_unchanged(pair)  # probes wait for the backward's end: the script's graph is live
+    assert set(pair.run.table("hessian").step) == {3, 5, 7}
     assert layer_names(pair.run) == set(pair.trace["names"])
     assert "step hooks" in pair.run.meta["unavailable"]
     for metric in ("loss", "grad_norm", "lr"):
