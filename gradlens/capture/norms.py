@@ -78,6 +78,8 @@ class NormSignal(StepSignal):
         self._present: dict[tuple[int, ...], Tensor] = {}
         self._preclip: Tensor | None = None  # gradient norms before a clipping call
         self._clip_coef: Tensor | None = None
+        self._clipped: Tensor | None = None  # global gradient norm right after the last clip
+        self._reclipped = False  # a second clipping call this step: measure after it
         n, f32 = len(self.params), torch.float32
         self._zeros = torch.zeros(n, dtype=f32, device=device)
         self._nans = torch.full((n,), math.nan, dtype=f32, device=device)
@@ -142,16 +144,26 @@ class NormSignal(StepSignal):
     def before_clip(self) -> None:
         """A clipping call is about to change the gradients: keep their norms as the step's
         ``grad_norm`` (the model's own gradient). A second call in one step keeps the first."""
-        if self._preclip is not None or self.sharded:
-            self._clip_coef = None  # the coefficient is then read off the final gradients
+        self._clip_coef = self._clipped = None
+        if self.sharded:
+            return
+        if self._preclip is not None:
+            self._reclipped = True  # the coefficient is then read off the clipped gradients
             return
         self._preclip = self._grad_norms(with_params=False)[0]
-        self._clip_coef = None
 
     def after_clip(self, total: Tensor | None, max_norm: float | None) -> None:
-        """``clip_grad_norm_`` over exactly these parameters returned ``total``: the factor it
-        applied is ``min(1, max_norm / (total + 1e-6))`` (no need to read the gradients again)."""
-        if self._preclip is None or total is None or max_norm is None:
+        """A clipping call ended. ``clip_grad_norm_`` over exactly these parameters returned
+        ``total``: the factor it applied is ``min(1, max_norm / (total + 1e-6))`` (no need to
+        read the gradients again). Otherwise (``total`` None: ``clip_grad_value_``, another
+        norm, a subset of the tensors, a second call) the gradients are measured now, before
+        anything else (noise, a GradScaler) changes them."""
+        if self._preclip is None:
+            return
+        if total is None or max_norm is None or self._reclipped:
+            grads, _ = self._grads()
+            norms = tensor_norms(grads, self.device) if grads else self._zeros
+            self._clipped = norms.square().sum().sqrt().reshape(1)
             return
         total = total.detach().to(self.device, torch.float32, non_blocking=True).reshape(1)
         self._clip_coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
@@ -194,14 +206,16 @@ class NormSignal(StepSignal):
 
     def _clip_slots(self, final: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(pre-clip norms, norm after clipping, coefficient) of a step with a clipping call."""
-        pre, coef = self._preclip, self._clip_coef
-        self._preclip = self._clip_coef = None
+        pre, coef, clipped = self._preclip, self._clip_coef, self._clipped
+        self._preclip = self._clip_coef = self._clipped = None
+        self._reclipped = False
         assert pre is not None
         pre_total = pre.square().sum().sqrt().reshape(1)
         if coef is not None:
             clipped = pre_total * coef
-        else:  # clip_grad_value_, a subset of the tensors, or several calls: measure
-            clipped = final.square().sum().sqrt().reshape(1)
+        else:  # measured after the clip (clip_grad_value_, a subset, several calls)
+            if clipped is None:  # (no after_clip came: the gradients at the step)
+                clipped = final.square().sum().sqrt().reshape(1)
             coef = clipped / pre_total
         return pre, clipped, coef
 

@@ -26,6 +26,7 @@ from gradlens.capture.roles import Tracked
 from gradlens.capture.tracking import Tracking
 from gradlens.instrument import interception
 from gradlens.instrument.guard import Guard
+from gradlens.instrument.tracing import tracing
 
 __all__ = ["CAPTURE", "CLIP", "StepCapture"]
 
@@ -167,11 +168,13 @@ class StepCapture(interception.ListenerBase):
         exact = len(params) == len(recorder.params) and params[0] is recorder.params[0]
         if exact and isinstance(total, Tensor) and isinstance(max_norm, int | float):
             self.guard.call(CLIP, recorder.after_clip, total, float(max_norm))
+        else:  # clip_grad_value_, another norm, a subset of the tensors: measured right now
+            self.guard.call(CLIP, recorder.after_clip, None, None)
 
     # -- optimizer hooks (global: nothing is stored on the optimizer) ---------------------------
 
     def pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
-        if interception.is_suspended() or _compiling() or not self.guard.active(CAPTURE):
+        if interception.is_suspended() or tracing() or not self.guard.active(CAPTURE):
             return None
         outer = self._stepping
         if outer is not None and outer is not optimizer and _same_parameters(outer, optimizer):
@@ -201,7 +204,7 @@ class StepCapture(interception.ListenerBase):
     def post_step(
         self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any, skipped: bool = False
     ) -> None:
-        if interception.is_suspended() or _compiling():
+        if interception.is_suspended() or tracing():
             return
         if id(optimizer) in self._inner:
             self._inner.discard(id(optimizer))
@@ -349,10 +352,6 @@ class StepCapture(interception.ListenerBase):
             skipped=skipped,
             primary=primary,
         )
-
-
-def _compiling() -> bool:
-    return bool(torch.compiler.is_compiling())
 
 
 def _same_parameters(outer: torch.optim.Optimizer, inner: torch.optim.Optimizer) -> bool:

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
+from gradlens.instrument.tracing import tracing
+
 __all__ = [
     "ModuleDiscovery",
     "ParameterNamer",
@@ -123,7 +125,7 @@ class ModuleDiscovery:
         return [m for r in self._roots if (m := r()) is not None]
 
     def _note(self, module: nn.Module, args: Any) -> None:
-        if not torch.compiler.is_compiling() and not isinstance(module, torch.fx.GraphModule):
+        if not tracing() and not isinstance(module, torch.fx.GraphModule):
             self._seen.add(module)  # (GraphModules are compiled graphs, not user models)
 
 

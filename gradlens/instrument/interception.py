@@ -41,6 +41,8 @@ import torch.nn.functional as F
 import torch.utils.data
 from torch import Tensor
 
+from gradlens.instrument.tracing import tracing
+
 __all__ = [
     "LOSS_FUNCTIONS",
     "Listener",
@@ -243,10 +245,6 @@ def _ignored(method: str, exc: Exception) -> None:
         print(f"gradlens: ignored error in {method}: {exc!r}", file=sys.stderr)
 
 
-def _compiling() -> bool:
-    return bool(torch.compiler.is_compiling())
-
-
 def _patch(owner: object, name: str, make: Callable[[Any], Any]) -> None:
     original = getattr(owner, name)
     _originals[(owner, name)] = original
@@ -309,7 +307,7 @@ def _losses(tensors: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list
 def _wrap_loss(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def loss(*args: Any, **kwargs: Any) -> Any:
-        if not _listeners or _compiling():
+        if not _listeners or tracing():
             return original(*args, **kwargs)
         _loss_results_wanted.clear()
         _emit("on_loss_call", name, args, kwargs)
@@ -378,7 +376,7 @@ def _clip_list(parameters: Any) -> tuple[Any, list[Tensor]]:
 def _wrap_clip_norm(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def clip_grad_norm_(parameters: Any, max_norm: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _listeners or _compiling():
+        if not _listeners or tracing():
             return original(parameters, max_norm, *args, **kwargs)
         parameters, params = _clip_list(parameters)
         _emit("before_clip", params)
@@ -386,6 +384,8 @@ def _wrap_clip_norm(original: Callable[..., Any]) -> Callable[..., Any]:
         norm_type = kwargs.get("norm_type", args[0] if args else 2.0)
         if float(norm_type) == 2.0:
             _emit("after_clip", params, total, max_norm)
+        else:  # its total is not the L2 norm: the clipped gradients are measured instead
+            _emit("after_clip", params, None, None)
         return total
 
     return clip_grad_norm_
@@ -394,7 +394,7 @@ def _wrap_clip_norm(original: Callable[..., Any]) -> Callable[..., Any]:
 def _wrap_clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def clip_grad_value_(parameters: Any, clip_value: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _listeners or _compiling():
+        if not _listeners or tracing():
             return original(parameters, clip_value, *args, **kwargs)
         parameters, params = _clip_list(parameters)
         _emit("before_clip", params)

@@ -16,8 +16,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
+
+from gradlens.instrument.tracing import tracing
 
 __all__ = ["RootCalls"]
 
@@ -35,7 +36,7 @@ def _wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def __call__(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         entry = _watched.get(id(self))
-        if entry is None or entry[0]() is not self or torch.compiler.is_compiling():
+        if entry is None or entry[0]() is not self or tracing():
             return original(self, *args, **kwargs)
         _, before, after = entry
         before(self, args, kwargs)

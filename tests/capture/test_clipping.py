@@ -17,15 +17,20 @@ def _scalars(run, metric):
     return df.step.tolist(), df.value.to_numpy()
 
 
-@pytest.mark.parametrize("how", ["norm", "norm_subset", "value"])
+@pytest.mark.parametrize(
+    "how", ["norm", "norm_subset", "value", "value_then_noise", "norm_inf", "norm_twice"]
+)
 def test_pre_clip_norms_and_coefficient(runs_dir, how):
+    """Clipped norm and coefficient are those right after the clipping: gradient noise added
+    after it (DP-SGD style) is not clipping; a second clip measures from the first's input."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(32, 5) * 4, torch.randint(0, 3, (32,))
     params = list(model.parameters())
     pre_layers, pre, post = [], [], []
-    with gradlens.Lens(model, opt, runs_dir=runs_dir, name=how) as lens:
+    name = how.replace("_", "-")
+    with gradlens.Lens(model, opt, runs_dir=runs_dir, name=name) as lens:
         for _ in range(5):
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
@@ -35,9 +40,17 @@ def test_pre_clip_norms_and_coefficient(runs_dir, how):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
             elif how == "norm_subset":
                 torch.nn.utils.clip_grad_norm_(params[:2], 0.1)
+            elif how == "norm_inf":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05, norm_type="inf")
+            elif how == "norm_twice":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
             else:
                 torch.nn.utils.clip_grad_value_(model.parameters(), 0.01)
             post.append(float(np.linalg.norm([p.grad.double().norm().item() for p in params])))
+            if how == "value_then_noise":
+                for p in params:
+                    p.grad.add_(torch.randn_like(p.grad) * 0.05)
             opt.step()
     run = gradlens.open_run(lens.run_dir)
     steps, grad_norm = _scalars(run, "grad_norm")
