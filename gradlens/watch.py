@@ -56,7 +56,8 @@ def watch_script(script: str | Path, args: list[str], **lens_options: Any) -> tu
     code, status, error = 0, "finished", None
     ended: BaseException | None = None
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        # absolute, as python gives a script's __file__ (a script that chdirs reads beside it)
+        runpy.run_path(os.path.abspath(path), run_name="__main__")
     except BaseException as exc:  # every ending is the script's, told below
         ending.raising = False
         ended = exc

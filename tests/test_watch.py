@@ -202,3 +202,28 @@ def test_ls_lists_runs(runs_dir):
     assert rows["one"][1:3] == ["finished", "3"]
     assert rows["two"][1:3] == ["failed", "9"]
     assert gradlens_cli("ls", str(runs_dir / "nope")).returncode == 2
+
+
+def test_script_file_is_absolute_as_under_python(tmp_path, runs_dir):
+    """A Hydra-style script changes directory, then reads a file beside ``__file__``: the
+    script named by a relative path must see the absolute ``__file__`` python gives it."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "config.txt").write_text("lr=0.1\n")
+    (project / "chdir_train.py").write_text(
+        "import os, sys, torch\n"
+        "os.chdir('/')\n"
+        "here = os.path.dirname(__file__)\n"
+        "print(os.path.isabs(__file__), open(os.path.join(here, 'config.txt')).read().strip())\n"
+        "m = torch.nn.Linear(2, 1); opt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+        "m(torch.ones(3, 2)).sum().backward(); opt.step()\n"
+    )
+    plain = subprocess.run(
+        [sys.executable, "proj/chdir_train.py"], cwd=tmp_path, capture_output=True, text=True
+    )
+    opts = ["--runs-dir", str(runs_dir), "--status", "off", "--name", "chdir"]
+    watched = gradlens_cli("watch", *opts, "proj/chdir_train.py", cwd=tmp_path)
+    assert plain.returncode == 0 and plain.stdout == "True lr=0.1\n"
+    assert watched.returncode == 0, watched.stderr[-2000:]
+    assert watched.stdout == plain.stdout
+    assert gradlens.open_run(runs_dir / "chdir").steps == 1

@@ -150,6 +150,7 @@ class ListenerBase:
 _listeners: list[Listener] = []
 _originals: dict[tuple[object, str], Any] = {}
 _suspended = 0
+_busy = 0  # > 0 while a listener runs: loss calls made by gradlens itself are not the script's
 _backward_depth = 0  # > 0 while a backward the script called runs
 _reported: set[str] = set()
 _loss_results_wanted: list[Callable[[Any], None]] = []  # see request_loss_result
@@ -220,20 +221,29 @@ def is_suspended() -> bool:
 
 
 def _emit(method: str, *args: Any) -> None:
+    global _busy
     if _suspended:
         return
-    for listener in list(_listeners):
-        try:  # _safely, inlined: several events a step, each to every listener
-            getattr(listener, method)(*args)
-        except Exception as exc:  # never break the training script
-            _ignored(method, exc)
+    _busy += 1
+    try:
+        for listener in list(_listeners):
+            try:  # _safely, inlined: several events a step, each to every listener
+                getattr(listener, method)(*args)
+            except Exception as exc:  # never break the training script
+                _ignored(method, exc)
+    finally:
+        _busy -= 1
 
 
 def _safely(method: str, fn: Callable[..., Any], *args: Any) -> None:
+    global _busy
+    _busy += 1
     try:
         fn(*args)
     except Exception as exc:  # never break the training script
         _ignored(method, exc)
+    finally:
+        _busy -= 1
 
 
 def _ignored(method: str, exc: Exception) -> None:
@@ -307,8 +317,8 @@ def _losses(tensors: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list
 def _wrap_loss(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def loss(*args: Any, **kwargs: Any) -> Any:
-        if not _listeners or tracing():
-            return original(*args, **kwargs)
+        if not _listeners or _busy or tracing():  # (_busy: gradlens's own call, e.g. the
+            return original(*args, **kwargs)  # softmax stats' cross-entropy in half precision)
         _loss_results_wanted.clear()
         _emit("on_loss_call", name, args, kwargs)
         wanted = _loss_results_wanted[:]

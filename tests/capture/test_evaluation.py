@@ -66,7 +66,7 @@ def evaluate_mean(model, loader, mode):
     return total / n, correct / n
 
 
-def train(mode="no_grad", evaluate=True, epochs=2):
+def train(mode="no_grad", evaluate=True, epochs=2, bf16=False):
     """Returns (final weights, one dict per evaluation: step, val and test loss/accuracy)."""
     mode = {
         "no_grad": torch.no_grad,
@@ -93,7 +93,9 @@ def train(mode="no_grad", evaluate=True, epochs=2):
         model.train()
         for x, y in train_loader:
             opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
             opt.step()
             steps += 1
         if evaluate:
@@ -148,6 +150,19 @@ def test_eval_loss_equals_the_scripts_own_average(runs_dir, mode):
     assert run.steps == 12 and [h["step"] for h in history] == [0, 5, 11]
     _assert_matches(run, history)
     assert not hasattr(torch.utils.data.DataLoader.__iter__, "__wrapped__")  # patch removed
+
+
+def test_half_precision_training_losses_are_not_evaluations(runs_dir):
+    """bf16 autocast: the softmax stats' own cross-entropy (in the logits' dtype, under
+    no_grad) is gradlens's call, not an evaluation of the script's."""
+    train = _script()["train"]
+    plain_weights, plain_history = train(bf16=True)
+    with gradlens.Lens(runs_dir=runs_dir, softmax_every=1) as lens:
+        weights, history = train(bf16=True)
+    assert history == plain_history
+    run = gradlens.open_run(lens.run_dir)
+    assert len(run.table("softmax", filters=[("metric", "==", "num_samples")])) == 12
+    _assert_matches(run, history)
 
 
 def test_no_evaluation_no_rows(runs_dir):
