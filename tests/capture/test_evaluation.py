@@ -160,6 +160,8 @@ def test_half_precision_training_losses_are_not_evaluations(runs_dir):
     with gradlens.Lens(runs_dir=runs_dir, softmax_every=1) as lens:
         weights, history = train(bf16=True)
     assert history == plain_history
+    for key, value in plain_weights.items():
+        assert torch.equal(value, weights[key]), key
     run = gradlens.open_run(lens.run_dir)
     assert len(run.table("softmax", filters=[("metric", "==", "num_samples")])) == 12
     _assert_matches(run, history)
