@@ -67,6 +67,9 @@ class StepCapture(interception.ListenerBase):
         self._wall0 = time.time()
         self._last_end = time.perf_counter()
         self.backwards = 0  # backward() calls of the script seen so far
+        # At the last backward's end: the sentinels' gradient marks and the model calls so far
+        self._grads_seen: tuple[Any, ...] = ()
+        self._calls_seen = 0
         # An optimizer stepped where no hook runs (compiled step): its rows are taken at each
         # backward's end and committed once the weights are seen to have moved.
         self._unseen: torch.optim.Optimizer | None = None
@@ -93,6 +96,15 @@ class StepCapture(interception.ListenerBase):
                 self._loss = None
         elif self.step == 0 and self._moved_unseen >= 0:
             self._check_unseen(versions)
+        marks = self.tracking.grad_marks()
+        if (
+            self._loss is not None
+            and marks != self._grads_seen
+            and self.tracking.root_calls != self._calls_seen
+            and versions == self._loss_at
+        ):  # gradients cleared and a new forward since the last backward, no step: the
+            self._loss = None  # script dropped that backward (`if not isfinite(loss): continue`)
+        self._grads_seen = marks
         if self._loss is None:
             self._loss, self._loss_at = value, versions
         elif versions == self._loss_at:  # accumulation, several tasks: the losses add up
@@ -129,6 +141,8 @@ class StepCapture(interception.ListenerBase):
         )
 
     def after_backward(self) -> None:
+        self._grads_seen = self.tracking.grad_marks()
+        self._calls_seen = self.tracking.root_calls
         if self._end_deferred:  # the script's graph is consumed: probes may touch weights
             self.on_end(self._end_deferred.pop())
         if self._unseen is not None:

@@ -129,6 +129,18 @@ class Tracking:
             self._sentinels = [weakref.ref(p) for p in picked if p is not None]
         return tuple([p._version for p in (ref() for ref in self._sentinels) if p is not None])
 
+    def grad_marks(self) -> tuple[tuple[int, int] | None, ...]:
+        """Identity and version of the gradient of each :meth:`param_versions` sentinel (None:
+        no gradient). Backward passes add to them; between passes they change only when the
+        script clears or rewrites gradients (``zero_grad``, either way)."""
+        marks: list[tuple[int, int] | None] = []
+        for ref in self._sentinels:
+            p = ref()
+            if p is not None:
+                g = p.grad
+                marks.append(None if g is None else (id(g), g._version))
+        return tuple(marks)
+
     def called(self) -> None:
         """A watched model was called."""
         self.root_calls += 1
