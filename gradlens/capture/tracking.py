@@ -48,8 +48,11 @@ class _Membership:
     def of(cls, optimizer: torch.optim.Optimizer) -> tuple[list[Tensor], _Membership]:
         """(the trainable parameters, the membership) of ``optimizer`` now."""
         everything = [p for g in optimizer.param_groups for p in g["params"]]
-        trainable = [p for p in everything if p.requires_grad]
-        frozen = [p for p in everything if not p.requires_grad]
+        # A tensor listed twice (a tied weight in ``list(enc.parameters()) +
+        # list(dec.parameters())``; torch only warns) is one tensor: recorded once.
+        unique = list({id(p): p for p in everything}.values())
+        trainable = [p for p in unique if p.requires_grad]
+        frozen = [p for p in unique if not p.requires_grad]
         return trainable, cls(len(optimizer.param_groups), len(everything), frozen)
 
     def same(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -274,7 +277,8 @@ class Tracking:
             names = group.get("param_names") or []
             for i, p in enumerate(group["params"]):
                 given[id(p)] = names[i] if i < len(names) else f"opt{self._serials}.group{g}.{i}"
-        return self.namer.names(params, roots, given)
+        recorded = {id(p) for t in self.roles.by_optimizer.values() for p in t.recorder.params}
+        return self.namer.names(params, roots, given, recorded)
 
 
 def _holds(optimizer: torch.optim.Optimizer, param: Tensor) -> bool:

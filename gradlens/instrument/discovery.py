@@ -169,20 +169,28 @@ class ParameterNamer:
     ``Layer[1].weight`` for the second root of the same class. The roots known at the first
     capture are named together; a root that appears later keeps the names already given and
     is prefixed. Names never collide across optimizers.
+
+    A tensor keeps the name it was given for the whole run (a head replaced by a new module
+    keeps its name on the rows of the old tensors while they are recorded). A name held by a
+    tensor no longer recorded (its optimizer gone) passes to the tensor that now has it in
+    ``named_parameters()``; one still recorded makes the newcomer ``name#2``.
     """
 
     def __init__(self) -> None:
         self._prefix: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
         self._classes: dict[str, int] = {}
-        self._given: dict[str, int] = {}  # name → id(param)
+        self._given: dict[str, weakref.ref[Tensor]] = {}  # name → the tensor holding it
+        self._name_of: dict[int, tuple[weakref.ref[Tensor], str]] = {}  # id(tensor) → its name
 
     def names(
         self,
         params: list[Tensor],
         roots: list[nn.Module],
         fallback: dict[int, str] | None = None,
+        recorded: set[int] | None = None,
     ) -> list[str]:
-        """Names of ``params``, given the roots that own them (see :func:`owning_roots`)."""
+        """Names of ``params``, given the roots that own them (see :func:`owning_roots`);
+        ``recorded``: id() of the tensors still being recorded (None: all named so far)."""
         new = [r for r in roots if r not in self._prefix]
         several = len(new) > 1 or bool(new and len(self._prefix))
         for root in new:
@@ -195,9 +203,17 @@ class ParameterNamer:
         fallback = fallback or {}
         out = []
         for i, p in enumerate(params):
+            prior = self._name_of.get(id(p))
+            if prior is not None and prior[0]() is p and self._holder(prior[1]) is p:
+                out.append(prior[1])  # the name it was given, whatever owns it now
+                continue
             name = known.get(id(p)) or fallback.get(id(p)) or f"param{i}"
-            out.append(self._unique(name, p))
+            out.append(self._unique(name, p, recorded))
         return out
+
+    def _holder(self, name: str) -> Tensor | None:
+        ref = self._given.get(name)
+        return ref() if ref is not None else None
 
     def _class_prefix(self, root: nn.Module) -> str:
         cls = type(_unwrap(root)).__name__
@@ -205,11 +221,13 @@ class ParameterNamer:
         self._classes[cls] = k + 1
         return f"{cls}." if k == 0 else f"{cls}[{k}]."
 
-    def _unique(self, name: str, param: Tensor) -> str:
-        owner = self._given.setdefault(name, id(param))
-        if owner == id(param):
-            return name
-        k = 2
-        while self._given.setdefault(f"{name}#{k}", id(param)) != id(param):
-            k += 1
-        return f"{name}#{k}"
+    def _unique(self, name: str, param: Tensor, recorded: set[int] | None) -> str:
+        candidate, k = name, 2
+        while True:
+            holder = self._holder(candidate)
+            free = holder is None or (recorded is not None and id(holder) not in recorded)
+            if holder is param or free:
+                self._given[candidate] = weakref.ref(param)
+                self._name_of[id(param)] = (weakref.ref(param), candidate)
+                return candidate
+            candidate, k = f"{name}#{k}", k + 1

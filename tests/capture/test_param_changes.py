@@ -112,3 +112,65 @@ def test_clipping_on_the_unfreezing_step(runs_dir, how):
         df = run.table("scalars", filters=[("metric", "==", metric)]).sort_values("step")
         assert df.step.tolist() == list(range(5)), metric
         np.testing.assert_allclose(df.value.to_numpy(), expected, rtol=1e-4, err_msg=metric)
+
+
+def _grad_norms(run: gradlens.Run):
+    layers = run.table("layers", filters=[("metric", "==", "grad_norm")])
+    return layers.pivot(index="step", columns="layer", values="value")
+
+
+def test_a_tensor_listed_twice_is_recorded_once(runs_dir):
+    """A tied weight in ``SGD(list(enc.parameters()) + list(dec.parameters()))``."""
+    torch.manual_seed(0)
+    enc, dec = nn.Linear(8, 8), nn.Linear(8, 8)
+    dec.weight = enc.weight
+    model = nn.Sequential(enc, nn.Tanh(), dec)
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        opt = torch.optim.SGD([*enc.parameters(), *dec.parameters()], lr=0.05)
+    x, y = torch.randn(32, 8), torch.randn(32, 8)
+    totals = []
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        for _ in range(4):
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            totals.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)))
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    assert list(_grad_norms(run).columns) == ["0.bias", "0.weight", "2.bias"]
+    norm = run.table("scalars", filters=[("metric", "==", "grad_norm")]).sort_values("step")
+    np.testing.assert_allclose(norm.value, totals, rtol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["new", "kept"])
+def test_a_replaced_head_names(runs_dir, optimizer):
+    """``model.fc`` replaced at step 3. With a new optimizer (the old one gone), the new head
+    is ``fc.weight``, as ``named_parameters()`` says; with the old optimizer kept and the new
+    head added as a group, the old tensors (still stepped) keep ``fc.*`` and the new head is
+    ``fc.*#2``; the backbone's names never change."""
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.body, model.fc = nn.Linear(8, 8), nn.Linear(8, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        for step in range(6):
+            if step == 3:
+                model.fc = nn.Linear(8, 3)
+                if optimizer == "new":
+                    del opt
+                    gc.collect()
+                    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+                else:
+                    opt.add_param_group({"params": model.fc.parameters()})
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    table = _grad_norms(gradlens.open_run(lens.run_dir))
+    body = ["body.bias", "body.weight"]
+    if optimizer == "new":
+        assert list(table.columns) == [*body, "fc.bias", "fc.weight"]
+        assert table.notna().all().all()  # one series per name, every step
+    else:
+        assert list(table.columns) == [*body, "fc.bias", "fc.bias#2", "fc.weight", "fc.weight#2"]
+        assert (table.loc[3:, ["fc.bias", "fc.weight"]] == 0).all().all()  # no gradient now
+        assert table.loc[3:, ["fc.bias#2", "fc.weight#2"]].gt(0).all().all()
