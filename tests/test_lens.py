@@ -327,3 +327,44 @@ def test_lazy_modules_with_the_optimizer_made_before_the_dry_run(runs_dir):
     grads = grads.pivot(index="step", columns="layer", values="value")
     names = [n for n, _ in model.named_parameters()]
     np.testing.assert_allclose(grads[names].to_numpy(), norms, rtol=1e-6)
+
+
+class _WordLM(nn.Module):
+    """pytorch/examples word_language_model's RNN model: (sequence, batch) token ids."""
+
+    def __init__(self, batch_first: bool, kind: str) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(50, 16)
+        if kind == "lstm":
+            self.rnn: nn.Module = nn.LSTM(16, 16, batch_first=batch_first)
+        else:
+            layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=batch_first)
+            self.rnn = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.decoder = nn.Linear(16, 50)
+        self.kind = kind
+
+    def forward(self, ids):
+        h = self.rnn(self.encoder(ids))
+        return self.decoder(h[0] if self.kind == "lstm" else h)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_samples_of_sequence_first_models_are_the_batch(runs_dir, batch_first, kind):
+    """(35, 4) token ids into a sequence-first model are 4 samples of 35 tokens."""
+    torch.manual_seed(0)
+    model = _WordLM(batch_first, kind)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    shape = (4, 35) if batch_first else (35, 4)
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        for _ in range(3):
+            ids = torch.randint(0, 50, shape)
+            opt.zero_grad()
+            F.cross_entropy(model(ids).reshape(-1, 50), ids.reshape(-1)).backward()
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    scalars = run.table("scalars").pivot(index="step", columns="metric", values="value")
+    done = scalars.dropna(subset=["step_time"])
+    np.testing.assert_allclose(done.samples_per_s * done.step_time, 4, rtol=1e-6)
+    np.testing.assert_allclose(done.tokens_per_s * done.step_time, 140, rtol=1e-6)
+    assert run.meta["hyperparameters"]["batch_size"] == 4

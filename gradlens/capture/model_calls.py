@@ -4,6 +4,7 @@ probe set checks that the script backpropagates it, not it plus terms added afte
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from gradlens.instrument import interception
 from gradlens.instrument.guard import Guard
-from gradlens.instrument.probe_set import ProbeSet, batch_size_of
+from gradlens.instrument.probe_set import ProbeSet, batch_dim_of, batch_size_of
 
 __all__ = ["ModelCalls"]
 
@@ -40,6 +41,7 @@ class ModelCalls:
         self.loss_seen = False  # a loss function was called during this forward
         self.batch_size: int | None = None  # the first training batch's, for meta.json
         self.samples = self.tokens = 0  # since the last optimizer step
+        self._batch_dims: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
 
     def take(self) -> tuple[int, int]:
         """(samples, tokens) seen since the last call; the counts restart."""
@@ -70,7 +72,10 @@ class ModelCalls:
         self.probe_set.record_returned(module, output)
 
     def _count_and_keep(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        samples, tokens = batch_size_of(args, kwargs)
+        dim = self._batch_dims.get(module)
+        if dim is None:  # once per model: which input dimension is the batch
+            dim = self._batch_dims[module] = batch_dim_of(module)
+        samples, tokens = batch_size_of(args, kwargs, dim)
         if self.batch_size is None and samples:
             self.batch_size = samples
         self.samples += samples

@@ -31,7 +31,14 @@ from torch.utils._pytree import tree_map
 
 from gradlens.instrument import interception
 
-__all__ = ["LossCall", "ProbeBatch", "ProbeSet", "batch_size_of", "extract_loss"]
+__all__ = [
+    "LossCall",
+    "ProbeBatch",
+    "ProbeSet",
+    "batch_dim_of",
+    "batch_size_of",
+    "extract_loss",
+]
 
 # Keyword arguments a training loop passes that describe the whole accumulated step, not the
 # batch: replaying them would rescale the probe's loss (Hugging Face ``Trainer`` with gradient
@@ -263,12 +270,36 @@ def _returned_loss(output: Any) -> Tensor | None:
     return None
 
 
-def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int]:
-    """(samples, tokens) of a forward's inputs: the first tensor's leading dimension, and
-    batch × sequence when that tensor is a 2-D integer tensor (token ids)."""
+def batch_size_of(
+    args: tuple[Any, ...], kwargs: dict[str, Any], batch_dim: int = 0
+) -> tuple[int, int]:
+    """(samples, tokens) of a forward's inputs: the first tensor's ``batch_dim`` (1 for
+    sequence-first models), and batch × sequence when that tensor is a 2-D integer tensor
+    (token ids)."""
     for value in (*args, *kwargs.values()):
         if isinstance(value, Tensor) and value.dim() > 0:
-            samples = int(value.shape[0])
             is_ids = value.dim() == 2 and not torch.is_floating_point(value)
-            return samples, samples * int(value.shape[1]) if is_ids else 0
+            dim = batch_dim if value.dim() > batch_dim else 0
+            samples = int(value.shape[dim])
+            return samples, int(value.shape[0] * value.shape[1]) if is_ids else 0
     return 0, 0
+
+
+# Modules whose inputs are (sequence, batch, …) unless built with batch_first=True
+_SEQUENCE_FIRST = (
+    nn.RNNBase,
+    nn.Transformer,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+
+
+def batch_dim_of(module: nn.Module) -> int:
+    """1 if ``module`` holds a sequence-first recurrent or transformer layer (PyTorch's
+    default ``batch_first=False``, as in pytorch/examples' word_language_model), else 0."""
+    for m in module.modules():
+        if isinstance(m, _SEQUENCE_FIRST):
+            attention = getattr(m, "self_attn", None)  # (the layers keep it there)
+            first = getattr(m, "batch_first", getattr(attention, "batch_first", True))
+            return 0 if first else 1
+    return 0
