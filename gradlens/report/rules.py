@@ -515,13 +515,19 @@ def loss_trend(data: RunData, t: Thresholds) -> list[Finding]:
     half = smoothed[smoothed.index >= smoothed.index[len(smoothed) // 2]]
     total, late = first - last, float(half.iloc[0]) - last
     if total > 0 and late < t.plateau_fraction * total:
+        evidence = (
+            f"the last half of the run improved the loss by {late:.3g} "
+            f"({late / total:.1%} of the total {total:.3g})"
+            if late > 0
+            else f"the loss rose by {-late:.3g} over the last half of the run "
+            f"(the whole run lowered it by {total:.3g})"
+        )
         return [
             Finding(
                 "loss_trend",
                 "info",
                 "loss plateaued",
-                f"the last half of the run improved the loss by {late:.3g} "
-                f"({late / total:.1%} of the total {total:.3g})",
+                evidence,
                 int(half.index.min()),
                 end,
                 None,

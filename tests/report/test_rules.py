@@ -193,6 +193,7 @@ def test_update_ratio_out_of_range(runs_dir):
         ("rebound", "warning", "loss rose again"),
         ("flat", "warning", "loss did not decrease"),
         ("plateau", "info", "loss plateaued"),
+        ("plateau_up", "info", "loss plateaued"),
     ],
 )
 def test_loss_trend(runs_dir, shape, severity, message):
@@ -202,10 +203,14 @@ def test_loss_trend(runs_dir, shape, severity, message):
         "rebound": np.where(steps < 150, 2 - steps / 100, 0.5 + (steps - 150) / 100),
         "flat": np.full(300, 1.0),
         "plateau": np.where(steps < 100, 2 - steps / 100, 1.0),
+        # down, then up a little (not enough to count as rising again)
+        "plateau_up": np.where(steps < 100, 2 - steps / 100, 1.0 + (steps - 100) / 2000),
     }[shape]
     run = craft_run(runs_dir, loss=loss)
     (finding,) = _findings(run, "loss_trend")
     assert (finding.severity, finding.message) == (severity, message)
+    if shape == "plateau_up":  # said as a rise, not as a negative improvement
+        assert finding.evidence.startswith("the loss rose by 0.0") and "-" not in finding.evidence
 
 
 def test_probe_rules_are_skipped_without_their_tables(runs_dir):
