@@ -5,7 +5,9 @@ An optimizer is tracked at its first captured step: its trainable parameters get
 (``instrument.discovery``). Parameters that join its steps later — a frozen backbone unfrozen
 with ``requires_grad_(True)``, a group added by ``add_param_group`` — are recorded from the
 step they join: the rows so far are handed over and a new recorder covers the new set (its
-spike baselines start afresh: the gradient it sees is a different one).
+spike baselines start afresh: the gradient it sees is a different one). Parameters frozen
+later (``requires_grad_(False)``, still in the optimizer) leave the set the same way, seen
+within ten steps (a look at every recorded tensor costs Python per tensor).
 
 A script that updates parameters by hand (no optimizer) is tracked as one manual-update set
 over the models seen in forward. The models found are handed to ``watch`` (the class-level
@@ -19,7 +21,7 @@ import gc
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +45,10 @@ class _Membership:
     groups: int  # len(param_groups)
     count: int  # parameters over all groups
     frozen: list[Tensor]  # those without ``requires_grad`` (not recorded)
+    trainable: list[Tensor]  # those recorded
+    checks: int = 0  # calls of same()
+
+    FROZEN_EVERY: ClassVar[int] = 10  # steps between looks for recorded tensors frozen since
 
     @classmethod
     def of(cls, optimizer: torch.optim.Optimizer) -> tuple[list[Tensor], _Membership]:
@@ -53,16 +59,22 @@ class _Membership:
         unique = list({id(p): p for p in everything}.values())
         trainable = [p for p in unique if p.requires_grad]
         frozen = [p for p in unique if not p.requires_grad]
-        return trainable, cls(len(optimizer.param_groups), len(everything), frozen)
+        return trainable, cls(len(optimizer.param_groups), len(everything), frozen, trainable)
 
     def same(self, optimizer: torch.optim.Optimizer) -> bool:
         """No group added, no parameter added or removed, none of the frozen ones unfrozen:
-        a few attribute reads per step (one per frozen parameter)."""
+        a few attribute reads per step (one per frozen parameter). Every ``FROZEN_EVERY``
+        steps also: none of the recorded ones frozen since (``requires_grad_(False)`` on a
+        backbone still in the optimizer: it stops being recorded, not read as 0 each step)."""
         groups = optimizer.param_groups
+        self.checks += 1
         return (
             len(groups) == self.groups
             and sum(len(g["params"]) for g in groups) == self.count
             and not any(p.requires_grad for p in self.frozen)
+            and (
+                self.checks % self.FROZEN_EVERY > 0 or all(p.requires_grad for p in self.trainable)
+            )
         )
 
 

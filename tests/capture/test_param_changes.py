@@ -174,3 +174,27 @@ def test_a_replaced_head_names(runs_dir, optimizer):
         assert list(table.columns) == [*body, "fc.bias", "fc.bias#2", "fc.weight", "fc.weight#2"]
         assert (table.loc[3:, ["fc.bias", "fc.weight"]] == 0).all().all()  # no gradient now
         assert table.loc[3:, ["fc.bias#2", "fc.weight#2"]].gt(0).all().all()
+
+
+def test_parameters_frozen_later_stop_being_recorded(runs_dir):
+    """A backbone frozen mid-run (``requires_grad_(False)``) while still in the optimizer is
+    no longer read as a zero gradient every step: its rows stop within ``FROZEN_EVERY``
+    steps, the head's go on unchanged."""
+    from gradlens.capture.tracking import _Membership
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+    steps, frozen_at = 30, 5
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        for step in range(steps):
+            if step == frozen_at:
+                model[0].requires_grad_(False)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    table = _grad_norms(gradlens.open_run(lens.run_dir))
+    assert table["2.weight"].notna().all() and len(table) == steps
+    backbone = table["0.weight"].dropna()
+    assert (backbone.loc[frozen_at:] == 0).all()  # read as 0 only until the next look
+    assert frozen_at <= backbone.index.max() < frozen_at + _Membership.FROZEN_EVERY
