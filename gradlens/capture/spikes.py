@@ -177,7 +177,11 @@ class SpikeDetector:
         the first spike are then exact, that row is folded in with its spikes clipped, and
         the scan restarts after it (spikes are rare: usually one scan per chunk).
         """
-        x = np.column_stack([np.where(has_loss, loss, np.nan), grad_norm, layer_norms])
+        # A layer's zero norm (no gradient this step: an expert no token was routed to, a
+        # head trained every other step) says nothing of its scale: it neither spikes nor
+        # enters the baseline, or the next ordinary gradient would look like a spike.
+        layers = np.where(layer_norms == 0, np.nan, layer_norms)
+        x = np.column_stack([np.where(has_loss, loss, np.nan), grad_norm, layers])
         bad_loss = has_loss & ~np.isfinite(loss) & ~skipped
         bad_grad = (nonfinite > 0).any(axis=1) & ~skipped
         by_row: dict[int, list[dict[str, Any]]] = {}

@@ -164,3 +164,20 @@ def test_chunked_detection_equals_the_step_by_step_definition(chunk, beta):
     np.testing.assert_allclose(detector.ema.var, reference.ema.var, rtol=1e-9)
     np.testing.assert_array_equal(detector.ema.count, reference.ema.count)
     assert sum(detector.counts.values()) == len(expected)
+
+
+def test_a_layer_without_gradient_on_some_steps_does_not_spike_when_it_has_one():
+    """Mixture of experts: an expert routed no tokens reads 0 (no gradient); those steps stay
+    out of its baseline, so its ordinary gradient on the next routed step is no spike."""
+    rng = np.random.default_rng(0)
+    steps = 200
+    routed = rng.random(steps) < 0.3
+    expert = np.where(routed, 0.013 * (1 + 0.1 * rng.standard_normal(steps)), 0.0)
+    dense = 1.0 + 0.05 * rng.standard_normal(steps)
+    layers = np.column_stack([dense, expert])
+    events = _feed(SpikeDetector(["dense", "expert"]), np.ones(steps), dense, layers=layers)
+    assert events == []
+    expert[150] = 0.5  # a real spike of the expert, after many empty steps, is still seen
+    layers = np.column_stack([dense, expert])
+    events = _feed(SpikeDetector(["dense", "expert"]), np.ones(steps), dense, layers=layers)
+    assert [(e["step"], e["layer"]) for e in events] == [(150, "expert")]
