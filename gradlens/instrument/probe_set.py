@@ -159,7 +159,8 @@ class ProbeSet:
         if not isinstance(result, Tensor) or result.numel() != 1 or result.grad_fn is None:
             return
         batch._node = result.grad_fn
-        self._checks.append(batch)
+        if not any(b is batch for b in self._checks):
+            self._checks.append(batch)
         interception.watch_backward(self.record_backward)
 
     def record_backward(self, losses: list[Tensor]) -> None:
@@ -205,7 +206,8 @@ class ProbeSet:
         except ValueError:
             return False
         batch.loss = LossCall(RETURNED, (), None, (), {}, inside_forward=True)
-        self._open = None
+        # still open: a loss call on the output after forward (``(logits, aux)`` returned, the
+        # script's ``F.cross_entropy(logits, y)``) is the loss and replaces this one
         return True
 
     def record_returned(self, module: nn.Module, output: Any) -> None:

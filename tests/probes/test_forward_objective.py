@@ -43,6 +43,8 @@ class _LossModel(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> object:
         logits = self.net(x)
+        if self.style == "aux_out":  # MoE-style: logits and a hand-made balance term
+            return logits, logits.softmax(1).mean(0).square().sum()
         if self.style == "no_loss_call":  # a loss gradlens sees no call of
             loss = -logits.log_softmax(1).gather(1, y[:, None]).mean()
         else:
@@ -212,3 +214,32 @@ def test_ghost_on_a_model_returning_only_its_loss_is_unavailable(runs_dir):
     assert "a scalar (a loss), not logits" in run.meta["unavailable"]["probe ghost"]
     assert not run.meta.get("disabled")
     assert set(run.table("hessian").step) == {3, 7}
+
+
+def _ce_on_logits(model, x, y):
+    logits, _aux = model(x, y)
+    F.cross_entropy(logits, y).backward()
+
+
+def _ce_plus_aux(model, x, y):
+    logits, aux = model(x, y)
+    (F.cross_entropy(logits, y) + 0.01 * aux).backward()
+
+
+def test_a_scalar_returned_beside_logits_gives_way_to_the_loss_call_after_forward(runs_dir):
+    """``logits, aux = model(x)`` with the script's ``F.cross_entropy(logits, y)``: the loss
+    call is the objective, not the returned scalar (a mixture of experts' balance term)."""
+    run, batches = _train(runs_dir, _ce_on_logits, "aux_out")
+    assert [(b.loss.name, b.loss.inside_forward, b.whole) for b in batches] == [
+        ("cross_entropy", False, True)
+    ] * 2
+    assert not run.meta.get("unavailable") and not run.meta.get("disabled")
+    assert set(run.table("hessian").step) == {3, 7}
+
+
+def test_the_loss_call_plus_the_returned_scalar_is_said_as_several_terms(runs_dir, capsys):
+    run, batches = _train(runs_dir, _ce_plus_aux, "aux_out")
+    assert [b.whole for b in batches] == [False, False]
+    why = "the training loss is not one loss call (several terms)"
+    assert all(w.startswith(why) for w in run.meta["unavailable"].values())
+    assert capsys.readouterr().err.count(why) == 1
