@@ -325,6 +325,14 @@ class Lens(interception.ListenerBase):
             )
         if note is not None:
             self._steps_unseen(note)
+        if self.step > 0 and self._calls.batch_size is None and self.dist.main:
+            self.unavailable.setdefault(
+                "throughput",
+                "no training call of the model itself was seen (the script calls its methods, "
+                "e.g. agent.get_action_and_value(x), or a function): samples per step unknown",
+            )
+        if self._probes is not None:
+            self._probes.finish()
         self._output.finish(
             status,
             self.step,

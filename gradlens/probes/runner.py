@@ -23,6 +23,11 @@ from gradlens.store.rows import check_rows, long_rows
 
 __all__ = ["ProbeRunner", "check_probe_rows"]
 
+_NO_BATCH = (
+    "training batch whose loss gradlens saw (an F.* loss, also inside forward, or a loss "
+    "returned by forward)"
+)
+
 Write = Callable[[str, dict[str, Any]], None]
 UpdateFn = Callable[[], dict[str, Tensor] | None]
 Trained = Callable[[], list[Tensor]]  # the parameters the script's optimizers step
@@ -52,6 +57,8 @@ class ProbeRunner:
         self.writes = writes  # multi-process: every rank measures, rank 0 writes
         self.unavailable = {} if unavailable is None else unavailable  # "probe NAME" → why
         self.trained = trained
+        self._waited: set[str] = set()  # probes that were due but had no batch to replay
+        self._ran: set[str] = set()
         # meta "probe_scope": set when the replayed module holds only part of what is trained
         self.scope: dict[str, Any] = {}
 
@@ -91,10 +98,8 @@ class ProbeRunner:
         module, batches = self._batches()
         if module is None:  # not an error: batches are recorded from the first step on
             names = ", ".join(p.name for p in probes)
-            self.say(
-                f"probes ({names}) wait for a training batch whose loss gradlens saw "
-                "(an F.* loss, also inside forward, or a loss returned by forward)"
-            )
+            self.say(f"probes ({names}) wait for a {_NO_BATCH}")
+            self._waited.update(p.name for p in probes)
             return
         partial = [b for b in self.probe_set.batches if b.whole is False]
         if partial:
@@ -116,6 +121,7 @@ class ProbeRunner:
             objective = Objective(model, batches, probe.mode)
             context = ProbeContext(step, objective, lrs, optimizer, update_fn(objective), world)
             feature = f"probe {probe.name}"
+            self._ran.add(probe.name)
             rows = self.guard.call(feature, _compute, probe, objective, context)
             if isinstance(rows, ProbeUnavailable):
                 self._unavailable([probe], str(rows).splitlines()[0])
@@ -129,6 +135,12 @@ class ProbeRunner:
             seconds = time.perf_counter() - start
             metric = f"probe_seconds.{probe.name}"
             self.write("scalars", long_rows("scalars", step, metric=metric, index=0, value=seconds))
+
+    def finish(self) -> None:
+        """At close: probes that were due but never found a batch to replay are listed as
+        unavailable (the run's ``meta.json`` says why they wrote nothing)."""
+        for name in sorted(self._waited - self._ran):
+            self.unavailable.setdefault(f"probe {name}", f"never ran: no {_NO_BATCH} was seen")
 
     def _without_objective(self, probes: list[Probe], why: str) -> list[Probe]:
         """``probes`` but those measuring the training loss, which the recorded loss call is

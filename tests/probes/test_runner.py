@@ -190,3 +190,40 @@ def test_good_probe_rows_pass_unchanged():
     rows = {"collapse": long_rows("collapse", 4, metric=["nc1", "nc3"], value=[0.5, 0.25])}
     assert check_probe_rows(BadRowsProbe(), rows) is rows
     assert check_probe_rows(BadRowsProbe(), {}) == {}
+
+
+class _Agent(nn.Module):
+    """A PPO agent (CleanRL style) whose script calls its methods, never the module itself;
+    its layers are written by hand, so no module call is seen at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actor = nn.Parameter(torch.randn(4, 2) * 0.1)
+        self.critic = nn.Parameter(torch.randn(4, 1) * 0.1)
+
+    def get_action_and_value(self, obs):
+        dist = torch.distributions.Categorical(logits=obs @ self.actor)
+        action = dist.sample()
+        return action, dist.log_prob(action), dist.entropy(), obs @ self.critic
+
+
+def test_a_model_never_called_itself_says_what_it_could_not_record(runs_dir):
+    torch.manual_seed(0)
+    agent = _Agent()
+    opt = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    options = {"hessian": {"every": 2, "k": 1, "trace": False}}
+    with gradlens.Lens(runs_dir=runs_dir, probe_options=options) as lens:
+        for _ in range(4):
+            obs = torch.randn(16, 4)
+            _, logprob, entropy, value = agent.get_action_and_value(obs)
+            loss = -(logprob * torch.randn(16)).mean() + 0.5 * value.square().mean()
+            opt.zero_grad()
+            (loss - 0.01 * entropy.mean()).backward()
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    assert run.steps == 4
+    unavailable = run.meta["unavailable"]
+    assert unavailable["probe hessian"].startswith("never ran: no training batch")
+    assert unavailable["throughput"].startswith("no training call of the model itself")
+    found = {f.message for f in build_report(run).findings if f.rule == "gradlens_health"}
+    assert found == {"probe hessian unavailable on this run", "throughput unavailable on this run"}
