@@ -211,7 +211,8 @@ def watch(
     from gradlens.watch import watch_script
 
     probe_options = validate_probe_options(probes.value, probe or [])
-    code, lens = watch_script(
+    start_dir = Path.cwd()  # the commands printed at the end are relative to it (the
+    code, lens = watch_script(  # script may os.chdir)
         script,
         list(ctx.args),
         runs_dir=runs_dir,
@@ -227,11 +228,11 @@ def watch(
         probe_options=probe_options,
     )
     if status is not StatusMode.off:
-        _next_steps(lens)
+        _next_steps(lens, start_dir)
     raise typer.Exit(code)
 
 
-def _next_steps(lens: Any) -> None:
+def _next_steps(lens: Any, start_dir: Path) -> None:
     """The run's numbers (as ``report`` defines them) and the two commands to look at it."""
     run_dir = getattr(lens, "run_dir", None)
     dist = getattr(lens, "dist", None)
@@ -255,18 +256,19 @@ def _next_steps(lens: Any) -> None:
         pass
     run_dir = Path(run_dir)
     print(
-        f"gradlens: look at it:  gradlens report {_shell(run_dir)}\n"
-        f"                       gradlens dashboard {_shell(run_dir.parent)}",
+        f"gradlens: look at it:  gradlens report {_shell(run_dir, start_dir)}\n"
+        f"                       gradlens dashboard {_shell(run_dir.parent, start_dir)}",
         file=sys.stderr,
     )
 
 
-def _shell(path: Path) -> str:
-    """``path`` relative to the working directory when inside it, quoted for a shell."""
+def _shell(path: Path, start_dir: Path) -> str:
+    """``path`` relative to ``start_dir`` (where the command was typed) when inside it,
+    quoted for a shell."""
     import shlex
 
     try:
-        path = path.resolve().relative_to(Path.cwd().resolve())
+        path = path.resolve().relative_to(start_dir.resolve())
     except (ValueError, OSError):
         pass
     return shlex.quote(str(path))

@@ -159,4 +159,7 @@ def _print_script_traceback(exc: BaseException, script: Path) -> None:
     target = os.path.realpath(script)
     while tb is not None and os.path.realpath(tb.tb_frame.f_code.co_filename) != target:
         tb = tb.tb_next
+    if tb is None and isinstance(exc, SyntaxError):  # it never ran: python prints no frame
+        traceback.print_exception(type(exc), exc, None, file=sys.stderr)
+        return
     traceback.print_exception(type(exc), exc, tb or exc.__traceback__, file=sys.stderr)

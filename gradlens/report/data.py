@@ -12,6 +12,8 @@ from gradlens.report.evaluation import EVAL_METRICS, Evaluation, evaluation_of
 from gradlens.report.sampling import Sampling, sampling_of
 from gradlens.store import Run
 
+NONFINITE_EVENTS = ("nonfinite_loss", "nonfinite_grad")
+
 __all__ = ["RunData", "smooth"]
 
 FrameT = TypeVar("FrameT", pd.DataFrame, pd.Series)
@@ -71,6 +73,17 @@ class RunData:
     @cached_property
     def events(self) -> pd.DataFrame:
         return self.run.table("events")
+
+    @cached_property
+    def nonfinite_steps(self) -> set[int]:
+        """Steps with a NaN/Inf loss or gradient: a ``nonfinite_loss``/``nonfinite_grad``
+        event, or a gradient norm that overflowed to inf before any entry did (the one
+        definition the summary, the rule and ``watch``'s closing line share)."""
+        events = self.events
+        bad = events[events["kind"].isin(NONFINITE_EVENTS)] if not events.empty else events
+        steps = {int(s) for s in bad["step"]} if not bad.empty else set()
+        norm = self.scalar("grad_norm")
+        return steps | {int(s) for s in norm.index[~np.isfinite(norm.to_numpy())]}
 
     def layer_metric(self, metric: str) -> pd.DataFrame:
         """step × layer for one per-layer metric (columns in first-seen order)."""

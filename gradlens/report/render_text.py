@@ -101,7 +101,13 @@ def _numbers(summary: RunSummary, curve: list[float]) -> Text:
 
 def _findings(report: Report) -> RenderableType:
     if not report.findings:
-        return Text("No findings: every rule passed.", style="green")
+        skipped = [r.rule for r in report.rules if r.status == "skipped"]
+        if not skipped:
+            return Text("No findings: every rule passed.", style="green")
+        return Text(  # a rule without its data is skipped, never passed
+            f"No findings; {len(skipped)} rule(s) skipped for lack of data: {', '.join(skipped)}.",
+            style="yellow",
+        )
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True, width=7)
     grid.add_column()

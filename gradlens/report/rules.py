@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from gradlens.report.config import Thresholds
-from gradlens.report.data import RunData, smooth
+from gradlens.report.data import NONFINITE_EVENTS, RunData, smooth
 from gradlens.report.evaluation import eval_noise
 from gradlens.report.findings import Finding
 from gradlens.report.sampling import every_label, every_of
@@ -162,11 +162,11 @@ def _scope_text(scope: dict[str, Any]) -> tuple[str, str]:
 @rule("nonfinite", "no NaN/Inf loss or gradients", needs=("scalars",))
 def nonfinite(data: RunData, t: Thresholds) -> list[Finding]:
     events = data.events
-    bad = events[events["kind"].isin(["nonfinite_loss", "nonfinite_grad"])]
+    bad = events[events["kind"].isin(NONFINITE_EVENTS)]
     # A norm can overflow to inf before any entry does: the scalars say so, events do not.
     norm = data.scalar("grad_norm")
     overflow = {int(step) for step in norm.index[~np.isfinite(norm.to_numpy())]}
-    bad_steps = {int(step) for step in bad["step"]} | overflow
+    bad_steps = data.nonfinite_steps
     if not bad_steps:
         return []
     first, last = min(bad_steps), max(bad_steps)

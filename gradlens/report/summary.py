@@ -29,7 +29,6 @@ __all__ = [
     "best_loss",
     "final_loss",
     "health_text",
-    "nonfinite_steps",
     "spike_steps",
     "summarize",
     "summary_of",
@@ -43,13 +42,12 @@ DEFINITIONS = {
     "best_loss": "lowest step",
     "loss_spike_steps": "steps with a loss spike",
     "grad_spike_steps": "steps with a gradient-norm spike, global or in any layer",
-    "nonfinite_steps": "steps with a NaN/Inf loss or gradient",
+    "nonfinite_steps": "steps with a NaN/Inf loss or gradient (norm)",
     "health": "findings by severity",
 }
 
 _LOSS_SPIKES = ("loss_spike",)
 _GRAD_SPIKES = ("grad_spike", "layer_grad_spike")
-_NONFINITE = ("nonfinite_loss", "nonfinite_grad")
 
 
 def final_loss(loss: pd.Series) -> float | None:
@@ -81,11 +79,6 @@ def _steps_with(events: pd.DataFrame, kinds: tuple[str, ...]) -> int:
 def spike_steps(events: pd.DataFrame) -> tuple[int, int]:
     """(steps with a loss spike, steps with a gradient-norm spike — global or any layer)."""
     return _steps_with(events, _LOSS_SPIKES), _steps_with(events, _GRAD_SPIKES)
-
-
-def nonfinite_steps(events: pd.DataFrame) -> int:
-    """Steps with a non-finite loss or gradient."""
-    return _steps_with(events, _NONFINITE)
 
 
 def health_text(counts: dict[str, int] | None) -> str:
@@ -186,7 +179,7 @@ def summary_of(run: Run, data: RunData, findings: list[Finding] | None) -> RunSu
         best_loss=best_loss(data.loss),
         loss_spike_steps=loss_spikes,
         grad_spike_steps=grad_spikes,
-        nonfinite_steps=nonfinite_steps(data.events),
+        nonfinite_steps=len(data.nonfinite_steps),
         counts=counts,
     )
 

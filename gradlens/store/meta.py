@@ -59,6 +59,8 @@ def create_run_dir(runs_dir: Path, name: str) -> Path:
     """
     valid_run_name(name)
     runs_dir = Path(runs_dir).absolute()
+    if (runs_dir / "meta.json").is_file():  # a run of its own: the new one would nest in it
+        raise ConfigError(f"{runs_dir} is a run, not a folder of runs: use its parent folder")
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
         for n in range(1, 10_000):

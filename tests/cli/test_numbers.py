@@ -30,7 +30,10 @@ def _oracle(name):
     events = run.table("events")
     loss_steps = events[events.kind == "loss_spike"].step.nunique()
     grad_steps = events[events.kind.isin(["grad_spike", "layer_grad_spike"])].step.nunique()
-    nonfinite = events[events.kind.str.startswith("nonfinite")].step.nunique()
+    # a NaN/Inf event, or a gradient norm that overflowed before any entry did
+    norm = scalars[(scalars.metric == "grad_norm") & (scalars["index"] == 0)]
+    overflow = set(norm[~norm.value.map(math.isfinite)].step)
+    nonfinite = len(set(events[events.kind.str.startswith("nonfinite")].step) | overflow)
     return final, int(loss_steps), int(grad_steps), int(nonfinite)
 
 
