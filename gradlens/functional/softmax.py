@@ -52,7 +52,7 @@ SOFTMAX_STATS = (
 - ``max_logit_gap``, ``mean_logit_gap``: top-1 minus top-2 logit (max / mean over samples);
   saturation needs this gap above :func:`saturation_gap` (≈16.6 in float32, 7.6 in float16).
 - ``log_z_mean``, ``log_z_max``: ``logsumexp(z)`` over samples (the z-loss quantity).
-- ``logit_norm``: mean per-sample L2 norm.
+- ``logit_norm``: mean per-sample L2 norm (entries masked with ``-inf`` left out).
 - ``accuracy``: argmax equals the target.
 - ``num_samples``: rows counted (targets equal to ``ignore_index`` are left out).
 
@@ -119,7 +119,9 @@ def softmax_collapse_stats(
     log_exp_sum = exp_sum.float().log() if exp_sum.dtype != torch.float64 else exp_sum.log()
     log_z = z32_max + log_exp_sum.float()
     wide = torch.float64 if z.dtype == torch.float64 else torch.float32
-    norms = torch.linalg.vector_norm(z, dim=-1, dtype=wide).float()
+    # entries masked with -inf (SimCLR's similarity diagonal, causal masks) are not logits
+    norms = torch.linalg.vector_norm(z.masked_fill(z == -math.inf, 0), dim=-1, dtype=wide)
+    norms = norms.float()
     nan = torch.full_like(gap, math.nan)
     if t is None:
         weight = torch.ones_like(gap)

@@ -203,3 +203,15 @@ def test_log_probabilities_give_the_shift_invariant_stats_of_their_logits():
     expected_zero = (F.nll_loss(log_p, t, reduction="none") == 0).float().mean().item()
     assert got["zero_loss_fraction"] == expected_zero > 0  # the saturated correct rows
     assert all(math.isnan(got[n]) for n in ("log_z_mean", "log_z_max", "logit_norm"))
+
+
+def test_entries_masked_with_minus_infinity_are_not_in_the_norm() -> None:
+    """SimCLR's NT-Xent masks the similarity diagonal with -inf before cross-entropy."""
+    g = torch.Generator().manual_seed(0)
+    sim = torch.randn(8, 8, generator=g) * 3
+    masked = sim.masked_fill(torch.eye(8, dtype=torch.bool), -math.inf)
+    target = (torch.arange(8) + 4) % 8
+    out = softmax_collapse(masked, target)
+    off = sim.double()[~torch.eye(8, dtype=torch.bool)].view(8, 7)
+    assert out["logit_norm"] == pytest.approx(float(off.norm(dim=-1).mean()), rel=1e-6)
+    assert out["log_z_mean"] == pytest.approx(float(torch.logsumexp(off, -1).mean()), rel=1e-6)
