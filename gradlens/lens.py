@@ -325,14 +325,7 @@ class Lens(interception.ListenerBase):
             )
         if note is not None:
             self._steps_unseen(note)
-        if self.step > 0 and self._calls.batch_size is None and self.dist.main:
-            self.unavailable.setdefault(
-                "throughput",
-                "no training call of the model itself was seen (the script calls its methods, "
-                "e.g. agent.get_action_and_value(x), or a function): samples per step unknown",
-            )
-        if self._probes is not None:
-            self._probes.finish()
+        self._guard.call("run notes", self._missing_signals)
         self._output.finish(
             status,
             self.step,
@@ -433,6 +426,26 @@ class Lens(interception.ListenerBase):
 
     def _probe_due(self, step: int) -> bool:
         return self._probes is not None and bool(self._probes.due(step))
+
+    def _missing_signals(self) -> None:
+        """At close: signals the run could not get at all, listed with why (``meta.json``
+        ``unavailable``) rather than silently missing."""
+        if self.step > 0 and self._calls.batch_size is None and self.dist.main:
+            self.unavailable.setdefault(
+                "throughput",
+                "no training call of the model itself was seen (the script calls its methods, "
+                "e.g. agent.get_action_and_value(x), or a function): samples per step unknown",
+            )
+        softmax_on = self._softmax is not None and SOFTMAX not in self._guard.disabled
+        if softmax_on and self._softmax is not None and not self._softmax.observed and self.step:
+            self.unavailable.setdefault(
+                SOFTMAX,
+                "no F.cross_entropy or F.nll_loss call on training logits was seen (a "
+                "regression loss, or one computed by hand: log_softmax + gather, as the "
+                "Hugging Face Trainer's label smoothing)",
+            )
+        if self._probes is not None:
+            self._probes.finish()
 
     def _steps_unseen(self, why: str, feature: str = "step capture") -> None:
         self.unavailable.setdefault(feature, why)

@@ -63,6 +63,7 @@ class SoftmaxSignal(StepSignal):
         self._count: Tensor | None = None
         self._is_max: dict[torch.device, Tensor] = {}
         self._first: dict[str, float] = {}  # writer thread: the drifts' reference values
+        self.observed = 0  # loss calls observed so far
 
     # -- hot path --------------------------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class SoftmaxSignal(StepSignal):
         if logits.dim() > 2:  # cross-entropy's K-dim form (N, C, d1, …): classes at dim 1
             logits = logits.movedim(1, -1)
         logits, target = _strided_rows(logits, target, self.max_rows)
+        self.observed += 1
         stats = softmax_collapse_stats(
             logits, target, ignore_index=ignore_index, log_probs=log_probs
         )

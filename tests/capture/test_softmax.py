@@ -76,3 +76,25 @@ def test_nll_loss_after_log_softmax_is_observed(runs_dir):
     assert stats.num_samples.tolist() == [32.0] * 3  # steps 0–2; step 3 not observed
     torch.testing.assert_close(stats.mean_logit_gap.tolist(), gaps, rtol=1e-5, atol=1e-6)
     assert stats.log_z_mean.isna().all() and stats.logit_norm.isna().all()
+
+
+def _label_smoothed_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The Hugging Face Trainer's LabelSmoother: log_softmax + gather, no loss call."""
+    log_probs = -logits.log_softmax(-1)
+    nll = log_probs.gather(-1, y[:, None]).mean()
+    return 0.9 * nll + 0.1 * log_probs.mean()
+
+
+def test_a_run_without_a_cross_entropy_call_says_why_it_has_no_softmax_signals(runs_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        for _ in range(3):
+            opt.zero_grad()
+            _label_smoothed_loss(model(torch.randn(16, 4)), torch.randint(0, 3, (16,))).backward()
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    assert run.steps == 3
+    why = run.meta["unavailable"]["softmax signals"]
+    assert why.startswith("no F.cross_entropy or F.nll_loss call on training logits was seen")

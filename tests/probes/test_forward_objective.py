@@ -159,7 +159,10 @@ def test_the_returned_loss_is_the_objective(runs_dir, case):
     run, batches = _train(runs_dir, step_fn, style)
     assert [b.loss.inside_forward for b in batches] == [True, True]
     assert [b.whole for b in batches] == [True, True]
-    assert not run.meta.get("unavailable") and not run.meta.get("disabled")
+    unavailable = run.meta.get("unavailable", {})
+    if style == "no_loss_call":  # no cross-entropy call: no softmax signals, and it says so
+        assert unavailable.pop("softmax signals").startswith("no F.cross_entropy")
+    assert not unavailable and not run.meta.get("disabled")
     assert set(run.table("hessian").step) == {3, 7}
     assert set(run.table("landscape").step) == {3, 7}
 
@@ -170,6 +173,8 @@ def test_terms_added_after_forward_leave_the_objective_probes_unavailable(runs_d
     run, batches = _train(runs_dir, step_fn, style)
     assert [b.whole for b in batches] == [False, False]
     unavailable = run.meta["unavailable"]
+    if style == "no_loss_call":
+        assert unavailable.pop("softmax signals").startswith("no F.cross_entropy")
     assert set(unavailable) == {"probe hessian", "probe landscape"}
     assert all(why.startswith(PARTIAL) for why in unavailable.values())
     assert not run.meta.get("disabled")

@@ -226,4 +226,8 @@ def test_a_model_never_called_itself_says_what_it_could_not_record(runs_dir):
     assert unavailable["probe hessian"].startswith("never ran: no training batch")
     assert unavailable["throughput"].startswith("no training call of the model itself")
     found = {f.message for f in build_report(run).findings if f.rule == "gradlens_health"}
-    assert found == {"probe hessian unavailable on this run", "throughput unavailable on this run"}
+    assert found == {
+        "probe hessian unavailable on this run",
+        "throughput unavailable on this run",
+        "softmax signals unavailable on this run",  # no cross-entropy call either
+    }

@@ -46,7 +46,7 @@ def test_a_healthy_run_has_no_such_finding(runs_dir):
     with gradlens.Lens(model, opt, runs_dir=runs_dir) as lens:
         for _ in range(3):
             opt.zero_grad()
-            model(torch.randn(8, 4)).sum().backward()
+            F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
             opt.step()
     report = build_report(gradlens.open_run(lens.run_dir))
     assert not [f for f in report.findings if f.rule == "gradlens_health"]
