@@ -31,6 +31,20 @@ __all__ = ["create_app", "csv_text", "host_name", "needs_refresh", "render"]
 RUN_PAGES = {"run": run, "curvature": curvature, "landscape": landscape, "collapse": collapse}
 
 
+# A timer tick passes to the pages only once the previous round of redraws is in: Dash drops
+# the answer of a callback fired again before it returned (plotly/dash#941), so on a busy
+# machine (the training beside it) a page redrawn on every raw tick would never update.
+# After 20 skipped ticks one goes through anyway (a request that never answered).
+_TICK = """function(n) {
+    const state = window.gradlensTick = window.gradlensTick || {skipped: 0};
+    if (document.querySelector('[data-dash-is-loading="true"]') && state.skipped < 20) {
+        state.skipped += 1;
+        return window.dash_clientside.no_update;
+    }
+    state.skipped = 0;
+    return n;
+}"""
+
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 ANY_HOST = frozenset({"0.0.0.0", "::", ""})
 
@@ -63,6 +77,7 @@ def create_app(
             dcc.Location(id="url"),
             dcc.Store(id="title"),
             dcc.Interval(id="refresh", interval=refresh_ms, disabled=True),
+            dcc.Store(id="tick"),  # the refresh tick the pages redraw on (see _TICK)
             html.Div(id="page"),
         ]
     )
@@ -89,9 +104,16 @@ def create_app(
         Input("url", "pathname"),
     )
 
+    app.clientside_callback(
+        _TICK,
+        Output("tick", "data"),
+        Input("refresh", "n_intervals"),
+        prevent_initial_call=True,
+    )
+
     @app.callback(
         Output("refresh", "disabled", allow_duplicate=True),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
         State("url", "pathname"),
         prevent_initial_call=True,
     )

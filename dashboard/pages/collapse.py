@@ -85,7 +85,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("run-name", "data"),
         Input("xaxis", "value"),
         Input("logy", "value"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
         State("coll-xrange", "data"),
     )
     def _curves(name: str, xaxis: str, logy: list[str], _: Any, xrange: Any) -> Any:

@@ -217,7 +217,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("smoothing", "value"),
         Input("xaxis", "value"),
         Input("logy", "value"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
     )
     def _grid(
         names: list[str] | None,

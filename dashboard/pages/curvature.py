@@ -90,7 +90,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("run-name", "data"),
         Input("xaxis", "value"),
         Input("logy", "value"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
         State("curv-xrange", "data"),
     )
     def _curves(name: str, xaxis: str, logy: list[str], _: Any, xrange: Any) -> Any:
@@ -100,7 +100,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Output("density-graph", "figure"),
         Input("run-name", "data"),
         Input("density-step", "value"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
     )
     def _density(name: str, step: int | None, _: Any) -> Any:
         return density(ctx, name, step)

@@ -87,7 +87,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("landscape-metric", "value"),
         Input("landscape-plane", "value"),
         Input("landscape-3d", "value"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
     )
     def _slices(
         name: str, step: int | None, metric: str | None, plane: str | None, shown: Any, _: Any

@@ -271,7 +271,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("xaxis", "value"),
         Input("logy", "value"),
         Input("shade-findings", "value"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
         State("run-xrange", "data"),
     )
     def _curves(
@@ -287,7 +287,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("xaxis", "value"),
         Input("logy", "value"),
         Input("shade-findings", "value"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
         State("run-xrange", "data"),
     )
     def _evaluation(
@@ -332,7 +332,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("heatmap-colour", "value"),
         Input("xaxis", "value"),
         Input("run-xrange", "data"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
     )
     def _heatmap(name: str, metric: str, colour: str, xaxis: str, xr: Any, _: Any) -> Any:
         return heatmap(ctx, name, metric, xr, colour=colour, xaxis=xaxis)
@@ -367,7 +367,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("smoothing", "value"),
         Input("xaxis", "value"),
         Input("logy", "value"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
         State("run-xrange", "data"),
     )
     def _layer(
@@ -394,7 +394,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         Output("run-header", "children"),
         Input("run-name", "data"),
         Input("findings-build", "n_clicks"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
     )
     def _findings(name: str, clicks: int | None, _: Any) -> Any:
         children, rows = findings(ctx, name, build=bool(clicks))

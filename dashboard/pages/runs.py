@@ -81,7 +81,7 @@ def layout(ctx: AppContext, search: str | None = None) -> html.Div:
 def register(app: Dash, ctx: AppContext) -> None:
     @app.callback(
         Output("runs-table", "children"),
-        Input("refresh", "n_intervals"),
+        Input("tick", "data"),
         Input("runs-filter", "value"),
         Input("runs-sort", "value"),
     )

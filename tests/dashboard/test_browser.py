@@ -558,9 +558,26 @@ def test_compare_overlays_eval_curves(browser, server):
     _no_console_errors(browser)
 
 
-def test_a_live_runs_first_evaluation_appears_lined_up(browser, server, runs_dir):
-    run_dir = craft_layer_run(runs_dir, "live-eval", status="running", steps=100)
-    _open(browser, server + "/run/live-eval")
+@pytest.mark.parametrize("slow", [False, True], ids=["fast", "slower-than-the-timer"])
+def test_a_live_runs_first_evaluation_appears_lined_up(
+    browser, server, runs_dir, slow, monkeypatch
+):
+    """Slow: the charts take longer to build than the refresh timer's 0.5 s (a machine busy
+    with training). Dash drops the answer of a callback fired again before it returned, so
+    a page redrawn on every raw tick never showed the new evaluation."""
+    if slow:
+        from gradlens.dashboard.pages import run as run_page
+
+        real = run_page.evaluation
+
+        def slower(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.8)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(run_page, "evaluation", slower)
+    name = f"live-eval-{'slow' if slow else 'fast'}"
+    run_dir = craft_layer_run(runs_dir, name, status="running", steps=100)
+    _open(browser, server + f"/run/{name}")
     _drawn(browser, "loss-graph", 100, name="loss")
     assert not browser.find_element("css selector", "#eval-graph").is_displayed()
     writer = RunWriter(run_dir, strict=True)
