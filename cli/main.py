@@ -304,7 +304,7 @@ OutputOption = Annotated[
         "-o",
         metavar="FILE",
         show_default=False,
-        help="Write the output to FILE (default: stdout).",
+        help="Write the output to FILE (default, or '-': stdout).",
     ),
 ]
 FailOnOption = Annotated[
@@ -470,7 +470,7 @@ def _emit_report(result: Report, fmt: Format, output: Path | None, step_summary:
 def _emit(rendered: object, output: Path | None) -> None:
     from rich.console import Console
 
-    if output is None:
+    if output is None or str(output) == "-":
         if isinstance(rendered, str):
             sys.stdout.write(rendered)
         else:
@@ -558,6 +558,8 @@ def list_runs(
     settings = load_config(config, overrides=_overrides(threshold))
     entries = list_entries(folder, UNREADABLE, settings)
     console = Console()
+    if not console.is_terminal:  # piped (grep, awk): one line per run, however long its name
+        console = Console(width=1000)
     if not entries:
         console.print(Text(f"no runs in {folder}"))
         return

@@ -2,7 +2,7 @@
 
 from gradlens.report import sections as _sections  # noqa: F401  (registers probe sections)
 from gradlens.report.build import PROBE_SECTIONS, Report, Section, build_report, exit_code
-from gradlens.report.compare import Comparison, compare_runs, render_compare
+from gradlens.report.compare import Comparison, compare_runs, compare_schema, render_compare
 from gradlens.report.config import ReportConfig, Thresholds, load_config
 from gradlens.report.findings import Finding
 from gradlens.report.render_json import render_json, report_dict
@@ -25,6 +25,7 @@ __all__ = [
     "Thresholds",
     "build_report",
     "compare_runs",
+    "compare_schema",
     "exit_code",
     "health_text",
     "load_config",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,9 +26,10 @@ from gradlens.report.render_text import STATUS_STYLE, health_renderable
 from gradlens.report.summary import DEFINITIONS
 from gradlens.store import Run
 
-__all__ = ["Comparison", "compare_runs", "render_compare"]
+__all__ = ["COMPARE_SCHEMA_ID", "Comparison", "compare_runs", "compare_schema", "render_compare"]
 
 TOP_LAYERS = 10
+COMPARE_SCHEMA_ID = "https://gradlens.dev/schemas/compare-1.json"
 
 
 @dataclass
@@ -50,22 +53,33 @@ def compare_runs(
     data = [RunData(r) for r in runs]
     if reports is None:
         reports = [build_report(r, config) for r in runs]
-    rows = [_row(rep) for rep in reports]
+    labels = _labels(reports)
+    rows = [_row(rep, label) for rep, label in zip(reports, labels, strict=True)]
     diffs = []
-    base = data[0]
-    for other in data[1:]:
-        diffs += _layer_diffs(base, other)
+    for other, label in zip(data[1:], labels[1:], strict=True):
+        diffs += _layer_diffs(data[0], other, labels[0], label)
     return Comparison(rows, diffs, reports)
 
 
-def _row(report: Report) -> dict[str, Any]:
+def _labels(reports: list[Report]) -> list[str]:
+    """Each run's folder name (as ``ls`` lists it and ``report NAME`` takes it); its path
+    where two of the runs share a folder name (``a/mlp``, ``b/mlp``)."""
+    paths = [rep.summary.path for rep in reports]
+    names = [Path(path).name for path in paths]
+    return [
+        path if names.count(name) > 1 else name for path, name in zip(paths, names, strict=True)
+    ]
+
+
+def _row(report: Report, label: str) -> dict[str, Any]:
     """One run's numbers, as ``report``, ``ls`` and ``watch`` define them (report.summary),
     and its first eval loader's (report.evaluation; None without eval rows)."""
     summary = report.summary
     loaders = (report.evaluation or {}).get("loaders") or [{}]
     first = loaders[0]
     return {
-        "run": summary.name,
+        "run": label,
+        "path": report.run.get("path"),
         "status": summary.status,
         "steps": summary.steps,
         "final_loss": summary.final_loss,
@@ -82,7 +96,9 @@ def _row(report: Report) -> dict[str, Any]:
     }
 
 
-def _layer_diffs(base: RunData, other: RunData) -> list[dict[str, Any]]:
+def _layer_diffs(
+    base: RunData, other: RunData, base_label: str, label: str
+) -> list[dict[str, Any]]:
     """Per layer: ratio other/base at matched steps — over the last 20% and at its extreme."""
     out = []
     for metric in ("grad_norm", "param_norm"):
@@ -102,8 +118,8 @@ def _layer_diffs(base: RunData, other: RunData) -> list[dict[str, Any]]:
             worst = int(column.idxmax()) if len(column) else None
             out.append(
                 {
-                    "run": other.run.name,
-                    "baseline": base.run.name,
+                    "run": label,
+                    "baseline": base_label,
                     "metric": metric,
                     "layer": str(layer),
                     "final_ratio": float(final[layer]),
@@ -115,6 +131,12 @@ def _layer_diffs(base: RunData, other: RunData) -> list[dict[str, Any]]:
     return out
 
 
+def compare_schema() -> dict[str, Any]:
+    """The JSON schema (draft 2020-12) of ``render_compare(..., "json")``."""
+    text = resources.files("gradlens.report").joinpath("compare.schema.json").read_text()
+    return dict(json.loads(text))
+
+
 def render_compare(comparison: Comparison, fmt: str) -> str | RenderableType:
     """``text`` returns a rich renderable; the other formats a string."""
     if fmt == "json":
@@ -122,7 +144,8 @@ def render_compare(comparison: Comparison, fmt: str) -> str | RenderableType:
             json.dumps(
                 _clean(
                     {
-                        "schema": "https://gradlens.dev/schemas/compare-1.json",
+                        "schema": COMPARE_SCHEMA_ID,
+                        "schema_version": 1,
                         "runs": comparison.rows,
                         "layer_differences": comparison.layer_diffs,
                         "exit_code": comparison.exit_code,

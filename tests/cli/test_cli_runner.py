@@ -10,13 +10,16 @@ reach ``main`` as one of the two errors it turns into that line, with a one-line
 from __future__ import annotations
 
 import json
+import shutil
 
+import jsonschema
 import pytest
 import typer
 from typer.testing import CliRunner, Result
 
 from gradlens.cli.main import app
 from gradlens.errors import GradlensError
+from gradlens.report import compare_schema
 from tests.cli.conftest import SAMPLES
 
 runner = CliRunner()
@@ -115,7 +118,9 @@ def test_compare_runs_by_name_in_order_with_fail_on_and_output(tmp_path):
     result = invoke("compare", *names, "--runs-dir", SAMPLES, "-f", "json")
     assert result.exit_code == 1, result.output  # the diverged run has an error
     data = _report(result)
+    jsonschema.validate(data, compare_schema())
     assert [r["run"] for r in data["runs"]] == names and data["exit_code"] == 1
+    assert {d["baseline"] for d in data["layer_differences"]} == {"mlp"}
     output = tmp_path / "compare.txt"
     relaxed = invoke("compare", *names, "--runs-dir", SAMPLES, "--fail-on", "never", "-o", output)
     assert relaxed.exit_code == 0 and relaxed.stdout == ""
@@ -191,3 +196,36 @@ def test_report_to_a_missing_folder_writes_nothing_and_fails(tmp_path):
     error = raised("report", SAMPLES / "mlp", "-o", output)
     assert isinstance(error, GradlensError) and f"cannot write {output}" in str(error)
     assert not output.parent.exists()
+
+
+def test_compare_tells_apart_two_runs_of_the_same_name_by_their_paths(tmp_path):
+    first, second = tmp_path / "a" / "mlp", tmp_path / "b" / "mlp"
+    shutil.copytree(SAMPLES / "mlp", first)
+    shutil.copytree(SAMPLES / "mlp-spiky", second)
+    data = _report(invoke("compare", first, second, "-f", "json"))
+    jsonschema.validate(data, compare_schema())
+    assert [r["run"] for r in data["runs"]] == [str(first), str(second)]
+    assert {(d["run"], d["baseline"]) for d in data["layer_differences"]} == {
+        (str(second), str(first))
+    }
+    text = invoke("compare", first, second, COLUMNS="250").stdout
+    assert str(first) in text and str(second) in text
+
+
+def test_output_dash_is_stdout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in (
+        ["report", SAMPLES / "mlp"],
+        ["compare", SAMPLES / "mlp", SAMPLES / "mlp-spiky"],
+    ):
+        result = invoke(*command, "-f", "json", "-o", "-")
+        assert result.exit_code == 0 and json.loads(result.stdout)["schema_version"] == 1
+    assert list(tmp_path.iterdir()) == []  # no file named '-'
+
+
+def test_ls_piped_keeps_one_line_per_run_however_long_its_name(tmp_path):
+    name = "a-long-run-name-" * 6
+    shutil.copytree(SAMPLES / "mlp", tmp_path / name)
+    shutil.copytree(SAMPLES / "mlp-spiky", tmp_path / "short")
+    lines = invoke("ls", tmp_path).stdout.splitlines()
+    assert [line.split()[:2] for line in lines[1:3]] == [[name, "finished"], ["short", "finished"]]
