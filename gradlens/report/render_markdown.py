@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gradlens.report.build import Report, exit_code
 from gradlens.report.format import duration, loss_value, number, sparkline
+from gradlens.report.render_text import layer_rows, layers_title
 from gradlens.report.sampling import sampling_note
 from gradlens.report.summary import DEFINITIONS, health_text
 
@@ -59,6 +60,10 @@ def render_markdown(report: Report) -> str:
                 f"{_cell(f.message + ': ' + f.evidence)} |"
             )
         lines.append("")
+    rows = layer_rows(report) if report.layers else []
+    if rows:
+        lines += [f"### {layers_title(report)}", "", "| metric | rank | layer | value |"]
+        lines += ["|---|---|---|---:|", *(f"| {' | '.join(map(_cell, r))} |" for r in rows), ""]
     for section in report.sections:
         lines += [f"### {section.title}", "", "| | |", "|---|---|"]
         lines += [f"| {_cell(label)} | {_cell(value)} |" for label, value in section.rows]

@@ -20,6 +20,8 @@ __all__ = [
     "SEVERITY_STYLE",
     "STATUS_STYLE",
     "health_renderable",
+    "layer_rows",
+    "layers_title",
     "render_text",
     "report_renderable",
     "verdict_text",
@@ -120,35 +122,40 @@ def _findings(report: Report) -> RenderableType:
     return Group(Text("Findings", style="bold"), grid)
 
 
-def _layers(report: Report) -> RenderableType | None:
-    if not report.layers:
-        return None
-    table = Table(
-        title=f"Layers (median over the last {report.window:.0%} of steps)", title_justify="left"
-    )
-    table.add_column("metric", no_wrap=True)
-    table.add_column("rank", no_wrap=True)
-    table.add_column("layer", ratio=1)
-    table.add_column("value", justify="right", no_wrap=True)
+def layer_rows(report: Report) -> list[tuple[str, str, str, str]]:
+    """The layer rankings as (metric, rank, layer, value) rows, the metric and rank said once;
+    text and markdown print the same rows."""
+    rows = []
     for metric, title in _RANKINGS:
         first = True
         for rank in ("largest", "smallest"):
             items = report.layers.get(f"{metric}_{rank}", [])[:LAYERS_SHOWN]
             for i, (layer, value) in enumerate(items):
-                table.add_row(
-                    title if first else "", rank if i == 0 else "", Text(layer), f"{value:.3g}"
-                )
+                rows.append((title if first else "", rank if i == 0 else "", layer, f"{value:.3g}"))
                 first = False
         broken = report.layers.get(f"{metric}_nonfinite", [])
         if broken:
             names = ", ".join(layer for layer, _ in broken[:LAYERS_SHOWN])
             more = len(broken) - LAYERS_SHOWN
-            table.add_row(
-                title if first else "",
-                "non-finite",
-                Text(names + (f" and {more} more" if more > 0 else "")),
-                "NaN/Inf",
-            )
+            shown = names + (f" and {more} more" if more > 0 else "")
+            rows.append((title if first else "", "non-finite", shown, "NaN/Inf"))
+    return rows
+
+
+def layers_title(report: Report) -> str:
+    return f"Layers (median over the last {report.window:.0%} of steps)"
+
+
+def _layers(report: Report) -> RenderableType | None:
+    if not report.layers:
+        return None
+    table = Table(title=layers_title(report), title_justify="left")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("rank", no_wrap=True)
+    table.add_column("layer", ratio=1)
+    table.add_column("value", justify="right", no_wrap=True)
+    for metric, rank, layer, value in layer_rows(report):
+        table.add_row(metric, rank, Text(layer), value)
     return table
 
 

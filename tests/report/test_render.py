@@ -75,6 +75,19 @@ def test_markdown_has_verdict_and_findings_table(runs_dir):
     assert "| warning | loss_spikes | 120 | - |" in md
 
 
+def test_markdown_has_the_layer_rankings_the_text_report_has(runs_dir):
+    report = build_report(open_run(_spiky_run(runs_dir)))
+    md, text = render_markdown(report), _text(report)
+    assert "### Layers (median over the last 20% of steps)" in md
+    table = md.split("### Layers")[1].split("\n\n")[1].splitlines()
+    assert table[0] == "| metric | rank | layer | value |"
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    largest = report.layers["grad_norm_largest"][0]
+    assert rows[0] == ["gradient norm", "largest", largest[0], f"{largest[1]:.3g}"]
+    for _, _, layer, value in rows:
+        assert layer in text and value in text  # the same rankings as the terminal's
+
+
 def test_json_validates_against_schema(runs_dir):
     report = build_report(open_run(_spiky_run(runs_dir)), ReportConfig(fail_on="warning"))
     data = json.loads(render_json(report))
