@@ -331,18 +331,24 @@ class Lens(interception.ListenerBase):
             self.step,
             exit_code=exit_code,
             error=error,
-            device=self._recorders.device if self._recorders else None,
-            layers=sum(t.recorder.layout.n for t in self._tracking.all()),
             world_size=self.dist.world,
             disabled=dict(self._guard.disabled),
             unavailable=dict(self.unavailable),
             **self._probe_scope(),
-            optimizers=self._tracking.hyperparameters,
-            hyperparameters={
+            **self._known_meta(),
+        )
+
+    def _known_meta(self) -> dict[str, Any]:
+        """What ``meta.json`` learns once training runs: device, layers, optimizers."""
+        return {
+            "device": self._recorders.device if self._recorders else None,
+            "layers": sum(t.recorder.layout.n for t in self._tracking.all()),
+            "optimizers": self._tracking.hyperparameters,
+            "hyperparameters": {
                 **next(iter(self._tracking.hyperparameters), {}),
                 "batch_size": self._calls.batch_size,
             },
-        )
+        }
 
     def _at_exit(self) -> None:
         self.close("finished")
@@ -486,6 +492,8 @@ class Lens(interception.ListenerBase):
     def _end_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """After the run's step ``self.step - 1`` (its primary optimizer's step)."""
         done = self.step - 1
+        if done == 0:  # a run killed later still says where and how it trained
+            self._guard.call("meta", lambda: self._output.note(**self._known_meta()))
         if self._script is not None:
             self._script.after_step(done)
         if self._probes is not None:

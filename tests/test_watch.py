@@ -128,6 +128,10 @@ def test_sigkill_keeps_every_flushed_row(runs_dir):
     proc.wait()
     run = gradlens.open_run(runs_dir / "slow")
     assert run.status == "crashed"
+    # what meta.json learns at the first step, there though the run never closed
+    assert run.meta["device"] == "cpu" and run.meta["layers"] == 4
+    assert run.meta["optimizers"][0]["optimizer"] == "SGD"
+    assert run.meta["hyperparameters"]["lr"] > 0
     scalars = run.table("scalars")
     steps = sorted(scalars.step.unique())
     assert steps == list(range(len(steps)))

@@ -81,6 +81,11 @@ class RunOutput:
             },
         )
 
+    def note(self, **meta: Any) -> None:
+        """Add ``meta`` to ``meta.json`` while the run goes on (rank 0)."""
+        if self.dist.main and self.run_dir is not None:
+            update_meta(self.run_dir, **meta)
+
     def finish(self, status: str, steps: int, **meta: Any) -> None:
         """Drain and compact the tables, then write the final status into ``meta.json``."""
         assert self.writer is not None and self.run_dir is not None
