@@ -158,7 +158,12 @@ def watch(
         Preset, typer.Option(metavar="cheap|standard|full", help="Probe cost preset.")
     ] = Preset.cheap,
     status: Annotated[
-        StatusMode, typer.Option(metavar="auto|live|plain|off", help="Status line on stderr.")
+        StatusMode,
+        typer.Option(
+            metavar="auto|live|plain|off",
+            help="Status line on stderr (plain: a line now and then, for logs; off: none, "
+            "and no closing summary).",
+        ),
     ] = StatusMode.auto,
     updates: Annotated[
         bool,

@@ -39,16 +39,18 @@ STALE_AFTER_S = 600.0
 
 def valid_run_name(name: str) -> str:
     """``name`` if it is a valid run name, else ``ConfigError`` saying what is allowed."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+    if not re.fullmatch(r"[^\W_][\w.+-]*", name) or len(name.encode()) > 200:
         raise ConfigError(
-            f"run name {name!r}: start with a letter or digit, then letters, digits, . _ + -"
+            f"run name {name!r}: start with a letter or digit, then letters, digits, . _ + - "
+            "(at most 200 bytes)"
         )
     return name
 
 
 def run_name_for(text: str) -> str:
-    """A valid run name made from ``text`` (e.g. a script's file name)."""
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", text).lstrip("._+-")
+    """A valid run name made from ``text`` (e.g. a script's file name; any script's letters,
+    ``обучение.py`` gives ``обучение``)."""
+    name = re.sub(r"[^\w.+-]+", "-", text).lstrip("._+-")[:100]
     return name or "run"
 
 

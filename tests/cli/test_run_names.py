@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -92,3 +93,14 @@ def test_watch_names_the_run_after_its_script_without_a_leading_underscore(tmp_p
     result = gradlens_cli("watch", "--runs-dir", str(runs), str(script))
     assert result.returncode == 0, result.stderr
     assert [p.name for p in runs.iterdir()] == ["train"]
+
+
+def test_a_run_named_in_any_script_is_found_listed_and_compared(cli, tmp_path):
+    for name, sample in (("обучение", "mlp"), ("学习", "mlp-spiky")):
+        shutil.copytree(SAMPLES / sample, tmp_path / name)
+    report = cli("report", "обучение", "--runs-dir", tmp_path, "-f", "json")
+    assert report.code == 0, report.stderr
+    compare = cli("compare", "обучение", "学习", "--runs-dir", tmp_path, "-f", "json")
+    assert [r["run"] for r in json.loads(compare.stdout)["runs"]] == ["обучение", "学习"]
+    names = [line.split()[0] for line in cli("ls", tmp_path).stdout.splitlines()[1:3]]
+    assert names == ["обучение", "学习"]

@@ -12,7 +12,7 @@ import pytest
 
 from gradlens.errors import ConfigError, RunNotFoundError, TableError
 from gradlens.store import RunWriter, create_run_dir, list_runs, open_run, write_meta
-from gradlens.store.meta import process_start
+from gradlens.store.meta import process_start, run_name_for, valid_run_name
 from gradlens.store.segments import readable_files
 from gradlens.store.writer import compact_table
 
@@ -154,6 +154,23 @@ def test_run_names_do_not_collide(runs_dir):
     assert (a.name, b.name) == ("exp", "exp-2")
     with pytest.raises(ConfigError, match="run name"):
         create_run_dir(runs_dir, "../escape")
+
+
+@pytest.mark.parametrize(
+    ("stem", "name"),
+    [
+        ("обучение", "обучение"),
+        ("学习 v2", "学习-v2"),
+        ("train (copy)", "train-copy-"),
+        ("__", "run"),
+    ],
+)
+def test_run_names_keep_any_scripts_letters(runs_dir, stem, name):
+    assert run_name_for(stem) == name
+    assert create_run_dir(runs_dir, name).name == name
+    for bad in ("a b", "_x", "x/y", "x\u200b", "é" * 101):
+        with pytest.raises(ConfigError, match="run name"):
+            valid_run_name(bad)
 
 
 def test_list_runs_sorted_by_start(runs_dir):
