@@ -136,8 +136,24 @@ RunsDirOption = Annotated[
 def watch(
     ctx: typer.Context,
     script: Annotated[
-        Path, typer.Argument(metavar="SCRIPT [ARGS]...", help="Training script, run as __main__.")
-    ],
+        str | None,
+        typer.Argument(
+            metavar="SCRIPT [ARGS]...",
+            show_default=False,
+            help="Training script (or a folder with a __main__.py), run as __main__.",
+        ),
+    ] = None,
+    module: Annotated[
+        str | None,
+        typer.Option(
+            "--module",
+            "-m",
+            metavar="MODULE",
+            show_default=False,
+            help="Run MODULE as `python -m MODULE` does instead of a script; everything after "
+            "it is passed to the module.",
+        ),
+    ] = None,
     runs_dir: RunsDirOption = None,
     name: Annotated[
         str | None,
@@ -209,17 +225,24 @@ def watch(
         ),
     ] = None,
 ) -> None:
-    """Run SCRIPT [ARGS]... unmodified and record every model and optimizer it creates.
+    """Run SCRIPT [ARGS]... (or -m MODULE [ARGS]...) unmodified and record every model and
+    optimizer it creates.
 
-    Options go before SCRIPT; everything after it is passed to the script.
+    Options go before SCRIPT or -m MODULE; everything after it is passed to the script.
     """
     from gradlens.watch import watch_script
 
+    args = [*([script] if script is not None else []), *ctx.args]
+    if module is None:
+        if not args:
+            raise typer.BadParameter("name a SCRIPT to run (or -m MODULE)", param_hint="SCRIPT")
+        script, args = args[0], args[1:]
     probe_options = validate_probe_options(probes.value, probe or [])
     start_dir = Path.cwd()  # the commands printed at the end are relative to it (the
     code, lens = watch_script(  # script may os.chdir)
-        script,
-        list(ctx.args),
+        script if module is None else None,
+        args,
+        module=module,
         runs_dir=runs_dir,
         name=name,
         every=every,
@@ -571,9 +594,34 @@ def list_runs(
     console.print(runs_table(entries))
 
 
+def _module_args(args: list[str]) -> list[str]:
+    """``watch [OPTIONS] -m MODULE ARGS…``: ARGS are the module's, as after ``python -m``
+    (an ``--name`` among them is not watch's), so option parsing stops after MODULE."""
+    if "watch" not in args:
+        return args
+    at = args.index("watch") + 1
+    command = typer.main.get_command(app).commands["watch"]  # type: ignore[attr-defined]
+    takes_value = {
+        name
+        for param in command.params
+        if getattr(param, "opts", None) and not getattr(param, "is_flag", True)
+        for name in param.opts
+    }
+    while at < len(args):
+        token = args[at]
+        if token in ("-m", "--module"):
+            return args if at + 1 >= len(args) else [*args[: at + 2], "--", *args[at + 2 :]]
+        if token.startswith("--module=") or (token.startswith("-m") and len(token) > 2):
+            return [*args[: at + 1], "--", *args[at + 1 :]]
+        if not token.startswith("-") or token == "--":
+            return args  # the script: the rest is its own
+        at += 2 if token in takes_value else 1
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2."""
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _module_args(sys.argv[1:] if argv is None else list(argv))
     if not args:  # the help, and the exit code of a usage error (no command given)
         app(args=["--help"], prog_name="gradlens", standalone_mode=False)
         return 2

@@ -2,7 +2,9 @@
 
 Like ``python train.py args…``: ``sys.argv`` and ``sys.path[0]`` are the script's, and the
 script runs through ``runpy.run_path`` so that spawn-started DataLoader workers re-import it
-by path as ``__mp_main__``. The script's exit code becomes ours; an exception still flushes
+by path as ``__mp_main__``. A folder runs its ``__main__.py`` (``python app/``); ``-m MODULE``
+runs through ``runpy.run_module`` with the cwd first on ``sys.path`` (``python -m``), so spawned
+workers re-import the module by name. The script's exit code becomes ours; an exception still flushes
 and marks the run ``failed``; Ctrl-C and SIGTERM flush and mark it ``interrupted``.
 
 Closing the run is atomic with respect to Ctrl-C and SIGTERM (``HeldSignals`` from
@@ -14,11 +16,13 @@ abandons.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import runpy
 import signal
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -35,29 +39,30 @@ class _Terminated(BaseException):
     """SIGTERM arrived: unwind the script like Ctrl-C does."""
 
 
-def watch_script(script: str | Path, args: list[str], **lens_options: Any) -> tuple[int, Lens]:
-    """Run ``script`` with ``args`` under a new automatic :class:`Lens`.
+def watch_script(
+    script: str | Path | None, args: list[str], module: str | None = None, **lens_options: Any
+) -> tuple[int, Lens]:
+    """Run ``script`` (a file, or a folder with a ``__main__.py``), or ``module`` as
+    ``python -m`` does, with ``args`` under a new automatic :class:`Lens`.
 
     Returns the script's exit code and the finished Lens (its ``run_dir`` holds the run).
     """
-    path = Path(script)
-    if not path.is_file():
-        raise GradlensError(f"no such script: {script}")
-    argv = [str(path), *args]
+    target = _Target.of(script, module)
+    argv = [target.argv0, *args]
     if not lens_options.get("name"):
-        lens_options["name"] = run_name_for(path.stem)
-    lens = Lens(command=" ".join(["gradlens watch", *argv]), argv=argv, **lens_options)
+        lens_options["name"] = run_name_for(target.name)
+    command = " ".join(["gradlens watch", *(["-m"] if module else []), *argv])
+    lens = Lens(command=command, argv=argv, **lens_options)
     lens.start()  # before touching the process: a failure here leaves nothing to undo
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     sys.argv[:] = argv
-    sys.path.insert(0, str(path.resolve().parent))
+    sys.path.insert(0, target.path0)
     ending = _Ending()
     previous = ending.install()
     code, status, error = 0, "finished", None
     ended: BaseException | None = None
     try:
-        # absolute, as python gives a script's __file__ (a script that chdirs reads beside it)
-        runpy.run_path(os.path.abspath(path), run_name="__main__")
+        target.run()
     except BaseException as exc:  # every ending is the script's, told below
         ending.raising = False
         ended = exc
@@ -66,7 +71,7 @@ def watch_script(script: str | Path, args: list[str], **lens_options: Any) -> tu
     try:
         with held:
             if ended is not None:
-                code, status, error = _outcome(ended, path)
+                code, status, error = _outcome(ended, target.file)
             first = _close(lens, status, code, error, held, ending.noted)
         if first is not None and code == 0:
             code = exit_code_for(first)
@@ -76,9 +81,59 @@ def watch_script(script: str | Path, args: list[str], **lens_options: Any) -> tu
     finally:
         ending.restore(previous)
         sys.argv[:] = saved_argv
-        if saved_path0 is not None and sys.path and sys.path[0] == str(path.resolve().parent):
+        if saved_path0 is not None and sys.path and sys.path[0] == target.path0:
             sys.path.pop(0)
     return code, lens
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What ``watch`` runs as ``__main__``, set up as ``python`` would."""
+
+    name: str  # the run's default name
+    argv0: str  # sys.argv[0] as python sets it (run_module sets the module's file itself)
+    path0: str  # sys.path[0]: the script's folder, the folder itself, or the cwd for -m
+    file: str  # the file whose frames a traceback starts at
+    runnable: str  # what runpy runs: an absolute path, or the module's name
+    module: bool = False
+
+    @classmethod
+    def of(cls, script: str | Path | None, module: str | None) -> _Target:
+        if module is not None:
+            return cls._module(module)
+        path = Path(script or "")
+        if path.is_dir() and (path / "__main__.py").is_file():  # python DIR
+            folder = os.path.abspath(path)
+            main = os.path.join(folder, "__main__.py")
+            return cls(path.resolve().name, str(path), folder, main, folder)
+        if not path.is_file():
+            raise GradlensError(f"no such script: {script}")
+        # absolute, as python gives a script's __file__ (a script that chdirs reads beside it)
+        file = os.path.abspath(path)
+        return cls(path.stem, str(path), str(path.resolve().parent), file, file)
+
+    @classmethod
+    def _module(cls, module: str) -> _Target:
+        sys.path.insert(0, os.getcwd())  # where python -m looks first
+        try:
+            spec = importlib.util.find_spec(module)
+            if spec is not None and spec.submodule_search_locations is not None:
+                spec = importlib.util.find_spec(f"{module}.__main__")  # python -m PACKAGE
+        except (ImportError, ValueError) as exc:
+            raise GradlensError(f"no module {module!r}: {exc}") from None
+        finally:
+            sys.path.pop(0)
+        if spec is None or spec.origin is None:
+            raise GradlensError(f"no module named {module!r} (from {os.getcwd()})")
+        parts = spec.name.split(".")
+        name = parts[-2] if parts[-1] == "__main__" and len(parts) > 1 else parts[-1]
+        return cls(name, spec.origin, os.getcwd(), spec.origin, module, module=True)
+
+    def run(self) -> None:
+        if self.module:
+            runpy.run_module(self.runnable, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(self.runnable, run_name="__main__")
 
 
 def _close(
@@ -97,7 +152,7 @@ def _close(
     return first
 
 
-def _outcome(exc: BaseException, script: Path) -> tuple[int, str, str | None]:
+def _outcome(exc: BaseException, script: str) -> tuple[int, str, str | None]:
     """Exit code, status and error for a script that ended by raising ``exc``."""
     if isinstance(exc, SystemExit):
         code = _exit_code(exc.code)
@@ -153,7 +208,7 @@ def _exit_code(code: object) -> int:
     return 1
 
 
-def _print_script_traceback(exc: BaseException, script: Path) -> None:
+def _print_script_traceback(exc: BaseException, script: str) -> None:
     """The traceback Python would print for the script, without gradlens/runpy frames."""
     tb: TracebackType | None = exc.__traceback__
     target = os.path.realpath(script)

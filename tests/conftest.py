@@ -27,6 +27,9 @@ def runs_dir(tmp_path: Path) -> Path:
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("GITHUB_STEP_SUMMARY", None)
+    # one thread per script: the suite runs two workers, each a plain and a watched script,
+    # on two cores (OpenMP's spinning threads cost ~10% more CPU than they gain)
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.update({"GRADLENS_STRICT": "1", "COLUMNS": "120", "NO_COLOR": "1"}, **extra)
     return env
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,20 +48,27 @@ def test_compiled_model(runs_dir, backend):
     assert set(run.table("layers").layer) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
-@pytest.mark.parametrize("updates_from", ["copy", "optimizer"])
-def test_watch_does_not_change_training(tmp_path, runs_dir, updates_from):
-    """Bitwise-identical parameters and buffers with and without gradlens (spawn workers,
-    dropout, BatchNorm, AdamW, accumulation, a scheduler), whichever way ‖Δθ‖ is read."""
-    plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
-    script = SCRIPTS / "invariance.py"
+@pytest.fixture(scope="module")
+def invariance_reference(tmp_path_factory) -> Path:
+    """The weights ``invariance.py`` ends with, run plain (once for both tests)."""
+    plain = tmp_path_factory.mktemp("invariance") / "plain.pt"
     ref = subprocess.run(
-        [sys.executable, str(script), str(plain)],
+        [sys.executable, str(SCRIPTS / "invariance.py"), str(plain)],
         capture_output=True,
         text=True,
         env=cli_env(),
         timeout=300,
     )
     assert ref.returncode == 0, ref.stderr
+    return plain
+
+
+@pytest.mark.parametrize("updates_from", ["copy", "optimizer"])
+def test_watch_does_not_change_training(tmp_path, runs_dir, updates_from, invariance_reference):
+    """Bitwise-identical parameters and buffers with and without gradlens (spawn workers,
+    dropout, BatchNorm, AdamW, accumulation, a scheduler), whichever way ‖Δθ‖ is read."""
+    plain, watched = invariance_reference, tmp_path / "watched.pt"
+    script = SCRIPTS / "invariance.py"
     options = ("--updates-from", updates_from, "--param-every", "3")
     result = _watch(runs_dir, script, str(watched), every=3, options=options)
     assert result.returncode == 0, result.stderr

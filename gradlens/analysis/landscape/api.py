@@ -17,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pandas is imported when a slice is built, not by the training process
+    import pandas as pd
 
 from gradlens.analysis.landscape.directions import (
     Direction,
@@ -127,6 +129,8 @@ def landscape(
     with tf32(precision.tf32):
         values = evaluate(objective, offsets, coefs, batch_points, precision.dtype)
     check_error = float((values.loss[check_indices(coefs.shape[0])] - reference).abs().max())
+    import pandas as pd
+
     frame = pd.DataFrame(
         {
             "alpha": coefs[:, 0].numpy(),

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -16,6 +15,9 @@ from gradlens.analysis.landscape.directions import Direction, Directions
 from gradlens.analysis.landscape.evaluate import Evaluated
 from gradlens.functional.landscape import central_differences, roughness_index
 from gradlens.store.rows import long_rows
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Options", "check", "landscape_rows", "pair", "settings", "summaries"]
 
