@@ -3,9 +3,10 @@
 Like ``python train.py args…``: ``sys.argv`` and ``sys.path[0]`` are the script's, and the
 script runs through ``runpy.run_path`` so that spawn-started DataLoader workers re-import it
 by path as ``__mp_main__``. A folder runs its ``__main__.py`` (``python app/``); ``-m MODULE``
-runs through ``runpy.run_module`` with the cwd first on ``sys.path`` (``python -m``), so spawned
-workers re-import the module by name. The script's exit code becomes ours; an exception still flushes
-and marks the run ``failed``; Ctrl-C and SIGTERM flush and mark it ``interrupted``.
+runs through ``runpy.run_module`` with the cwd first on ``sys.path`` (``python -m``), so
+spawned workers re-import the module by name. The script's exit code becomes ours; an
+exception still flushes and marks the run ``failed``; Ctrl-C and SIGTERM flush and mark it
+``interrupted``.
 
 Closing the run is atomic with respect to Ctrl-C and SIGTERM (``HeldSignals`` from
 ``instrument.signals``): one that arrives while gradlens flushes waits until the rows and
