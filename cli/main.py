@@ -230,14 +230,14 @@ def watch(
 
     Options go before SCRIPT or -m MODULE; everything after it is passed to the script.
     """
-    from gradlens.watch import watch_script
-
     args = [*([script] if script is not None else []), *ctx.args]
     if module is None:
         if not args:
             raise typer.BadParameter("name a SCRIPT to run (or -m MODULE)", param_hint="SCRIPT")
         script, args = args[0], args[1:]
     probe_options = validate_probe_options(probes.value, probe or [])
+    from gradlens.watch import watch_script  # torch: only once the command line is good
+
     start_dir = Path.cwd()  # the commands printed at the end are relative to it (the
     code, lens = watch_script(  # script may os.chdir)
         script if module is None else None,

@@ -52,7 +52,8 @@ def watch_script(
     argv = [target.argv0, *args]
     if not lens_options.get("name"):
         lens_options["name"] = run_name_for(target.name)
-    command = " ".join(["gradlens watch", *(["-m"] if module else []), *argv])
+    shown = ["-m", module, *args] if module else argv  # as typed
+    command = " ".join(["gradlens watch", *shown])
     lens = Lens(command=command, argv=argv, **lens_options)
     lens.start()  # before touching the process: a failure here leaves nothing to undo
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None

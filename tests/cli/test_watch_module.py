@@ -81,7 +81,7 @@ def test_watch_m_runs_a_module_as_python_m_does(project):
     run = gradlens.open_run(project / "runs" / "train")
     assert run.steps == 4 and run.status == "finished"
     assert [p.name for p in (project / "runs").iterdir()] == ["train"]  # no run per worker
-    assert run.meta["command"].startswith("gradlens watch -m ")
+    assert run.meta["command"] == "gradlens watch -m pkg.train --name not-watchs --lr=1"
     loss = run.table("scalars", filters=[("metric", "==", "loss")]).value
     printed = [float(line.split()[1]) for line in plain.stdout.splitlines()[1:]]
     assert list(loss.round(6)) == printed
