@@ -243,6 +243,7 @@ def watch(
         script if module is None else None,
         args,
         module=module,
+        options=_typed_options(ctx),
         runs_dir=runs_dir,
         name=name,
         every=every,
@@ -258,6 +259,25 @@ def watch(
     if status is not StatusMode.off:
         _next_steps(lens, start_dir)
     raise typer.Exit(code)
+
+
+def _typed_options(ctx: typer.Context) -> list[str]:
+    """watch's options as typed on the command line (meta.json's command repeats them)."""
+    out: list[str] = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name or "")
+        if param.param_type_name != "option" or param.name == "module":
+            continue
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name or ""]
+        opts, secondary = list(param.opts), list(param.secondary_opts)
+        if getattr(param, "is_flag", False):
+            out.append(opts[0] if value or not secondary else secondary[0])
+            continue
+        for item in value if param.multiple else [value]:
+            out += [opts[0], str(getattr(item, "value", item))]
+    return out
 
 
 def _next_steps(lens: Any, start_dir: Path) -> None:

@@ -41,10 +41,15 @@ class _Terminated(BaseException):
 
 
 def watch_script(
-    script: str | Path | None, args: list[str], module: str | None = None, **lens_options: Any
+    script: str | Path | None,
+    args: list[str],
+    module: str | None = None,
+    options: list[str] | None = None,
+    **lens_options: Any,
 ) -> tuple[int, Lens]:
     """Run ``script`` (a file, or a folder with a ``__main__.py``), or ``module`` as
-    ``python -m`` does, with ``args`` under a new automatic :class:`Lens`.
+    ``python -m`` does, with ``args`` under a new automatic :class:`Lens`. ``options``: the
+    watch options as typed, for the command ``meta.json`` records.
 
     Returns the script's exit code and the finished Lens (its ``run_dir`` holds the run).
     """
@@ -53,7 +58,7 @@ def watch_script(
     if not lens_options.get("name"):
         lens_options["name"] = run_name_for(target.name)
     shown = ["-m", module, *args] if module else argv  # as typed
-    command = " ".join(["gradlens watch", *shown])
+    command = " ".join(["gradlens watch", *(options or []), *shown])
     lens = Lens(command=command, argv=argv, **lens_options)
     lens.start()  # before touching the process: a failure here leaves nothing to undo
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None

@@ -72,8 +72,9 @@ def test_watch_m_runs_a_module_as_python_m_does(project):
         cwd=project, capture_output=True, text=True, env=cli_env(),
     )  # fmt: skip
     watched = gradlens_cli(
-        "watch", "--runs-dir", "runs", "--status", "off", "-m", "pkg.train", *args, cwd=project
-    )
+        "watch", "--runs-dir", "runs", "--status", "off", "--no-updates", "--probe",
+        "hessian.every=100", "--probe", "hessian.k=2", "-m", "pkg.train", *args, cwd=project,
+    )  # fmt: skip
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert watched.returncode == 0, watched.stderr[-2000:]
     assert watched.stdout == plain.stdout
@@ -81,7 +82,10 @@ def test_watch_m_runs_a_module_as_python_m_does(project):
     run = gradlens.open_run(project / "runs" / "train")
     assert run.steps == 4 and run.status == "finished"
     assert [p.name for p in (project / "runs").iterdir()] == ["train"]  # no run per worker
-    assert run.meta["command"] == "gradlens watch -m pkg.train --name not-watchs --lr=1"
+    assert run.meta["command"] == (
+        "gradlens watch --runs-dir runs --status off --no-updates --probe hessian.every=100 "
+        "--probe hessian.k=2 -m pkg.train --name not-watchs --lr=1"
+    )
     loss = run.table("scalars", filters=[("metric", "==", "loss")]).value
     printed = [float(line.split()[1]) for line in plain.stdout.splitlines()[1:]]
     assert list(loss.round(6)) == printed
