@@ -24,6 +24,7 @@ import signal
 import sys
 import traceback
 from dataclasses import dataclass
+from importlib.machinery import PathFinder
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -59,7 +60,7 @@ def watch_script(
         lens_options["name"] = run_name_for(target.name)
     shown = ["-m", module, *args] if module else argv  # as typed
     command = " ".join(["gradlens watch", *(options or []), *shown])
-    lens = Lens(command=command, argv=argv, **lens_options)
+    lens = Lens(command=command, argv=shown, **lens_options)
     lens.start()  # before touching the process: a failure here leaves nothing to undo
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     sys.argv[:] = argv
@@ -98,7 +99,8 @@ class _Target:
     """What ``watch`` runs as ``__main__``, set up as ``python`` would."""
 
     name: str  # the run's default name
-    argv0: str  # sys.argv[0] as python sets it (run_module sets the module's file itself)
+    argv0: str  # sys.argv[0] while it starts ('-m' as python has it while the module's
+    # packages are imported; runpy then sets the module's file)
     path0: str  # sys.path[0]: the script's folder, the folder itself, or the cwd for -m
     file: str  # the file whose frames a traceback starts at
     runnable: str  # what runpy runs: an absolute path, or the module's name
@@ -121,20 +123,33 @@ class _Target:
 
     @classmethod
     def _module(cls, module: str) -> _Target:
+        """Found as ``python -m`` finds it, without running any package's ``__init__`` (the
+        run has not started, ``sys.argv`` is still gradlens's): a missing module is one line.
+        The packages' ``__init__`` run in the run, with ``sys.argv[0] == '-m'`` as python has
+        it then."""
+        parts = module.split(".")
+        if not all(p.isidentifier() for p in parts):
+            raise GradlensError(f"no module named {module!r}: not a dotted module name")
         sys.path.insert(0, os.getcwd())  # where python -m looks first
         try:
-            spec = importlib.util.find_spec(module)
-            if spec is not None and spec.submodule_search_locations is not None:
-                spec = importlib.util.find_spec(f"{module}.__main__")  # python -m PACKAGE
-        except (ImportError, ValueError) as exc:
-            raise GradlensError(f"no module {module!r}: {exc}") from None
+            spec = importlib.util.find_spec(parts[0])  # top level: runs nothing
+        except (ImportError, ValueError):
+            spec = None
         finally:
             sys.path.pop(0)
-        if spec is None or spec.origin is None:
-            raise GradlensError(f"no module named {module!r} (from {os.getcwd()})")
-        parts = spec.name.split(".")
-        name = parts[-2] if parts[-1] == "__main__" and len(parts) > 1 else parts[-1]
-        return cls(name, spec.origin, os.getcwd(), spec.origin, module, module=True)
+        if spec is None:
+            raise GradlensError(f"no module named {parts[0]!r} (from {os.getcwd()})")
+        for depth in range(2, len(parts) + 2):
+            if depth > len(parts) and spec.submodule_search_locations is None:
+                break
+            # python -m PACKAGE runs PACKAGE.__main__
+            name = ".".join(parts[:depth]) if depth <= len(parts) else f"{module}.__main__"
+            locations = spec.submodule_search_locations
+            found = PathFinder.find_spec(name, list(locations)) if locations else None
+            if found is None:  # (a package that builds its __path__ at import: not seen)
+                raise GradlensError(f"no module named {name!r} (from {os.getcwd()})")
+            spec = found
+        return cls(parts[-1], "-m", os.getcwd(), spec.origin or "", module, module=True)
 
     def run(self) -> None:
         if self.module:
@@ -218,10 +233,26 @@ def _exit_code(code: object) -> int:
 def _print_script_traceback(exc: BaseException, script: str) -> None:
     """The traceback Python would print for the script, without gradlens/runpy frames."""
     tb: TracebackType | None = exc.__traceback__
-    target = os.path.realpath(script)
+    target = os.path.realpath(script) if script else None
     while tb is not None and os.path.realpath(tb.tb_frame.f_code.co_filename) != target:
         tb = tb.tb_next
     if tb is None and isinstance(exc, SyntaxError):  # it never ran: python prints no frame
         traceback.print_exception(type(exc), exc, None, file=sys.stderr)
         return
-    traceback.print_exception(type(exc), exc, tb or exc.__traceback__, file=sys.stderr)
+    if tb is None:  # raised before the script's file ran (a -m module's package): from there
+        tb = exc.__traceback__
+        while tb is not None and _ours(tb.tb_frame.f_code.co_filename):
+            tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+
+
+_GRADLENS_DIR = os.path.dirname(os.path.realpath(__file__))
+_RUNPY = os.path.realpath(runpy.__file__)
+
+
+def _ours(filename: str) -> bool:
+    """A frame of gradlens, runpy or the import system (not the script's)."""
+    if filename.startswith("<frozen"):
+        return True
+    path = os.path.realpath(filename)
+    return path == _RUNPY or path.startswith(_GRADLENS_DIR + os.sep)

@@ -58,7 +58,8 @@ def dataset():
 def project(tmp_path):
     pkg = tmp_path / "pkg"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
+    # a package's __init__ runs in the run, seeing python's sys.argv (['-m', ARGS…])
+    (pkg / "__init__.py").write_text('import sys\n\nprint("package argv", sys.argv)\n')
     (pkg / "train.py").write_text(TRAIN)
     (pkg / "data.py").write_text(DATA)
     (pkg / "__main__.py").write_text("from pkg.train import main\n\nmain()\n")
@@ -87,7 +88,9 @@ def test_watch_m_runs_a_module_as_python_m_does(project):
         "--probe hessian.k=2 -m pkg.train --name not-watchs --lr=1"
     )
     loss = run.table("scalars", filters=[("metric", "==", "loss")]).value
-    printed = [float(line.split()[1]) for line in plain.stdout.splitlines()[1:]]
+    lines = plain.stdout.splitlines()
+    assert lines[0] == "package argv ['-m', '--name', 'not-watchs', '--lr=1']"
+    printed = [float(line.split()[1]) for line in lines if line.startswith("loss ")]
     assert list(loss.round(6)) == printed
 
 
@@ -100,6 +103,21 @@ def test_watch_a_package_or_a_folder_runs_its_main(project):
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.count("loss ") == 4
     assert sorted(p.name for p in (project / "runs").iterdir()) == ["pkg", "pkg-2"]
+
+
+def test_a_package_that_fails_to_import_fails_as_under_python(project):
+    broken = project / "broken"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise RuntimeError('init failed')\n")
+    (broken / "train.py").write_text("")
+    result = gradlens_cli("watch", "--runs-dir", "runs", "--status", "off", "-m", "broken.train",
+                          cwd=project)  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert str(broken / "__init__.py") in lines[1]  # no gradlens, runpy or importlib frames
+    assert lines[-1] == "RuntimeError: init failed"
+    assert gradlens.open_run(project / "runs" / "train").status == "failed"
 
 
 def test_a_module_that_is_not_there_is_one_line(project):
