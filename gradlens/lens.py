@@ -326,9 +326,13 @@ class Lens(interception.ListenerBase):
         if note is not None:
             self._steps_unseen(note)
         self._guard.call("run notes", self._missing_signals)
+        untouched = not (
+            self.step or self._tracking.all() or self._training_losses or self.unavailable
+        ) and self._calls.batch_size is None  # e.g. train.py --help
         self._output.finish(
             status,
             self.step,
+            untouched=untouched,
             exit_code=exit_code,
             error=error,
             world_size=self.dist.world,

@@ -6,6 +6,7 @@ rank 0 writes ``meta.json``, the run-wide tables and the lines on stderr.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import time
@@ -86,11 +87,24 @@ class RunOutput:
         if self.dist.main and self.run_dir is not None:
             update_meta(self.run_dir, **meta)
 
-    def finish(self, status: str, steps: int, **meta: Any) -> None:
-        """Drain and compact the tables, then write the final status into ``meta.json``."""
+    def finish(self, status: str, steps: int, untouched: bool = False, **meta: Any) -> None:
+        """Drain and compact the tables, then write the final status into ``meta.json``.
+
+        A run that ended well having seen nothing (``untouched``: no model trained, no loss,
+        no optimizer; ``train.py --help``) and holding no table row is removed, not left as a
+        run that trained nothing."""
         assert self.writer is not None and self.run_dir is not None
         self.writer.close(compact=True)
         if not self.dist.main:
+            return
+        if status == "finished" and untouched and not self.dist.active and self._empty():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
+            if self.status is not None:
+                self.status.stop(
+                    f"gradlens: no run kept: {self.name!r} ended before anything was recorded "
+                    "(no model call, loss or optimizer step)"
+                )
             return
         if self.dist.active:
             remove_pointer(self.runs_dir, self.name)
@@ -99,6 +113,10 @@ class RunOutput:
             self.status.stop(
                 f"gradlens: run {self.name!r} {status} after {steps} steps → {self.run_dir}"
             )
+
+    def _empty(self) -> bool:
+        assert self.run_dir is not None
+        return not any(p.is_file() for p in self.run_dir.rglob("*") if p.name != "meta.json")
 
     def interrupted_while_closing(self, signum: int) -> None:
         """A signal held while a finished run closed: the run was interrupted after all."""

@@ -146,3 +146,24 @@ def test_a_module_that_is_not_there_is_one_line(project):
 )  # fmt: skip
 def test_everything_after_the_module_is_the_modules(argv, expected):
     assert _module_args(argv) == expected
+
+
+def test_a_script_that_trains_nothing_leaves_no_run(tmp_path):
+    """``train.py --help`` ends well having seen no model, loss or optimizer: no run is left
+    (a run of zero steps whose report says nothing was trained is noise in ``ls``)."""
+    (tmp_path / "train.py").write_text(
+        "import argparse\nimport torch\n\n"
+        "parser = argparse.ArgumentParser(description='trains a model')\n"
+        "parser.add_argument('--lr', type=float, default=0.1)\n"
+        "args = parser.parse_args()\n"
+    )
+    result = gradlens_cli("watch", "--runs-dir", "runs", "--status", "plain", "train.py",
+                          "--help", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0 and "trains a model" in result.stdout
+    assert "gradlens: no run kept: 'train' ended before anything was recorded" in result.stderr
+    assert "gradlens report" not in result.stderr
+    assert list((tmp_path / "runs").iterdir()) == []
+    failing = gradlens_cli("watch", "--runs-dir", "runs", "--status", "off", "train.py",
+                           "--lr", "x", cwd=tmp_path)  # fmt: skip
+    assert failing.returncode == 2  # a usage error is a failed run: kept, with its error
+    assert gradlens.open_run(tmp_path / "runs" / "train").status == "failed"
