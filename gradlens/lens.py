@@ -111,6 +111,8 @@ class Lens(interception.ListenerBase):
         param_every: parameter and update norms (‖θ‖, ‖Δθ‖) every this many steps, and at
             steps where a probe runs; gradient norms, loss and non-finite flags every step.
         status: status line on stderr: ``off`` (default), ``auto``, ``live`` or ``plain``.
+        keep_untouched: ``False`` (``gradlens watch``): a run that ends well having seen no
+            model, loss or optimizer, and holding no row, is removed (``train.py --help``).
 
     Example:
         >>> with Lens(model, optimizer, name="baseline") as lens:   # doctest: +SKIP
@@ -143,6 +145,7 @@ class Lens(interception.ListenerBase):
         status: str = "off",
         command: str | None = None,
         argv: Sequence[str] | None = None,
+        keep_untouched: bool = True,
     ) -> None:
         if not 1 <= every <= self.MAX_EVERY:
             raise ValueError(f"every must be between 1 and {self.MAX_EVERY}, got {every}")
@@ -172,6 +175,8 @@ class Lens(interception.ListenerBase):
         self.cos_every = cos_every
         self.softmax_every, self.param_every = softmax_every, param_every
         self.command = command or " ".join(sys.argv)
+        # False (gradlens watch): a run that saw no model, loss or optimizer is not kept
+        self.keep_untouched = keep_untouched
         self.argv = list(argv) if argv is not None else list(sys.argv)
         self.dist = dist_info()
         self.probe_set = ProbeSet(probe_batches)
@@ -327,8 +332,13 @@ class Lens(interception.ListenerBase):
             self._steps_unseen(note)
         self._guard.call("run notes", self._missing_signals)
         untouched = not (
-            self.step or self._tracking.all() or self._training_losses or self.unavailable
-        ) and self._calls.batch_size is None  # e.g. train.py --help
+            self.keep_untouched
+            or self.step
+            or self._tracking.all()
+            or self._training_losses
+            or self.unavailable
+            or self._calls.batch_size is not None
+        )  # e.g. gradlens watch train.py --help
         self._output.finish(
             status,
             self.step,

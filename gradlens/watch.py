@@ -60,7 +60,7 @@ def watch_script(
         lens_options["name"] = run_name_for(target.name)
     shown = ["-m", module, *args] if module else argv  # as typed
     command = " ".join(["gradlens watch", *(options or []), *shown])
-    lens = Lens(command=command, argv=shown, **lens_options)
+    lens = Lens(command=command, argv=shown, keep_untouched=False, **lens_options)
     lens.start()  # before touching the process: a failure here leaves nothing to undo
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     sys.argv[:] = argv
