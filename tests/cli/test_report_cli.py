@@ -130,11 +130,21 @@ def test_crashed_and_running_runs_are_reported_as_such(tmp_path):
 
 def test_a_run_without_a_training_step_is_a_finding_not_a_pass(runs_dir, tmp_path):
     pytest.importorskip("torch")  # watch is torch code (absent in the floors check)
-    script = tmp_path / "nothing.py"
-    script.write_text("import torch\nprint('no training')\n")
+    script = tmp_path / "nothing.py"  # a model and an optimizer, but no step
+    script.write_text(
+        "import torch\nm = torch.nn.Linear(2, 1)\nopt = torch.optim.SGD(m.parameters(), 0.1)\n"
+        "m(torch.ones(3, 2))\nprint('no training')\n"
+    )
     assert gradlens_cli("watch", "--runs-dir", str(runs_dir), str(script)).returncode == 0
     report = gradlens_cli("report", str(runs_dir / "nothing"))
     assert report.returncode == 1 and "no training step recorded" in report.stdout
+    # a script that saw no model at all leaves no run: report on it fails too (exit 2)
+    script.write_text("import torch\nprint('no training')\n")
+    assert (
+        gradlens_cli("watch", "--runs-dir", str(runs_dir), "--name", "none", str(script)).returncode
+        == 0
+    )
+    assert gradlens_cli("report", str(runs_dir / "none")).returncode == 2
 
 
 def test_compare_side_by_side():

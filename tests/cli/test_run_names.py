@@ -88,7 +88,10 @@ def test_names_through_the_real_cli():
 def test_watch_names_the_run_after_its_script_without_a_leading_underscore(tmp_path):
     pytest.importorskip("torch")  # watch is torch code (absent in the floors check)
     script = tmp_path / "_train.py"
-    script.write_text("print('ok')\n")
+    script.write_text(
+        "import torch\n\nm = torch.nn.Linear(2, 1)\nopt = torch.optim.SGD(m.parameters(), 0.1)\n"
+        "m(torch.ones(1, 2)).sum().backward()\nopt.step()\n"
+    )
     runs = tmp_path / "runs"
     result = gradlens_cli("watch", "--runs-dir", str(runs), str(script))
     assert result.returncode == 0, result.stderr
