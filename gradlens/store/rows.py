@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from gradlens.store.schema import SCHEMAS, Coded
+from gradlens.store.schema import SCHEMAS, Coded, arrow_array
 
 __all__ = ["check_rows", "long_rows"]
 
@@ -91,7 +91,7 @@ def _check_type(table: str, field: pa.Field, values: Any) -> None:
     if isinstance(values, Coded):
         values = list(values.labels)  # the codes are checked by their length
     try:
-        pa.array(values, type=field.type, from_pandas=True)
+        arrow_array(values, field.type)
     except _CAST_ERRORS as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(

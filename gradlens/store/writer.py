@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from gradlens.instrument.signals import HeldSignals
 from gradlens.store.failures import remove_quietly, warn_storage
-from gradlens.store.schema import SCHEMAS, to_arrow
+from gradlens.store.schema import SCHEMAS, arrow_array, to_arrow
 from gradlens.store.segments import (
     Segment,
     compact_name,
@@ -465,7 +465,8 @@ def _read_coded(path: Path) -> pa.Table:
         return table
     schema = pq.read_schema(path)
     strings = [f.name for f in schema if pa.types.is_string(f.type)]
-    return pq.read_table(path, read_dictionary=strings)
+    with pq.ParquetFile(path, read_dictionary=strings) as file:  # read_table imports pandas
+        return file.read()
 
 
 def sorted_for_reads(table: pa.Table, keys: Sequence[str]) -> tuple[pa.Table, list[int]]:
@@ -480,14 +481,14 @@ def sorted_for_reads(table: pa.Table, keys: Sequence[str]) -> tuple[pa.Table, li
         for k in keys
         if k in table.column_names
     }
+    keyed = pa.Table.from_arrays([*codes.values(), table.column("step")], [*codes, "step"])
     order = pc.sort_indices(  # stable: rows with equal keys and step keep their order
-        pa.table({**codes, "step": table.column("step")}),
-        sort_keys=[(k, "ascending") for k in [*codes, "step"]],
+        keyed, sort_keys=[(k, "ascending") for k in [*codes, "step"]]
     )
     table = table.take(order)
     changes = np.zeros(table.num_rows, dtype=bool)
     for column in codes.values():
-        values = np.asarray(column.take(order))
+        values = _integers(column.take(order))
         changes[1:] |= values[1:] != values[:-1]
     return table, _pack(np.flatnonzero(changes).tolist(), table.num_rows)
 
@@ -520,13 +521,32 @@ def write_grouped(
 def _sort_codes(column: pa.ChunkedArray, by_name: bool) -> pa.Array:
     """Integers that sort like ``column``: by name (or first seen) for strings."""
     if not (pa.types.is_string(column.type) or pa.types.is_dictionary(column.type)):
-        return column.fill_null(-1) if column.null_count else column
+        return _minus_one_for_null(column) if column.null_count else column
     uniques = pc.unique(column)  # in the order first seen
     if pa.types.is_dictionary(uniques.type):
         uniques = uniques.cast(uniques.type.value_type)
     if by_name:
         uniques = uniques.take(pc.sort_indices(uniques))
-    return pc.index_in(column, value_set=uniques).fill_null(-1)
+    return _minus_one_for_null(pc.index_in(column, value_set=uniques))
+
+
+def _integers(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An integer Arrow array without nulls as NumPy, read from its buffer (pyarrow's own
+    ``to_numpy`` imports pandas, which the training process otherwise never needs)."""
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if not pa.types.is_signed_integer(array.type):
+        return np.asarray(array)
+    dtype = np.dtype(f"int{array.type.bit_width}")
+    data = array.buffers()[1]
+    if data is None:  # no rows
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+
+def _minus_one_for_null(values: Any) -> Any:
+    """``values.fill_null(-1)`` without ``pa.scalar`` (which imports pandas)."""
+    minus_one = arrow_array(np.array([-1]), values.type)[0]
+    return pc.fill_null(values, minus_one)
 
 
 def _pack(run_starts: list[int], rows: int) -> list[int]:
