@@ -18,6 +18,9 @@ Why these defaults (docs/spikes.md has the longer argument):
 - A loss that doubles against its recent mean within one step is not optimisation noise for
   any objective we know of (``loss_ratio=2``); the z-test keeps noisy small-batch losses near
   zero from firing.
+- A layer spikes only while its gradient norm is at least ``layer_share`` (0.1 %) of the
+  step's whole gradient norm: below that it changes nothing in training, and the bias of a
+  layer followed by BatchNorm (cancelled by it) holds only rounding noise that jumps ~1000×.
 - ``beta=0.95`` (≈20-step memory) follows the loss quickly in early training;
   ``warmup=20`` lets the estimate settle, as SPAM waits ``grad_accu_steps=20``.
 """
@@ -47,6 +50,7 @@ class SpikeConfig:
     layer_ratio: float = 5.0
     z: float = 6.0
     rel_floor: float = 0.05
+    layer_share: float = 1e-3
 
     def __post_init__(self) -> None:
         if not 0.0 < self.beta < 1.0:
@@ -251,7 +255,12 @@ class SpikeDetector:
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = x / mean
             z = (x - mean) / np.maximum(std, c.rel_floor * np.abs(mean))
-            return finite & (count >= c.warmup) & (mean > 0) & (ratio >= self._ratio) & (z >= c.z)
+            spike = finite & (count >= c.warmup) & (mean > 0) & (ratio >= self._ratio) & (z >= c.z)
+            # A layer whose gradient is a negligible share of the step's whole gradient (a bias
+            # that a BatchNorm cancels holds float rounding noise) moves training by nothing
+            # measurable: its jumps are not spikes.
+            spike[:, 2:] &= x[:, 2:] >= c.layer_share * x[:, 1:2]
+            return spike
 
     def _spike_events(
         self, step: int, x: np.ndarray, mean: np.ndarray, spike: np.ndarray

@@ -182,3 +182,22 @@ def test_a_layer_without_gradient_on_some_steps_does_not_spike_when_it_has_one()
     layers = np.column_stack([dense, expert])
     events = _feed(SpikeDetector(["dense", "expert"]), np.ones(steps), dense, layers=layers)
     assert [(e["step"], e["layer"]) for e in events] == [(150, "expert")]
+
+
+def test_rounding_noise_of_a_layer_cancelled_by_batchnorm_is_no_spike():
+    """A conv bias followed by BatchNorm gets only float rounding noise as gradient (~1e-8
+    next to 0.3 elsewhere), which jumps ~1000× between steps: a negligible share of the
+    gradient is never a spike, while a jump of a layer that matters still is."""
+    rng = np.random.default_rng(0)
+    steps = 120
+    dense = 0.3 * (1 + 0.1 * rng.standard_normal(steps))
+    bias = 1.75e-8 * np.exp(0.3 * rng.standard_normal(steps))
+    bias[80] = 1.65e-5  # 940× its baseline, still 5e-5 of the whole gradient
+    layers = np.column_stack([dense, bias])
+    total = np.sqrt((layers**2).sum(axis=1))
+    assert _feed(SpikeDetector(["conv.weight", "conv.bias"]), np.ones(steps), total, layers) == []
+    bias[80] = 0.03  # 10 % of the gradient: a real spike of that layer
+    layers = np.column_stack([dense, bias])
+    total = np.sqrt((layers**2).sum(axis=1))
+    events = _feed(SpikeDetector(["conv.weight", "conv.bias"]), np.ones(steps), total, layers)
+    assert [(e["step"], e["layer"]) for e in events] == [(80, "conv.bias")]
