@@ -169,13 +169,22 @@ class Objective:
         self.total = sum(b.size for b in self.batches)
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in model.named_parameters() if p.requires_grad]
+        self._draws: _RngState | None = None  # inside isolated(): every evaluation's RNG start
 
     @property
     def device(self) -> torch.device:
         return self.params[0].device if self.params else torch.device("cpu")
 
     def batch_loss(self, batch: Batch, params: Mapping[str, Tensor] | None = None) -> Tensor:
-        """Loss of one batch, at ``params`` (name → tensor, others unchanged) if given."""
+        """Loss of one batch, at ``params`` (name → tensor, others unchanged) if given.
+
+        Inside :meth:`isolated` every evaluation starts from the same RNG state, so a forward
+        that draws random numbers (a diffusion model's noise and timesteps, a VAE's sample,
+        dropout in train mode) is one function of the parameters: the probes' differences
+        and Hessian-vector products measure the weights, not new noise.
+        """
+        if self._draws is not None:
+            self._draws.restore()
         if params is None:
             output = self.model(*batch.args, **batch.kwargs)
         else:
@@ -209,7 +218,11 @@ class Objective:
             _requires_grad_inside_transforms(),
         ):
             self.model.train(self.mode == "train")
-            yield
+            self._draws = _RngState()
+            try:
+                yield
+            finally:
+                self._draws = None
 
 
 @contextlib.contextmanager
@@ -242,8 +255,7 @@ def restored_state(model: nn.Module) -> Iterator[None]:
     grads = [p.grad for p in params]
     modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    rng = _RngState()
     try:
         yield
     finally:
@@ -256,6 +268,17 @@ def restored_state(model: nn.Module) -> Iterator[None]:
             p.grad = g
         for module, training in modes:
             module.training = training
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+        rng.restore()
+
+
+class _RngState:
+    """The global CPU and CUDA random number generators' states at creation."""
+
+    def __init__(self) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)

@@ -104,3 +104,41 @@ def test_replay_of_a_loss_computed_outside_forward(runs_dir):
         got = obj.batch_loss(batches[0])
     expected = F.cross_entropy(model(*recorded.args), recorded.loss.target)
     torch.testing.assert_close(got, expected)
+
+
+class _Denoiser(nn.Module):
+    """A diffusion-style model: forward draws its own timesteps and noise (lucidrains style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 4))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn_like(x0)
+        t = torch.rand(len(x0), 1)
+        xt = (1 - t).sqrt() * x0 + t.sqrt() * noise
+        return F.mse_loss(self.net(torch.cat([xt, t], 1)), noise)
+
+
+def test_a_forward_that_draws_noise_is_one_function_of_the_weights():
+    """Every evaluation inside ``isolated`` starts from the same RNG state: a finite difference
+    of the loss along a direction is the directional derivative (with fresh noise at every
+    evaluation it was noise / 2ε), and the script's RNG stream is left where it was."""
+    torch.manual_seed(0)
+    model = _Denoiser().double()
+    obj = Objective(model, batches_from_data([(torch.randn(32, 4, dtype=torch.float64),)], None))
+    rng = torch.get_rng_state()
+    with obj.isolated():
+        first, again = obj.loss(), obj.loss()
+        assert torch.equal(first, again)
+        grads = torch.autograd.grad(obj.loss(), obj.params)
+        direction = [torch.randn_like(p) for p in obj.params]
+        eps = 1e-5
+        moved = [
+            {n: p + s * eps * d for n, p, d in zip(obj.names, obj.params, direction, strict=True)}
+            for s in (1, -1)
+        ]
+        finite = (obj.loss(moved[0]) - obj.loss(moved[1])) / (2 * eps)
+        exact = sum((g * d).sum() for g, d in zip(grads, direction, strict=True))
+    torch.testing.assert_close(finite, exact, rtol=1e-6, atol=1e-9)
+    assert torch.equal(rng, torch.get_rng_state())
