@@ -369,3 +369,22 @@ def test_samples_of_sequence_first_models_are_the_batch(runs_dir, batch_first, k
     np.testing.assert_allclose(done.samples_per_s * done.step_time, 4, rtol=1e-6)
     np.testing.assert_allclose(done.tokens_per_s * done.step_time, 140, rtol=1e-6)
     assert run.meta["hyperparameters"]["batch_size"] == 4
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Adafactor"), reason="torch without Adafactor")
+def test_an_optimizer_with_settings_that_are_not_numbers_is_recorded(runs_dir):
+    """Adafactor's ``eps`` is ``(None, 1e-3)``: reading it for meta.json switched all capture
+    off (``float(None)``); now it is recorded as JSON (``[null, 0.001]``)."""
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.Adafactor(model.parameters(), lr=1e-2)
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        for _ in range(4):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    assert not run.meta.get("disabled")
+    assert sorted(run.table("scalars", filters=[("metric", "==", "loss")]).step) == [0, 1, 2, 3]
+    settings = run.meta["hyperparameters"]
+    assert settings["optimizer"] == "Adafactor" and settings["lr"] == 1e-2
+    assert settings["eps"] == [None, 1e-3]

@@ -40,19 +40,30 @@ def environment(name: str, command: str, argv: list[str], start_time: float) -> 
 
 
 def hyperparameters(optimizer: torch.optim.Optimizer, serial: int) -> dict[str, Any]:
-    """The optimizer's class and the first group's settings, as JSON values."""
+    """The optimizer's class and the first group's settings, as JSON values (Adafactor's
+    ``eps`` is ``(None, 1e-3)``: ``[null, 0.001]``); a setting of another kind is left out."""
     out: dict[str, Any] = {"optimizer": type(optimizer).__name__, "serial": serial}
     group = optimizer.param_groups[0] if optimizer.param_groups else {}
     for key in ("lr", "betas", "momentum", "weight_decay", "eps", "nesterov"):
         value = group.get(key)
-        if isinstance(value, Tensor) and value.numel() == 1:
-            value = float(value)
-        elif isinstance(value, tuple):
-            value = [float(v) for v in value]
-        if isinstance(value, bool | int | float | list):
-            out[key] = value
+        items = value if isinstance(value, tuple | list) else [value]
+        numbers = [_number(v) for v in items]
+        if value is not None and all(v is not _UNKNOWN for v in numbers):
+            out[key] = numbers if isinstance(value, tuple | list) else numbers[0]
     out["param_groups"] = len(optimizer.param_groups)
     return out
+
+
+_UNKNOWN = object()
+
+
+def _number(value: Any) -> Any:
+    """A JSON number, bool or None for ``value``; ``_UNKNOWN`` for anything else."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return float(value)
+    return _UNKNOWN
 
 
 def learning_rate(value: Any) -> float | Tensor:
