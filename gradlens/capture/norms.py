@@ -152,6 +152,12 @@ class NormSignal(StepSignal):
             return
         self._preclip = self._grad_norms(with_params=False)[0]
 
+    def forget_clip(self) -> None:
+        """The clipping calls so far were on gradients no step applied (the script skipped the
+        step after clipping: a spike guard, ``error_if_nonfinite``): forget them."""
+        self._preclip = self._clip_coef = self._clipped = None
+        self._reclipped = False
+
     def after_clip(self, total: Tensor | None, max_norm: float | None) -> None:
         """A clipping call ended. ``clip_grad_norm_`` over exactly these parameters returned
         ``total``: the factor it applied is ``min(1, max_norm / (total + 1e-6))`` (no need to

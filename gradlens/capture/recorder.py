@@ -131,9 +131,12 @@ class StepRecorder:
                 pending.update(signal.before(view))
         self._view, self._pending = view, pending
 
-    def before_clip(self) -> None:
-        """A clipping call is about to change the gradients (see ``NormSignal.before_clip``)."""
+    def before_clip(self, fresh: bool = False) -> None:
+        """A clipping call is about to change the gradients (see ``NormSignal.before_clip``);
+        ``fresh``: a backward ran since the last clipping call and no step applied that one."""
         with torch.no_grad():
+            if fresh:
+                self.norms.forget_clip()
             self.norms.before_clip()
 
     def after_clip(self, total: Tensor | None, max_norm: float | None) -> None:

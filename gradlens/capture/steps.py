@@ -67,6 +67,7 @@ class StepCapture(interception.ListenerBase):
         self._wall0 = time.time()
         self._last_end = time.perf_counter()
         self.backwards = 0  # backward() calls of the script seen so far
+        self._clip_backwards = 0  # self.backwards at the last clipping call
         # At the last backward's end: the sentinels' gradient marks and the model calls so far
         self._grads_seen: tuple[Any, ...] = ()
         self._calls_seen = 0
@@ -169,8 +170,11 @@ class StepCapture(interception.ListenerBase):
         if self._unseen is not None:
             return  # the row was read before the clip (at the end of backward)
         tracked = self.guard.call(CLIP, self._owner_of, params)
+        # A backward since the last clipping call with no step between them: that clip's
+        # gradients were never applied (`clip_grad_norm_` then a skipped step; SAM's ascent).
+        fresh, self._clip_backwards = self.backwards != self._clip_backwards, self.backwards
         if tracked is not None:
-            self.guard.call(CLIP, tracked.recorder.before_clip)
+            self.guard.call(CLIP, tracked.recorder.before_clip, fresh)
 
     def after_clip(self, params: list[Tensor], total: Tensor | None, max_norm: Any) -> None:
         if self._unseen is not None:

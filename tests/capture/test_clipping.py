@@ -74,3 +74,41 @@ def test_no_clipping_no_clip_rows(runs_dir):
             opt.step()
     metrics = set(gradlens.open_run(lens.run_dir).table("scalars").metric)
     assert "grad_norm" in metrics and not metrics & {"grad_norm_clipped", "clip_coef"}
+
+
+@pytest.mark.parametrize("guard", ["too_large", "raises"])
+def test_a_step_skipped_after_clipping_leaves_no_trace(runs_dir, guard):
+    """A spike guard (`if norm > limit: continue`) or `error_if_nonfinite=True` caught by the
+    script clips gradients that no step applies: the next step is recorded with its own
+    gradients, not the skipped ones' (the second clip was taken for a re-clip of the first)."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    pre, post = [], []
+    with gradlens.Lens(model, opt, runs_dir=runs_dir) as lens:
+        for it in range(5):
+            opt.zero_grad()
+            bad = it == 2
+            scale = (float("nan") if guard == "raises" else 10.0) if bad else 1.0
+            (scale * F.cross_entropy(model(x), y)).backward()
+            own = float(np.linalg.norm([p.grad.double().norm().item() for p in model.parameters()]))
+            try:
+                norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), 0.3, error_if_nonfinite=guard == "raises"
+                )
+            except RuntimeError:
+                continue
+            if norm > 2.0:
+                continue
+            pre.append(own)
+            post.append(
+                float(np.linalg.norm([p.grad.double().norm().item() for p in model.parameters()]))
+            )
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    steps, grad_norm = _scalars(run, "grad_norm")
+    assert steps == [0, 1, 2, 3]
+    np.testing.assert_allclose(grad_norm, pre, rtol=1e-5)
+    np.testing.assert_allclose(_scalars(run, "clip_coef")[1], np.array(post) / pre, rtol=1e-4)
+    assert not run.table("layers", filters=[("metric", "==", "grad_norm")]).value.isna().any()
