@@ -356,7 +356,8 @@ class Lens(interception.ListenerBase):
         """What ``meta.json`` learns once training runs: device, layers, optimizers."""
         return {
             "device": self._recorders.device if self._recorders else None,
-            "layers": sum(t.recorder.layout.n for t in self._tracking.all()),
+            "layers": self._tracking.retired_layers
+            + sum(t.recorder.layout.n for t in self._tracking.all()),
             "optimizers": self._tracking.hyperparameters,
             "hyperparameters": {
                 **next(iter(self._tracking.hyperparameters), {}),

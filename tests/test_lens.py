@@ -388,3 +388,34 @@ def test_an_optimizer_with_settings_that_are_not_numbers_is_recorded(runs_dir):
     settings = run.meta["hyperparameters"]
     assert settings["optimizer"] == "Adafactor" and settings["lr"] == 1e-2
     assert settings["eps"] == [None, 1e-3]
+
+
+def test_a_sweep_frees_each_model_it_leaves_and_probes_follow_the_new_one(runs_dir):
+    """A sweep or k-fold loop trains a new model and optimizer each time in one process: the
+    run records them all, but lets each dropped model go (it kept every one: a fold's worth
+    of memory per fold) and the probes replay the model trained now, not the first."""
+    import gc
+    import weakref
+
+    dropped = []
+    options = {"hessian": {"every": 4, "k": 1, "trace": False}}
+    with gradlens.Lens(runs_dir=runs_dir, probe_options=options) as lens:
+        for fold in range(3):
+            model = _model(fold)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            for _ in range(4):
+                x, y = _data(fold)
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+            if fold:  # the previous fold's model is gone once this one trains
+                gc.collect()
+                assert all(ref() is None for ref in dropped)
+            assert lens.probe_set.batches[0].module is model
+            dropped.append(weakref.ref(model))
+            del model, opt
+    run = gradlens.open_run(lens.run_dir)
+    assert sorted(run.table("scalars", filters=[("metric", "==", "loss")]).step) == list(range(12))
+    assert run.meta["layers"] == 12 and len(run.meta["optimizers"]) == 3
+    assert "probe_scope" not in run.meta  # the old models' tensors are not "trained" any more
+    assert sorted(set(run.table("hessian").step)) == [3, 7, 11]

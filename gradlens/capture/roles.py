@@ -53,7 +53,8 @@ class Roles:
         self.by_optimizer: weakref.WeakKeyDictionary[torch.optim.Optimizer, Tracked] = (
             weakref.WeakKeyDictionary()
         )
-        self.all: list[Tracked] = []  # strong: flushed at close even if the optimizer is gone
+        # strong: flushed when its optimizer is found gone (``retire``) or at close
+        self.all: list[Tracked] = []
         self._primary: weakref.ref[torch.optim.Optimizer] | None = None
         self._created: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = (
             weakref.WeakKeyDictionary()
@@ -72,6 +73,15 @@ class Roles:
     def add(self, optimizer: torch.optim.Optimizer, tracked: Tracked) -> None:
         self.by_optimizer[optimizer] = tracked
         self.all.append(tracked)
+
+    def gone(self) -> list[Tracked]:
+        """The recorded optimizers the script no longer holds (collected)."""
+        live = {id(t) for t in self.by_optimizer.values()}
+        return [t for t in self.all if id(t) not in live and t.serial]
+
+    def retire(self, tracked: Tracked) -> None:
+        """Forget a collected optimizer's capture (its rows were flushed)."""
+        self.all = [t for t in self.all if t is not tracked]
 
     def owner_of(self, param: Any) -> Tracked | None:
         return next((t for t in self.by_optimizer.values() if t.owns(param)), None)

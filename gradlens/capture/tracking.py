@@ -100,6 +100,7 @@ class Tracking:
         self.root_calls = 0  # calls of a watched model seen so far
         self._serials = 0
         self._members: dict[int, _Membership] = {}  # by serial
+        self.retired_layers = 0  # tensors recorded by optimizers the script dropped since
         self._unowned: set[int] = set()  # id() of clipped tensors no optimizer owns
         self._sentinels: list[weakref.ref[Tensor]] = []  # see param_versions()
         self._sentinels_of = 0  # len(self.known) when they were picked
@@ -180,6 +181,7 @@ class Tracking:
             # finds it (the global hook is then on for one step only).
             self.watch_owners([optimizer])
             self.discovery.enable()
+        self._retire_gone()
         self._serials += 1
         names = self._names(params, optimizer)
         recorder, decoder = self.make(params, names, self._serials, 0)
@@ -189,6 +191,20 @@ class Tracking:
         self.hyperparameters.append(hyperparameters(optimizer, self._serials))
         self.known.add(optimizer)
         return tracked
+
+    def _retire_gone(self) -> None:
+        """Before a new optimizer is recorded: the captures of optimizers the script dropped
+        (a sweep or k-fold loop making a new model and optimizer each time) are flushed and
+        let go, so the old models' tensors can be freed (they were kept to the end: memory
+        grew by a model per fold). Optimizers often sit in reference cycles: collect first."""
+        if not self.roles.all:
+            return
+        gc.collect()
+        for tracked in self.roles.gone():
+            tracked.recorder.flush()
+            self.retired_layers += tracked.recorder.layout.n
+            self._members.pop(tracked.serial, None)
+            self.roles.retire(tracked)
 
     def follow(self, optimizer: torch.optim.Optimizer, tracked: Tracked) -> None:
         """At each captured step of a tracked optimizer: parameters that joined its steps since

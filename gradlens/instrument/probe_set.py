@@ -1,10 +1,13 @@
 """A bounded set of recorded training batches that probes can replay.
 
-For the first ``capacity`` training forwards of a root module, the inputs are copied (detached
-clones, so later in-place changes by the data pipeline cannot alter them) together with the
-loss call that consumed the output: the loss function, its targets and options, and whether
-it ran inside the model's ``forward`` (nanoGPT style) or on its output. Memory stays flat:
-nothing is kept after the set is full.
+For the first ``capacity`` training forwards of a root module whose output a loss call
+consumed, the inputs are copied (detached clones, taken at the loss call, so later in-place
+changes by the data pipeline cannot alter them) together with that loss call: the loss
+function, its targets and options, and whether it ran inside the model's ``forward`` (nanoGPT
+style) or on its output. A forward no loss call follows (an RL agent acting, a script's own
+loss formula) is not kept and costs no copy. Memory stays flat: nothing is kept after the set
+is full. A new model trained in the same process (a sweep, k-fold) starts the set afresh
+(``restart``).
 
 While it records, it also checks that the recorded loss call is what the script trains on:
 the backward that follows must reach the loss call's result through constant scaling
@@ -21,6 +24,7 @@ nothing is watched any more.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,9 +95,12 @@ class LossCall:
 
 @dataclass
 class ProbeBatch:
-    """Inputs of one training forward of ``module``, and the loss call that followed."""
+    """Inputs of one training forward of ``module``, and the loss call that followed.
 
-    module: nn.Module
+    The module is held weakly: a model the script dropped (a sweep, k-fold) is freed, and its
+    batches are forgotten."""
+
+    owner: weakref.ref[nn.Module]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     loss: LossCall | None = None
@@ -104,6 +111,10 @@ class ProbeBatch:
     _node: Any = field(default=None, repr=False, compare=False)  # that loss's grad_fn
     _backwards: int = field(default=0, repr=False, compare=False)
     _forwards: int = field(default=0, repr=False, compare=False)
+
+    @property
+    def module(self) -> nn.Module | None:
+        return self.owner()
 
 
 class ProbeSet:
@@ -120,7 +131,10 @@ class ProbeSet:
 
     @property
     def full(self) -> bool:
+        """No training forward needs recording (asked at every forward: one weakref look)."""
         waiting = self._open is not None or self._returning is not None or bool(self._checks)
+        if self.batches and self.batches[-1].module is None:  # a model the script dropped
+            self.batches = [b for b in self.batches if b.module is not None]
         return len(self.batches) >= self.capacity and not waiting
 
     def record_forward(
@@ -133,9 +147,23 @@ class ProbeSet:
         if len(self.batches) >= self.capacity:
             return
         kwargs = {k: v for k, v in kwargs.items() if k not in STEP_KWARGS}
-        batch = ProbeBatch(_replayable(module), _copy(args), _copy(kwargs), batch_size=batch_size)
-        self.batches.append(batch)
+        # kept (and copied) only once a loss call consumes its output: see _keep
+        batch = ProbeBatch(weakref.ref(_replayable(module)), args, kwargs, batch_size=batch_size)
         self._open = self._returning = batch
+
+    def restart(self) -> None:
+        """Forget the batches: the next training forwards are recorded (a new model)."""
+        for batch in list(self._checks):
+            self._done(batch)
+        self.batches = []
+        self._open = self._returning = None
+
+    def _keep(self, batch: ProbeBatch) -> None:
+        """A loss call consumed ``batch``'s output: copy its inputs now and keep it."""
+        if any(b is batch for b in self.batches):
+            return
+        batch.args, batch.kwargs = _copy(batch.args), _copy(batch.kwargs)
+        self.batches.append(batch)
 
     def record_loss(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], inside_forward: bool
@@ -150,6 +178,7 @@ class ProbeSet:
         batch.loss = LossCall(
             name, tuple(args[0].shape), _copy(target), _copy(rest), _copy(options), inside_forward
         )
+        self._keep(batch)
         self._open = None
         if not inside_forward:  # inside forward, probes replay the loss the model returns
             interception.request_loss_result(lambda result: self.record_loss_result(batch, result))
@@ -206,6 +235,7 @@ class ProbeSet:
         except ValueError:
             return False
         batch.loss = LossCall(RETURNED, (), None, (), {}, inside_forward=True)
+        self._keep(batch)
         # still open: a loss call on the output after forward (``(logits, aux)`` returned, the
         # script's ``F.cross_entropy(logits, y)``) is the loss and replaces this one
         return True

@@ -96,6 +96,9 @@ class ProbeRunner:
         if not probes:
             return
         module, batches = self._batches()
+        if module is not None and self._abandoned(module):
+            self.probe_set.restart()  # a new model trains now (a sweep, k-fold): record its
+            module, batches = None, []  # batches; the old one's would measure the old model
         if module is None:  # not an error: batches are recorded from the first step on
             names = ", ".join(p.name for p in probes)
             self.say(f"probes ({names}) wait for a {_NO_BATCH}")
@@ -155,6 +158,13 @@ class ProbeRunner:
             self._unavailable(partial, why, quiet=True)
         return [p for p in probes if not p.needs_objective]
 
+    def _abandoned(self, module: nn.Module) -> bool:
+        """The recorded batches' module holds none of the parameters trained now."""
+        if self.trained is None:
+            return False
+        trained = {id(p) for p in self.trained()}
+        return bool(trained) and not any(id(p) in trained for p in module.parameters())
+
     def _note_scope(self, model: nn.Module) -> None:
         """Say once (and keep for ``meta.json``) when the probes' module holds only part of the
         trained parameters: a model split over several root modules (an encoder and a decoder
@@ -187,7 +197,9 @@ class ProbeRunner:
     def _batches(self) -> tuple[nn.Module | None, list[Batch]]:
         """The recorded batches of the first root module that has one with a loss (a model
         split over several root modules is replayed through the right one)."""
-        recorded = [b for b in self.probe_set.batches if b.loss is not None]
+        recorded = [
+            b for b in self.probe_set.batches if b.loss is not None and b.module is not None
+        ]
         if not recorded:
             return None, []
         module = recorded[0].module

@@ -231,3 +231,23 @@ def test_a_model_never_called_itself_says_what_it_could_not_record(runs_dir):
         "throughput unavailable on this run",
         "softmax signals unavailable on this run",  # no cross-entropy call either
     }
+
+
+def test_forwards_without_a_loss_do_not_use_up_the_probe_batches(runs_dir):
+    """CleanRL style: the agent acts (forwards with gradients on, no loss) before it learns;
+    those forwards are not training batches, so probes still find the first ones that are."""
+    torch.manual_seed(0)
+    q = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(q.parameters(), lr=1e-3)
+    options = {"hessian": {"every": 2, "k": 1, "trace": False}}
+    with gradlens.Lens(runs_dir=runs_dir, probe_options=options) as lens:
+        for _ in range(5):  # acting: argmax of Q, no loss
+            q(torch.randn(1, 4)).argmax()
+        for _ in range(4):
+            x, target = torch.randn(8, 4), torch.randn(8, 2)
+            opt.zero_grad()
+            F.smooth_l1_loss(q(x), target).backward()
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    assert "probe hessian" not in run.meta.get("unavailable", {})
+    assert sorted(set(run.table("hessian").step)) == [1, 3]
