@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gradlens.instrument import interception
-from gradlens.instrument.probe_set import extract_loss
+from gradlens.instrument.probe_set import RETURNED, extract_loss
 
 __all__ = [
     "MODES",
@@ -48,7 +48,8 @@ class Batch:
     with ``"loss"`` or an object with ``.loss``). ``size`` weights the batch in the mean.
     ``labels`` are the class targets the loss saw (also when it ran inside ``forward``), for
     probes that need labels (neural collapse). ``classes`` is the number of classes in the
-    logits the recorded loss call saw (``cross_entropy``/``nll_loss``), if known.
+    logits the recorded loss call saw (``cross_entropy``/``nll_loss``), if known;
+    ``loss_name`` that call's ``torch.nn.functional`` name (None: not known).
     """
 
     args: tuple[Any, ...]
@@ -58,6 +59,7 @@ class Batch:
     size: int = 1
     labels: Any = None
     classes: int | None = None
+    loss_name: str | None = None
 
 
 def _size(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
@@ -101,10 +103,10 @@ def batches_from_probe_set(probe_set: Any) -> list[Batch]:
         size = recorded.batch_size or _size(recorded.args, recorded.kwargs)
         loss_fn = None if call.inside_forward else _replay(call)
         target = None if call.inside_forward else call.target
+        name = None if call.name == RETURNED else call.name
+        args, kwargs = recorded.args, recorded.kwargs
         out.append(
-            Batch(
-                recorded.args, recorded.kwargs, target, loss_fn, size, call.target, _classes(call)
-            )
+            Batch(args, kwargs, target, loss_fn, size, call.target, _classes(call), name)
         )
     return out
 

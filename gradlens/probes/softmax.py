@@ -3,7 +3,8 @@
 ρ = π/Δ_a, Δ_a the largest per-sample spread of the logits' directional derivative along the
 unit update direction (one JVP), and r = ‖Δθ‖/ρ — collapse was seen once r ≥ 1. Rows go to
 the ``softmax`` table: ghost_rho, ghost_r, ghost_delta_a. Needs the update (optimizer mode
-with update tracking); skipped otherwise.
+with update tracking); skipped otherwise, and unavailable when the training loss is known not to
+be a softmax cross-entropy (``mse_loss``, ``smooth_l1_loss``…: no logits to measure).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from gradlens.analysis.softmax import NoLogits, ghost_radius
 from gradlens.probes.base import Probe, ProbeContext, ProbeUnavailable, Rows
 from gradlens.store.rows import long_rows
 
-__all__ = ["GhostProbe"]
+__all__ = ["SOFTMAX_LOSSES", "GhostProbe"]
+
+# Losses whose input is a softmax's logits (None: a loss the model returns, not known)
+SOFTMAX_LOSSES = (None, "cross_entropy", "nll_loss")
 
 
 class GhostProbe(Probe):
@@ -30,6 +34,11 @@ class GhostProbe(Probe):
         if not update or not ctx.objective.batches:
             return {}
         batch = ctx.objective.batches[0]
+        if batch.loss_name not in SOFTMAX_LOSSES:
+            raise ProbeUnavailable(
+                f"the training loss is F.{batch.loss_name}, not a softmax cross-entropy: "
+                "the model output is no softmax's logits"
+            )
         try:
             values = with_math_fallback(
                 lambda: ghost_radius(ctx.model, batch.args, update, kwargs=batch.kwargs)

@@ -98,3 +98,21 @@ def test_a_lens_run_writes_the_radius_of_each_update(runs_dir):
         assert got["ghost_rho"] > 0 and got["ghost_delta_a"] > 0
         assert got["ghost_rho"] * got["ghost_delta_a"] == pytest.approx(math.pi, rel=1e-9)
         assert got["ghost_r"] > 0
+
+
+@pytest.mark.parametrize("loss", ["smooth_l1_loss", "mse_loss"])
+def test_unavailable_when_the_loss_is_no_softmax_cross_entropy(runs_dir, loss):
+    """A regression (or a DQN's Huber loss on Q-values) has no softmax: the radius of its
+    outputs would be a number about nothing. Said once, listed in meta, no rows."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x, y = torch.randn(32, 4), torch.randn(32, 3)
+    with gradlens.Lens(runs_dir=runs_dir, probe_options={"ghost": {"every": 2}}) as lens:
+        for _ in range(4):
+            opt.zero_grad()
+            getattr(F, loss)(model(x), y).backward()
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    assert run.meta["unavailable"]["probe ghost"].startswith(f"the training loss is F.{loss}")
+    assert not run.table("softmax").metric.str.startswith("ghost_").any()

@@ -56,12 +56,14 @@ def test_probes_replay_the_right_module_of_a_split_model(runs_dir):
     backbone, head = nn.Sequential(nn.Linear(4, 8), nn.Tanh()), nn.Linear(8, 3)
     opt = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.1)
     x, y = _data()
-    first = backbone(x).detach()  # the head's input as recorded (the first batch)
+    seen = []  # the head's inputs as recorded (the first two batches)
     options = {"hessian": {"every": 2, "k": 1, "trace": False}}
     with gradlens.Lens(runs_dir=runs_dir, probe_options=options) as lens:
         for _ in range(4):
             opt.zero_grad()
-            F.cross_entropy(head(backbone(x)), y).backward()
+            hidden = backbone(x)
+            seen.append(hidden.detach().clone())
+            F.cross_entropy(head(hidden), y).backward()
             opt.step()
     run = gradlens.open_run(lens.run_dir)
     assert sorted(run.table("hessian").step.unique()) == [1, 3]
@@ -70,7 +72,8 @@ def test_probes_replay_the_right_module_of_a_split_model(runs_dir):
     assert run.meta["probe_scope"] == {"module": "Linear", "parameters": 27, "trained": 67}
     top = run.table("hessian", filters=[("metric", "==", "top_eigenvalue")])
     measured = float(top[top.step == 3].value.iloc[0])
-    assert measured == pytest.approx(_top_eigenvalue(head, first, y), rel=1e-4)
+    both = torch.cat(seen[:2]), torch.cat([y, y])  # two batches of equal size: one mean
+    assert measured == pytest.approx(_top_eigenvalue(head, *both), rel=1e-4)
     found = [f for f in build_report(run).findings if f.message == "probes measure Linear only"]
     assert len(found) == 1 and "27 of the 67 trained parameters" in found[0].evidence
 
