@@ -359,6 +359,7 @@ class Lens(interception.ListenerBase):
             "layers": self._tracking.retired_layers
             + sum(t.recorder.layout.n for t in self._tracking.all()),
             "optimizers": self._tracking.hyperparameters,
+            "phases": list(self._tracking.roles.phases),
             "hyperparameters": {
                 **next(iter(self._tracking.hyperparameters), {}),
                 "batch_size": self._calls.batch_size,

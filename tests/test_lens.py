@@ -417,5 +417,6 @@ def test_a_sweep_frees_each_model_it_leaves_and_probes_follow_the_new_one(runs_d
     run = gradlens.open_run(lens.run_dir)
     assert sorted(run.table("scalars", filters=[("metric", "==", "loss")]).step) == list(range(12))
     assert run.meta["layers"] == 12 and len(run.meta["optimizers"]) == 3
+    assert run.meta["phases"] == [4, 8]  # where each new model's optimizer took over
     assert "probe_scope" not in run.meta  # the old models' tensors are not "trained" any more
     assert sorted(set(run.table("hessian").step)) == [3, 7, 11]

@@ -105,9 +105,7 @@ def batches_from_probe_set(probe_set: Any) -> list[Batch]:
         target = None if call.inside_forward else call.target
         name = None if call.name == RETURNED else call.name
         args, kwargs = recorded.args, recorded.kwargs
-        out.append(
-            Batch(args, kwargs, target, loss_fn, size, call.target, _classes(call), name)
-        )
+        out.append(Batch(args, kwargs, target, loss_fn, size, call.target, _classes(call), name))
     return out
 
 

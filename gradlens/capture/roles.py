@@ -61,6 +61,9 @@ class Roles:
         )
         self._steps = 0  # optimizer steps taken, all optimizers together
         self._primary_last = 0  # value of _steps after the primary's last step
+        # run steps at which another optimizer took over as primary (a new training phase:
+        # fine-tuning after pre-training, the next model of a sweep or fold), for meta.json
+        self.phases: list[int] = []
 
     @property
     def primary(self) -> torch.optim.Optimizer | None:
@@ -112,6 +115,8 @@ class Roles:
 
     def _take_over(self, optimizer: torch.optim.Optimizer, tracked: Tracked, run_step: int) -> int:
         old = self.primary
+        if self._primary is not None:  # not the run's first primary: a phase starts here
+            self.phases.append(run_step)  # (at its first step, relabelled below if buffered)
         if old is not None and old in self.by_optimizer:
             self.by_optimizer[old].primary = False
         tracked.primary = True

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from gradlens.capture.host_copy import copy_to_host
 from gradlens.store.writer import Sink
 
-__all__ = ["UserMetrics"]
+__all__ = ["UserMetrics", "snapshot"]
 
 
 class UserMetrics:
@@ -57,13 +58,20 @@ class UserMetrics:
         self.sink(job)
 
 
+def snapshot(value: Tensor) -> Tensor:
+    """A copy of a one-element accelerator tensor, read at the next flush: the script may change
+    its tensor in place meanwhile (a running sum), and ``.float()`` of a float32 tensor is the
+    tensor itself (every row would have read the flush-time value)."""
+    return value.detach().reshape(()).to(torch.float32, copy=True)
+
+
 def _number(value: Any) -> float | Tensor | None:
     if isinstance(value, Tensor):
         if value.numel() != 1 or value.is_complex():
             return None
         if value.device.type == "cpu":  # reading a CPU number costs no sync
             return float(value.detach())
-        return value.detach().reshape(()).float()
+        return snapshot(value)
     if isinstance(value, bool | int | float) or hasattr(value, "__float__"):
         try:
             number = float(value)

@@ -85,6 +85,9 @@ class LossCall:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     inside_forward: bool
+    # its input is the model's output up to views and casts (False: ``sigmoid(out)``,
+    # ``out.gather(…)``, ``out[:, :-1]``, which a replay on the output would not compute)
+    on_output: bool = True
 
     @property
     def per_sample(self) -> bool:
@@ -111,6 +114,7 @@ class ProbeBatch:
     _node: Any = field(default=None, repr=False, compare=False)  # that loss's grad_fn
     _backwards: int = field(default=0, repr=False, compare=False)
     _forwards: int = field(default=0, repr=False, compare=False)
+    _outputs: list[Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def module(self) -> nn.Module | None:
@@ -178,6 +182,9 @@ class ProbeSet:
         batch.loss = LossCall(
             name, tuple(args[0].shape), _copy(target), _copy(rest), _copy(options), inside_forward
         )
+        if not inside_forward and batch._outputs is not None:
+            batch.loss.on_output = _from_output(args[0], batch._outputs)
+        batch._outputs = None  # the script's tensors: not kept past its loss call
         self._keep(batch)
         self._open = None
         if not inside_forward:  # inside forward, probes replay the loss the model returns
@@ -246,6 +253,8 @@ class ProbeSet:
         batch, self._returning = self._returning, None
         if batch is None or batch.module is not _replayable(module):
             return
+        if batch.loss is None:  # the loss call comes after forward: is it on the output?
+            batch._outputs = _tensors(output)
         if batch.loss is None or not batch.loss.inside_forward:
             return
         loss = _returned_loss(output)
@@ -262,6 +271,57 @@ def _reaches(root: Tensor, node: Any) -> bool:
         if current is node:
             return True
         if not current.name().startswith(_SAME_OBJECTIVE):
+            return False
+        inputs = [n for n, _ in current.next_functions if n is not None]
+        if len(inputs) != 1:
+            return False
+        current = inputs[0]
+    return False
+
+
+# Autograd nodes between a model output and a loss call's input that a replay of the loss on the
+# output reproduces (it reshapes the output to the recorded input shape): views and casts.
+_VIEWS = (
+    "ViewBackward",
+    "UnsafeViewBackward",
+    "ReshapeAliasBackward",
+    "SqueezeBackward",
+    "UnsqueezeBackward",
+    "AliasBackward",
+    "ToCopyBackward",
+    "CloneBackward",
+)
+
+
+def _tensors(output: Any) -> list[Tensor]:
+    """The tensors of a model output, one level deep (a tensor, a tuple, a dict, an object's
+    attributes: a Hugging Face output, a dataclass)."""
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        items = list(output.values())
+    elif isinstance(output, tuple | list):
+        items = list(output)
+    else:
+        items = list(getattr(output, "__dict__", {}).values())
+    return [v for v in items if isinstance(v, Tensor)]
+
+
+def _from_output(value: Any, outputs: list[Tensor]) -> bool:
+    """``value`` (a loss call's input) is one of ``outputs`` up to views and casts. True when
+    it cannot be told (no autograd graph)."""
+    if not isinstance(value, Tensor) or any(value is o for o in outputs):
+        return True
+    nodes = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    if not nodes:
+        return True
+    current = value.grad_fn
+    for _ in range(_WALK_LIMIT):
+        if current is None:
+            return False
+        if any(current is n for n in nodes):
+            return True
+        if not current.name().startswith(_VIEWS):
             return False
         inputs = [n for n, _ in current.next_functions if n is not None]
         if len(inputs) != 1:

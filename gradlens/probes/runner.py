@@ -113,6 +113,12 @@ class ProbeRunner:
                 else "one loss call (several terms)"
             )
             probes = self._without_objective(probes, f"the training loss is not {what}")
+        if any(b.loss is not None and not b.loss.on_output for b in self.probe_set.batches):
+            why = (
+                "the loss call's input is a function of the model output (a sigmoid, a gather, "
+                "a slice), not the output itself"
+            )
+            probes = self._without_objective(probes, why)
         if any(b.loss is not None and b.loss.per_sample for b in self.probe_set.batches):
             why = "the loss call returns per-sample losses (reduction='none') the script reduces"
             probes = self._without_objective(probes, why)

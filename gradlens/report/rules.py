@@ -9,7 +9,7 @@ cannot decide returns no finding.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -473,7 +473,21 @@ def _over(row: pd.Series, every: int) -> str:
 
 @rule("loss_trend", "the loss decreases and does not diverge or stall", needs=("scalars",))
 def loss_trend(data: RunData, t: Thresholds) -> list[Finding]:
+    """The trend of the last training phase: a sweep or k-fold loop trains a new model from
+    scratch at each ``meta.phases`` step (another optimizer took over), where the loss starts
+    high again; that is no divergence."""
     loss = data.loss[np.isfinite(data.loss)]
+    phases = [int(s) for s in data.run.meta.get("phases") or []]
+    if not phases:
+        return _loss_trend(loss, t)
+    since = f" (the last training phase, from step {max(phases)})"
+    return [
+        replace(f, evidence=f.evidence + since)
+        for f in _loss_trend(loss[loss.index >= max(phases)], t)
+    ]
+
+
+def _loss_trend(loss: pd.Series, t: Thresholds) -> list[Finding]:
     if len(loss) < t.min_steps_for_trend:
         return []
     window = max(5, len(loss) // 20)

@@ -48,3 +48,15 @@ def test_log_through_watch(runs_dir):
     assert result.returncode == 0, result.stderr
     user = gradlens.open_run(runs_dir / "logged").table("user")
     assert sorted(user.step) == [4, 9] and set(user.metric) == {"eval_loss"}
+
+
+def test_an_accelerator_value_is_copied_when_logged():
+    """On a GPU the value is read at the next flush: a running tensor the script keeps adding
+    to in place must be recorded as it was when logged (``.float()`` of a float32 tensor is
+    the tensor itself: every row read the flush-time value). Checked on a CPU tensor."""
+    from gradlens.capture.user import snapshot
+
+    running = torch.tensor([2.0])
+    held = snapshot(running)
+    running.add_(3.0)
+    assert held.item() == 2.0 and held.dtype == torch.float32 and held.shape == ()

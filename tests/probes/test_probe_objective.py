@@ -186,3 +186,41 @@ def test_per_sample_losses_leave_the_objective_probes_unavailable(runs_dir, caps
     assert set(run.table("collapse").step) == {3, 7}
     assert set(run.table("softmax", filters=[("metric", "==", "ghost_r")]).step) == {3, 7}
     assert capsys.readouterr().err.count(why) == 1
+
+
+TRANSFORMS = {  # the loss call's input, from the model output (8 samples × 3)
+    "itself": (lambda out: out, True),
+    "view": (lambda out: out.view(-1, 3), True),
+    "sigmoid": (lambda out: torch.sigmoid(out), False),
+    "gather": (lambda out: out.gather(1, torch.zeros(len(out), 1, dtype=torch.long)), False),
+    "transpose": (lambda out: out.t(), False),
+}
+
+
+@pytest.mark.parametrize("how", sorted(TRANSFORMS))
+def test_a_loss_on_a_function_of_the_output_leaves_the_objective_probes_unavailable(
+    runs_dir, how
+):
+    """DQN's ``q(s).gather(1, a)``, ``mse_loss(sigmoid(out), y)``: replaying the loss call on
+    the model output measures another objective (or fails: an internal error before); views
+    and casts of the output replay exactly."""
+    transform, replayable = TRANSFORMS[how]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    options = {"hessian": {"every": 2, "k": 1, "trace": False}}
+    with gradlens.Lens(runs_dir=runs_dir, probe_options=options) as lens:
+        for _ in range(2):
+            opt.zero_grad()
+            value = transform(model(x))
+            F.mse_loss(value, torch.zeros_like(value)).backward()
+            opt.step()
+    run = gradlens.open_run(lens.run_dir)
+    assert not run.meta.get("disabled")
+    unavailable = run.meta.get("unavailable", {})
+    if replayable:
+        assert "probe hessian" not in unavailable and "hessian" in run.tables()
+    else:
+        assert unavailable["probe hessian"].startswith("the loss call's input is a function")
+        assert "hessian" not in run.tables()

@@ -290,3 +290,19 @@ def test_neural_collapse_regression_rule(runs_dir):
         healthy, "collapse", _collapse_rows([(0, 2.0, 15.0), (100, 1.0, 16.0), (200, 0.1, 25.0)])
     )
     assert _findings(healthy, "neural_collapse_regression") == []
+
+
+def test_loss_trend_judges_the_last_training_phase(runs_dir):
+    """A sweep trains three models in turn: each starts from a high loss (meta.phases says
+    where a new optimizer took over); only a rise within the last phase is a rise."""
+    steps = np.arange(300)
+    rate = np.where(steps < 200, 80, 200)  # the third learning rate is slower
+    healthy = 2.0 - (steps % 100) / rate  # three fresh starts, each trained down
+    run = craft_run(runs_dir, loss=healthy, meta={"phases": [100, 200]})
+    assert _findings(run, "loss_trend") == []
+    run = craft_run(runs_dir, "no-phases", loss=healthy)  # the same losses as one model
+    assert [f.message for f in _findings(run, "loss_trend")] == ["loss rose again"]
+    rising = np.where(steps < 250, healthy, 1.75 + (steps - 250) / 20)  # last phase diverges
+    run = craft_run(runs_dir, "rising", loss=rising, meta={"phases": [100, 200]})
+    (finding,) = _findings(run, "loss_trend")
+    assert finding.evidence.endswith("(the last training phase, from step 200)")
