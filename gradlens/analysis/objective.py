@@ -49,7 +49,8 @@ class Batch:
     ``labels`` are the class targets the loss saw (also when it ran inside ``forward``), for
     probes that need labels (neural collapse). ``classes`` is the number of classes in the
     logits the recorded loss call saw (``cross_entropy``/``nll_loss``), if known;
-    ``loss_name`` that call's ``torch.nn.functional`` name (None: not known).
+    ``loss_name`` that call's ``torch.nn.functional`` name (None: not known), and
+    ``on_logits`` whether it consumed the output's first tensor (what probes take as logits).
     """
 
     args: tuple[Any, ...]
@@ -60,6 +61,7 @@ class Batch:
     labels: Any = None
     classes: int | None = None
     loss_name: str | None = None
+    on_logits: bool = True
 
 
 def _size(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
@@ -104,8 +106,12 @@ def batches_from_probe_set(probe_set: Any) -> list[Batch]:
         loss_fn = None if call.inside_forward else _replay(call)
         target = None if call.inside_forward else call.target
         name = None if call.name == RETURNED else call.name
+        logits = call.on_first or not call.on_output  # a function of some output: maybe so
         args, kwargs = recorded.args, recorded.kwargs
-        out.append(Batch(args, kwargs, target, loss_fn, size, call.target, _classes(call), name))
+        batch = Batch(
+            args, kwargs, target, loss_fn, size, call.target, _classes(call), name, logits
+        )
+        out.append(batch)
     return out
 
 

@@ -88,6 +88,8 @@ class LossCall:
     # its input is the model's output up to views and casts (False: ``sigmoid(out)``,
     # ``out.gather(…)``, ``out[:, :-1]``, which a replay on the output would not compute)
     on_output: bool = True
+    # its input is the first tensor of the model output (what probes take as the logits)
+    on_first: bool = True
 
     @property
     def per_sample(self) -> bool:
@@ -184,6 +186,7 @@ class ProbeSet:
         )
         if not inside_forward and batch._outputs is not None:
             batch.loss.on_output = _from_output(args[0], batch._outputs)
+            batch.loss.on_first = _from_output(args[0], batch._outputs[:1])
         batch._outputs = None  # the script's tensors: not kept past its loss call
         self._keep(batch)
         self._open = None

@@ -4,7 +4,8 @@
 unit update direction (one JVP), and r = ‖Δθ‖/ρ — collapse was seen once r ≥ 1. Rows go to
 the ``softmax`` table: ghost_rho, ghost_r, ghost_delta_a. Needs the update (optimizer mode
 with update tracking); skipped otherwise, and unavailable when the training loss is known not to
-be a softmax cross-entropy (``mse_loss``, ``smooth_l1_loss``…: no logits to measure).
+be a softmax cross-entropy on those logits (``mse_loss``, ``smooth_l1_loss``… of the output: a
+regression, a DQN's Q-values).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class GhostProbe(Probe):
         if not update or not ctx.objective.batches:
             return {}
         batch = ctx.objective.batches[0]
-        if batch.loss_name not in SOFTMAX_LOSSES:
+        if batch.loss_name not in SOFTMAX_LOSSES and batch.on_logits:
             raise ProbeUnavailable(
                 f"the training loss is F.{batch.loss_name}, not a softmax cross-entropy: "
                 "the model output is no softmax's logits"

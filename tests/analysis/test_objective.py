@@ -71,7 +71,24 @@ def test_restored_state_on_exception():
     assert torch.equal(model.weight, w)
 
 
-def test_replay_of_a_loss_computed_inside_forward(runs_dir):
+@pytest.fixture
+def kept_models(monkeypatch):
+    """The modules of the probe batches, kept alive past the script (batches hold them
+    weakly: a model the script drops is freed)."""
+    from gradlens.instrument.probe_set import ProbeSet
+
+    kept = []
+    original = ProbeSet._keep
+
+    def keep(self, batch):
+        kept.append(batch.module)
+        original(self, batch)
+
+    monkeypatch.setattr(ProbeSet, "_keep", keep)
+    return kept
+
+
+def test_replay_of_a_loss_computed_inside_forward(runs_dir, kept_models):
     code, lens = watch_script(
         EXAMPLES / "tiny_gpt.py", ["--steps", "3"], runs_dir=runs_dir, status="off"
     )
@@ -90,7 +107,7 @@ def test_replay_of_a_loss_computed_inside_forward(runs_dir):
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
-def test_replay_of_a_loss_computed_outside_forward(runs_dir):
+def test_replay_of_a_loss_computed_outside_forward(runs_dir, kept_models):
     code, lens = watch_script(
         EXAMPLES / "mlp_classifier.py", ["--steps", "4"], runs_dir=runs_dir, status="off"
     )
