@@ -217,6 +217,7 @@ class Lens(interception.ListenerBase):
             on_end=self._end_step,
             on_unseen=lambda feature, why: self._steps_unseen(why, feature),
         )
+        self._calls.progress = lambda: (self._steps.backwards, self._steps.closure_done)
         self._handles: list[RemovableHandle] = []
         self._wall0 = 0.0
         self._recorders: Recorders | None = None  # made at the first captured step

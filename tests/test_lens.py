@@ -420,3 +420,56 @@ def test_a_sweep_frees_each_model_it_leaves_and_probes_follow_the_new_one(runs_d
     assert run.meta["phases"] == [4, 8]  # where each new model's optimizer took over
     assert "probe_scope" not in run.meta  # the old models' tensors are not "trained" any more
     assert sorted(set(run.table("hessian").step)) == [3, 7, 11]
+
+
+def _ode(model, opt, x, y):  # a neural ODE's Euler stages: one module, four calls, one batch
+    opt.zero_grad()
+    h = x
+    for _ in range(4):
+        h = h + 0.25 * model(h)
+    F.mse_loss(h, y).backward()
+    opt.step()
+
+
+def _accumulated(model, opt, x, y):  # four micro-batches of 4, each with its backward
+    opt.zero_grad()
+    for part in range(4):
+        F.mse_loss(model(x[part::4]), y[part::4]).backward()
+    opt.step()
+
+
+def _two_sets(model, opt, x, y):  # a PINN: interior and boundary points, one backward
+    opt.zero_grad()
+    (F.mse_loss(model(x), y) + model(x[:3]).square().mean()).backward()
+    opt.step()
+
+
+def _line_search(model, opt, x, y):  # LBFGS evaluates the batch again and again
+    def closure():
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+@pytest.mark.parametrize(
+    ("step_fn", "samples"), [(_ode, 16), (_accumulated, 16), (_two_sets, 19), (_line_search, 16)]
+)
+def test_samples_per_step_count_each_batch_once(runs_dir, step_fn, samples):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    if step_fn is _line_search:
+        opt = torch.optim.LBFGS(model.parameters(), max_iter=5)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 2), torch.randn(16, 2)
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        for _ in range(4):
+            step_fn(model, opt, x, y)
+    scalars = _pivot(gradlens.open_run(lens.run_dir), "scalars", "samples_per_s")
+    rate = scalars[0].dropna()
+    times = _pivot(gradlens.open_run(lens.run_dir), "scalars", "step_time")[0].loc[rate.index]
+    assert len(rate) >= 3
+    np.testing.assert_allclose(rate * times, samples, rtol=1e-6)

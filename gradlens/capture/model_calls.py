@@ -41,6 +41,10 @@ class ModelCalls:
         self.loss_seen = False  # a loss function was called during this forward
         self.batch_size: int | None = None  # the first training batch's, for meta.json
         self.samples = self.tokens = 0  # since the last optimizer step
+        # (backward passes so far, line search running): set by the step capture
+        self.progress: Callable[[], tuple[int, bool]] = lambda: (0, False)
+        self._counted: set[tuple[int, tuple[int, ...]]] = set()  # since the last backward
+        self._counted_at = -1  # backward passes when _counted started
         self._batch_dims: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
 
     def take(self) -> tuple[int, int]:
@@ -78,10 +82,28 @@ class ModelCalls:
         samples, tokens = batch_size_of(args, kwargs, dim)
         if self.batch_size is None and samples:
             self.batch_size = samples
-        self.samples += samples
-        self.tokens += tokens
+        if self._new_batch(module, args, kwargs):
+            self.samples += samples
+            self.tokens += tokens
         if not self.probe_set.full:
             self.probe_set.record_forward(module, args, kwargs, samples)
+
+    def _new_batch(self, module: nn.Module, args: Any, kwargs: Any) -> bool:
+        """Whether this call brings new samples: not a repeat of the same module on an input of
+        the same shape before the next backward (an ODE solver's stages, a shared encoder on
+        two views of one batch), nor an LBFGS line search's re-evaluation. Micro-batches of
+        gradient accumulation each have their backward, and count."""
+        backwards, line_search = self.progress()
+        if line_search:
+            return False
+        if backwards != self._counted_at:
+            self._counted_at, self._counted = backwards, set()
+        first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+        key = (id(module), tuple(first.shape) if first is not None else ())
+        if key in self._counted:
+            return False
+        self._counted.add(key)
+        return True
 
     def _loss_from_output(self, module: nn.Module, output: Any) -> None:
         """No loss call was seen during a forward that returned a loss: it was computed where
