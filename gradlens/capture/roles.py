@@ -86,6 +86,19 @@ class Roles:
         """Forget a collected optimizer's capture (its rows were flushed)."""
         self.all = [t for t in self.all if t is not tracked]
 
+    def latest(self, optimizers: list[torch.optim.Optimizer]) -> torch.optim.Optimizer | None:
+        """Of a wrapper and its base optimizer over the same parameters, the one likely to step:
+        the one created last — SAM's base (made inside SAM's constructor) in its two-step
+        form, Lookahead (made around its base) — and, among optimizers made before recording
+        started (their order is not known), a stock ``torch.optim`` one. Deterministic, where
+        a set's order was not."""
+        order = {id(o): i for i, o in enumerate(self._created.keys())}
+
+        def rank(o: torch.optim.Optimizer) -> tuple[int, bool]:
+            return order.get(id(o), -1), type(o).__module__.startswith("torch.optim")
+
+        return max(optimizers, key=rank, default=None)
+
     def owner_of(self, param: Any) -> Tracked | None:
         return next((t for t in self.by_optimizer.values() if t.owns(param)), None)
 

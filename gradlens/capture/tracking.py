@@ -259,7 +259,8 @@ class Tracking:
         elif id(first) in self._unowned:
             return None
         else:
-            optimizer = next((o for o in list(self.known) if _holds(o, first)), None)
+            holders = [o for o in list(self.known) if _holds(o, first)]
+            optimizer = self.roles.latest(holders)
             if optimizer is None:
                 self._unowned.add(id(first))  # no scan per step (cleared by a new optimizer)
                 return None

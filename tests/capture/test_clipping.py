@@ -112,3 +112,56 @@ def test_a_step_skipped_after_clipping_leaves_no_trace(runs_dir, guard):
     np.testing.assert_allclose(grad_norm, pre, rtol=1e-5)
     np.testing.assert_allclose(_scalars(run, "clip_coef")[1], np.array(post) / pre, rtol=1e-4)
     assert not run.table("layers", filters=[("metric", "==", "grad_norm")]).value.isna().any()
+
+
+class _SAM(torch.optim.Optimizer):
+    """davda54/sam's two-step SAM: the base optimizer is made inside, over the same groups."""
+
+    def __init__(self, params, base, rho=0.05, **kwargs):
+        super().__init__(params, dict(rho=rho, **kwargs))
+        self.base_optimizer = base(self.param_groups, **kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+
+    @torch.no_grad()
+    def first_step(self):
+        norm = torch.stack([p.grad.norm() for g in self.param_groups for p in g["params"]]).norm()
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["old_p"] = p.data.clone()
+                p.add_(p.grad * group["rho"] / (norm + 1e-12))
+        self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.data = self.state[p]["old_p"]
+        self.base_optimizer.step()
+        self.zero_grad()
+
+
+@pytest.mark.parametrize("clips", [1, 2])
+def test_sam_with_clipping_records_the_applied_gradient(runs_dir, clips):
+    """SAM's two-step form with ``clip_grad_norm_`` before ``second_step`` (and before
+    ``first_step``): the clip belongs to the base optimizer that steps (SAM never does; which
+    of the two took it depended on a set's order), and the recorded norms are those of the
+    gradient at the ascent point, the one applied."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = _SAM(model.parameters(), torch.optim.SGD, lr=0.1)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    applied = []
+    with gradlens.Lens(runs_dir=runs_dir) as lens:
+        for _ in range(3):
+            F.cross_entropy(model(x), y).backward()
+            if clips == 2:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.3)
+            opt.first_step()
+            F.cross_entropy(model(x), y).backward()
+            applied.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.3).item())
+            opt.second_step()
+    run = gradlens.open_run(lens.run_dir)
+    assert run.meta["hyperparameters"]["optimizer"] == "SGD"
+    np.testing.assert_allclose(_scalars(run, "grad_norm")[1], applied, rtol=1e-5)
+    coef = np.minimum(1.0, 0.3 / (np.array(applied) + 1e-6))
+    np.testing.assert_allclose(_scalars(run, "clip_coef")[1], coef, rtol=1e-5)

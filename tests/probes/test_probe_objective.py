@@ -198,9 +198,7 @@ TRANSFORMS = {  # the loss call's input, from the model output (8 samples × 3)
 
 
 @pytest.mark.parametrize("how", sorted(TRANSFORMS))
-def test_a_loss_on_a_function_of_the_output_leaves_the_objective_probes_unavailable(
-    runs_dir, how
-):
+def test_a_loss_on_a_function_of_the_output_leaves_the_objective_probes_unavailable(runs_dir, how):
     """DQN's ``q(s).gather(1, a)``, ``mse_loss(sigmoid(out), y)``: replaying the loss call on
     the model output measures another objective (or fails: an internal error before); views
     and casts of the output replay exactly."""
