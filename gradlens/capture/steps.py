@@ -254,16 +254,26 @@ class StepCapture(interception.ListenerBase):
     def _after_closure(
         self, optimizer: torch.optim.Optimizer, closure: Callable[..., Any]
     ) -> Callable[..., Any]:
+        before = self.tracking.param_versions()
+
         def closure_then_capture(*args: Any, **kwargs: Any) -> Any:
             result = closure(*args, **kwargs)
             if not self.closure_done:
-                self.guard.call(CAPTURE, self._capture, optimizer, None)
+                # SAM's step(closure) moves the weights to its ascent point before calling the
+                # closure: θ and Δθ read now would be at that point, not the step's (LBFGS
+                # calls it first at the step's weights). Those norms are left out, not wrong.
+                at_start = self.tracking.param_versions() == before
+                self.guard.call(CAPTURE, self._capture, optimizer, None, at_start)
                 self.closure_done = True
             return result
 
         return closure_then_capture
 
-    def _capture(self, optimizer: torch.optim.Optimizer, scale: Tensor | None) -> None:
+    def _capture(
+        self, optimizer: torch.optim.Optimizer, scale: Tensor | None, weights: bool = True
+    ) -> None:
+        """Read this step's row before ``optimizer`` updates; ``weights=False``: the weights are
+        not the step's starting point now (no θ or Δθ norms)."""
         tracking = self.tracking
         if tracking.discovery.enabled and tracking.roles.all:  # a step after the first
             tracking.settle_discovery()  # (off before any forward if the new owner was called)
@@ -280,11 +290,11 @@ class StepCapture(interception.ListenerBase):
             grad_scale=getattr(optimizer, "grad_scale", None),
             skipped=getattr(optimizer, "found_inf", None),
             amp_scale=scale,
-            sample=probe_next or self._sampled(tracked),
+            sample=(probe_next or self._sampled(tracked)) and weights,
             step=self.step,
             primary=tracked.primary,
             optimizer=optimizer,
-            keep_update=probe_next,
+            keep_update=probe_next and weights,
         )
 
     def _capture_manual(self) -> None:

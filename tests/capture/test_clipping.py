@@ -139,6 +139,13 @@ class _SAM(torch.optim.Optimizer):
         self.base_optimizer.step()
         self.zero_grad()
 
+    @torch.no_grad()
+    def step(self, closure):  # the closure form: the closure runs at the ascent point
+        self.first_step()
+        with torch.enable_grad():
+            closure()
+        self.second_step()
+
 
 @pytest.mark.parametrize("clips", [1, 2])
 def test_sam_with_clipping_records_the_applied_gradient(runs_dir, clips):
@@ -165,3 +172,29 @@ def test_sam_with_clipping_records_the_applied_gradient(runs_dir, clips):
     np.testing.assert_allclose(_scalars(run, "grad_norm")[1], applied, rtol=1e-5)
     coef = np.minimum(1.0, 0.3 / (np.array(applied) + 1e-6))
     np.testing.assert_allclose(_scalars(run, "clip_coef")[1], coef, rtol=1e-5)
+
+
+def test_sam_closure_form_leaves_out_the_weight_norms_it_cannot_read(runs_dir):
+    """``opt.step(closure)``: SAM moves the weights to its ascent point before calling the
+    closure, where gradlens reads the step's row: ‖θ‖ and ‖Δθ‖ there were at the ascent point
+    (‖Δθ‖ 90× too large), so they are left out; the gradient is the one applied."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = _SAM(model.parameters(), torch.optim.SGD, lr=0.1)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    applied = []
+
+    def closure():
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        applied.append(np.linalg.norm([p.grad.double().norm().item() for p in model.parameters()]))
+        return loss
+
+    with gradlens.Lens(runs_dir=runs_dir, param_every=1) as lens:
+        for _ in range(3):
+            F.cross_entropy(model(x), y).backward()
+            opt.step(closure)
+    run = gradlens.open_run(lens.run_dir)
+    np.testing.assert_allclose(_scalars(run, "grad_norm")[1], applied, rtol=1e-5)
+    layers = set(run.table("layers").metric)
+    assert "grad_norm" in layers and not layers & {"param_norm", "update_norm"}
