@@ -267,13 +267,19 @@ class ProbeSet:
 
 def _reaches(root: Tensor, node: Any) -> bool:
     """``root`` is ``node``'s output up to constant scaling, casts, views and reductions."""
-    current = root.grad_fn
+    return _walks_to(root, [node], _SAME_OBJECTIVE)
+
+
+def _walks_to(value: Tensor, nodes: list[Any], passing: tuple[str, ...]) -> bool:
+    """``value``'s autograd graph reaches one of ``nodes`` through single-input nodes whose
+    names start with one of ``passing``."""
+    current = value.grad_fn
     for _ in range(_WALK_LIMIT):
         if current is None:
             return False
-        if current is node:
+        if any(current is n for n in nodes):
             return True
-        if not current.name().startswith(_SAME_OBJECTIVE):
+        if not current.name().startswith(passing):
             return False
         inputs = [n for n, _ in current.next_functions if n is not None]
         if len(inputs) != 1:
@@ -316,21 +322,7 @@ def _from_output(value: Any, outputs: list[Tensor]) -> bool:
     if not isinstance(value, Tensor) or any(value is o for o in outputs):
         return True
     nodes = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    if not nodes:
-        return True
-    current = value.grad_fn
-    for _ in range(_WALK_LIMIT):
-        if current is None:
-            return False
-        if any(current is n for n in nodes):
-            return True
-        if not current.name().startswith(_VIEWS):
-            return False
-        inputs = [n for n, _ in current.next_functions if n is not None]
-        if len(inputs) != 1:
-            return False
-        current = inputs[0]
-    return False
+    return not nodes or _walks_to(value, nodes, _VIEWS)
 
 
 def _replayable(module: nn.Module) -> nn.Module:
